@@ -1,0 +1,118 @@
+//! Block headers, blocks, accounts and receipts.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+use tetrad_consensus::{Batch, CommitCertificate, Digest, Height, ValidatorIndex, View};
+
+use crate::merkle;
+use crate::tx::{Address, Tx, TxError, decode_payload};
+
+/// The header of a block, derived at execution and identical on every honest replica.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Header {
+    pub chain_id: String,
+    pub height: Height,
+    pub parent_hash: Digest,
+    /// The consensus digest of the batch this block executes (what the certificate signs).
+    pub batch_digest: Digest,
+    /// Merkle root of the transaction hashes, in block order.
+    pub tx_root: Digest,
+    pub tx_count: u32,
+    /// Root of the account tree after this block.
+    pub state_root: Digest,
+    /// The view in which the batch was proposed, and its proposer.
+    pub view: View,
+    pub proposer: ValidatorIndex,
+    /// Milliseconds since the Unix epoch: the proposer's clock, never earlier than the parent's.
+    pub timestamp_ms: u64,
+}
+
+impl Header {
+    pub fn hash(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"tetrad/header/v1");
+        hasher.update(&borsh::to_vec(self).unwrap_or_default());
+        Digest(*hasher.finalize().as_bytes())
+    }
+}
+
+/// A committed block: its header, the batch it executed and the commit certificate over the
+/// batch digest. Transactions are decoded from the batch payload.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Block {
+    pub header: Header,
+    pub batch: Batch,
+    pub certificate: CommitCertificate,
+}
+
+impl Block {
+    pub fn txs(&self) -> Result<Vec<Tx>, TxError> {
+        decode_payload(&self.batch.payload)
+    }
+}
+
+/// Merkle root of transaction hashes.
+pub fn tx_root(tx_hashes: &[Digest]) -> Digest {
+    let leaves: Vec<Digest> = tx_hashes.iter().map(|hash| merkle::leaf_hash(hash.as_bytes())).collect();
+    merkle::root(&leaves)
+}
+
+/// A proof that a transaction hash is in a block's tx root.
+pub fn prove_tx(tx_hashes: &[Digest], index: u64) -> Option<merkle::MerkleProof> {
+    let leaves: Vec<Digest> = tx_hashes.iter().map(|hash| merkle::leaf_hash(hash.as_bytes())).collect();
+    merkle::prove(&leaves, index)
+}
+
+pub fn verify_tx_proof(tx_root: &Digest, tx_hash: &Digest, proof: &merkle::MerkleProof) -> bool {
+    merkle::verify(tx_root, &merkle::leaf_hash(tx_hash.as_bytes()), proof)
+}
+
+/// An account's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: u64,
+    /// The nonce the account's next transaction must carry.
+    pub nonce: u64,
+    /// Position of the account's leaf in the state tree, fixed when the account is created.
+    pub slot: u64,
+}
+
+impl Account {
+    /// The state tree leaf of this account at `address`.
+    pub fn leaf(&self, address: &Address) -> Digest {
+        let mut content = [0u8; 48];
+        content[..32].copy_from_slice(&address.0);
+        content[32..40].copy_from_slice(&self.balance.to_le_bytes());
+        content[40..].copy_from_slice(&self.nonce.to_le_bytes());
+        merkle::leaf_hash(&content)
+    }
+}
+
+/// Why a transaction failed at execution. It changed nothing but its receipt.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExecutionError {
+    #[error("nonce {found} is not the account's next nonce {expected}")]
+    BadNonce { expected: u64, found: u64 },
+    #[error("balance {balance} is less than the amount {amount}")]
+    InsufficientBalance { balance: u64, amount: u64 },
+    #[error("recipient balance {balance} plus {amount} overflows")]
+    BalanceOverflow { balance: u64, amount: u64 },
+}
+
+/// What happened to a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failed { error: ExecutionError },
+}
+
+/// The record of one executed transaction.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct Receipt {
+    pub tx_hash: Digest,
+    pub height: Height,
+    pub index: u32,
+    pub outcome: Outcome,
+}

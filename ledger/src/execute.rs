@@ -1,0 +1,171 @@
+//! The deterministic state machine: `execute(state, parent, batch, txs) -> Execution`.
+//!
+//! Execution is a pure function of the state it reads and the batch: no clock, no randomness, no
+//! hash-map iteration order reaches the result. Signatures and other static checks are *not*
+//! repeated here; they were checked at admission and before the pre-prepare was accepted (or the
+//! block came with a commit certificate). Dynamic checks (nonce, balance, overflow) are made
+//! here; a transaction that fails them gets a failed receipt and changes nothing.
+
+use std::collections::BTreeMap;
+
+use tetrad_consensus::{Batch, Digest, Height};
+
+use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, tx_root};
+use crate::state_tree::{StateTree, TreeUpdate};
+use crate::tx::{Address, Tx, TxKind};
+
+/// Read access to the state a block executes on.
+pub trait StateReader {
+    type Error;
+    fn account(&self, address: &Address) -> Result<Option<Account>, Self::Error>;
+    fn tree(&self) -> &StateTree;
+}
+
+/// The result of executing one batch on one state: apply it with the store's `commit`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execution {
+    pub header: Header,
+    /// Every account the block changed, with its new state (sorted by address).
+    pub changes: BTreeMap<Address, Account>,
+    pub receipts: Vec<Receipt>,
+    pub tx_hashes: Vec<Digest>,
+    pub tree_update: TreeUpdate,
+}
+
+/// Accounts touched so far in this block, over the state underneath.
+struct Overlay<'a, S: StateReader> {
+    state: &'a S,
+    changes: BTreeMap<Address, Account>,
+    next_slot: u64,
+}
+
+impl<S: StateReader> Overlay<'_, S> {
+    fn get(&self, address: &Address) -> Result<Option<Account>, S::Error> {
+        match self.changes.get(address) {
+            Some(account) => Ok(Some(*account)),
+            None => self.state.account(address),
+        }
+    }
+
+    /// The account, or a new empty one in the next free slot (not yet recorded).
+    fn get_or_new(&self, address: &Address) -> Result<(Account, bool), S::Error> {
+        Ok(match self.get(address)? {
+            Some(account) => (account, false),
+            None => (Account { balance: 0, nonce: 0, slot: self.next_slot }, true),
+        })
+    }
+
+    fn apply(&mut self, tx: &Tx) -> Result<Result<(), ExecutionError>, S::Error> {
+        let from = tx.body.from;
+        let Some(sender) = self.get(&from)? else {
+            // An account that does not exist has nonce 0 and nothing to send; it is never
+            // created by its own transaction.
+            if tx.body.nonce != 0 {
+                return Ok(Err(ExecutionError::BadNonce { expected: 0, found: tx.body.nonce }));
+            }
+            let TxKind::Transfer { amount, .. } = &tx.body.kind;
+            return Ok(Err(ExecutionError::InsufficientBalance { balance: 0, amount: *amount }));
+        };
+        if tx.body.nonce != sender.nonce {
+            return Ok(Err(ExecutionError::BadNonce { expected: sender.nonce, found: tx.body.nonce }));
+        }
+        match &tx.body.kind {
+            TxKind::Transfer { to, amount } => {
+                let amount = *amount;
+                let Some(balance_after) = sender.balance.checked_sub(amount) else {
+                    return Ok(Err(ExecutionError::InsufficientBalance { balance: sender.balance, amount }));
+                };
+                // The nonce of a funded account cannot reach u64::MAX in practice, but a wrap
+                // would reopen every old nonce, so it is refused like any other overflow.
+                let Some(nonce_after) = sender.nonce.checked_add(1) else {
+                    return Ok(Err(ExecutionError::BadNonce { expected: sender.nonce, found: tx.body.nonce }));
+                };
+                if *to == from {
+                    self.changes.insert(from, Account { nonce: nonce_after, ..sender });
+                    return Ok(Ok(()));
+                }
+                let (recipient, created) = self.get_or_new(to)?;
+                let Some(recipient_balance) = recipient.balance.checked_add(amount) else {
+                    return Ok(Err(ExecutionError::BalanceOverflow { balance: recipient.balance, amount }));
+                };
+                self.changes.insert(from, Account { balance: balance_after, nonce: nonce_after, ..sender });
+                self.changes.insert(*to, Account { balance: recipient_balance, ..recipient });
+                if created {
+                    self.next_slot += 1;
+                }
+                Ok(Ok(()))
+            }
+        }
+    }
+}
+
+/// Executes `txs` (decoded from `batch.payload`) on `state`, whose last block is `parent`.
+pub fn execute<S: StateReader>(
+    state: &S,
+    parent: &Header,
+    batch: &Batch,
+    txs: &[Tx],
+) -> Result<Execution, S::Error> {
+    let height = parent.height.next();
+    let mut overlay = Overlay { state, changes: BTreeMap::new(), next_slot: state.tree().count() };
+    let mut receipts = Vec::with_capacity(txs.len());
+    let mut tx_hashes = Vec::with_capacity(txs.len());
+    for (index, tx) in txs.iter().enumerate() {
+        let tx_hash = tx.hash();
+        let outcome = match overlay.apply(tx)? {
+            Ok(()) => Outcome::Success,
+            Err(error) => Outcome::Failed { error },
+        };
+        tx_hashes.push(tx_hash);
+        receipts.push(Receipt { tx_hash, height, index: index as u32, outcome });
+    }
+    let leaves: BTreeMap<u64, Digest> =
+        overlay.changes.iter().map(|(address, account)| (account.slot, account.leaf(address))).collect();
+    let tree_update = state.tree().update(&leaves);
+    let header = Header {
+        chain_id: parent.chain_id.clone(),
+        height,
+        parent_hash: parent.hash(),
+        batch_digest: batch.digest(),
+        tx_root: tx_root(&tx_hashes),
+        tx_count: txs.len() as u32,
+        state_root: tree_update.root,
+        view: batch.view,
+        proposer: batch.proposer,
+        timestamp_ms: batch.timestamp_ms.max(parent.timestamp_ms),
+    };
+    Ok(Execution { header, changes: overlay.changes, receipts, tx_hashes, tree_update })
+}
+
+/// The genesis state: accounts in address order get slots 0.., and the header of height 0.
+pub fn genesis_state(
+    chain_id: &str,
+    genesis_time_ms: u64,
+    balances: &[(Address, u64)],
+) -> (Header, BTreeMap<Address, Account>, StateTree) {
+    let mut sorted: Vec<(Address, u64)> = balances.to_vec();
+    sorted.sort_by_key(|(address, _)| *address);
+    let accounts: BTreeMap<Address, Account> = sorted
+        .iter()
+        .enumerate()
+        .map(|(slot, (address, balance))| (*address, Account { balance: *balance, nonce: 0, slot: slot as u64 }))
+        .collect();
+    let mut leaves = vec![Digest::ZERO; accounts.len()];
+    for (address, account) in &accounts {
+        leaves[account.slot as usize] = account.leaf(address);
+    }
+    let tree = StateTree::from_leaves(leaves);
+    let header = Header {
+        chain_id: chain_id.to_string(),
+        height: Height::GENESIS,
+        parent_hash: Digest::ZERO,
+        batch_digest: Digest::ZERO,
+        tx_root: tx_root(&[]),
+        tx_count: 0,
+        state_root: tree.root(),
+        view: Default::default(),
+        proposer: Default::default(),
+        timestamp_ms: genesis_time_ms,
+    };
+    (header, accounts, tree)
+}

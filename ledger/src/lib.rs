@@ -1,0 +1,30 @@
+//! # tetrad-ledger
+//!
+//! Transactions, blocks and headers, the deterministic state machine that executes them, the
+//! authenticated state (a Merkle tree over accounts with inclusion proofs) and RocksDB storage.
+//!
+//! ## Call loop
+//!
+//! ```text
+//! let store = Store::open_or_init(path, &genesis_state)?;
+//! // for each committed batch, in height order:
+//! let execution = store.with_state(|head, state| execute(state, head, &batch, &txs))?;
+//! store.commit(&Block { header: execution.header.clone(), batch, certificate }, &execution)?;
+//! ```
+//!
+//! ## IO contract
+//!
+//! `execute` is pure: it reads accounts through [`execute::StateReader`] and returns the changes;
+//! only [`storage::Store::commit`] writes, in one atomic RocksDB write batch per block.
+
+pub mod block;
+pub mod execute;
+pub mod merkle;
+pub mod state_tree;
+pub mod storage;
+pub mod tx;
+
+pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
+pub use execute::{Execution, StateReader, execute, genesis_state};
+pub use storage::{AccountProof, GenesisState, Store, StorageError, TxLocation, verify_account_proof};
+pub use tx::{Address, Tx, TxBody, TxError, TxKind};

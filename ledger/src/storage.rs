@@ -1,0 +1,464 @@
+//! RocksDB storage: one database per node, one column family per kind of record.
+//!
+//! Committing a block writes the block, its certificate, the tx index, the receipts, the changed
+//! accounts, the new head and the new state-tree size in **one** `WriteBatch` with a synced WAL:
+//! after a crash either all of a block is on disk or none of it is. Opening the store restores
+//! exactly the last committed block and rebuilds the in-memory state tree from the accounts,
+//! checking it against the head's state root.
+//!
+//! Reads take `&self` and may run on any thread; only the node's driver commits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use serde::{Deserialize, Serialize};
+use tetrad_consensus::{Batch, CheckpointCertificate, CommitCertificate, Digest, Height};
+
+use crate::block::{Account, Block, Header, Receipt};
+use crate::execute::{Execution, StateReader};
+use crate::merkle::{self, MerkleProof};
+use crate::state_tree::StateTree;
+use crate::tx::{Address, Tx};
+
+pub const CF_BLOCKS: &str = "blocks";
+pub const CF_CERTIFICATES: &str = "certificates";
+pub const CF_BLOCK_HASHES: &str = "block_hashes";
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+pub const CF_TX_INDEX: &str = "tx_index";
+pub const CF_RECEIPTS: &str = "receipts";
+pub const CF_ACCOUNTS: &str = "accounts";
+pub const CF_VALIDATOR_SETS: &str = "validator_sets";
+pub const CF_SAFETY: &str = "safety";
+pub const CF_META: &str = "meta";
+
+const COLUMN_FAMILIES: [&str; 10] = [
+    CF_BLOCKS,
+    CF_CERTIFICATES,
+    CF_BLOCK_HASHES,
+    CF_CHECKPOINTS,
+    CF_TX_INDEX,
+    CF_RECEIPTS,
+    CF_ACCOUNTS,
+    CF_VALIDATOR_SETS,
+    CF_SAFETY,
+    CF_META,
+];
+
+const META_HEAD: &[u8] = b"head";
+const META_GENESIS_HASH: &[u8] = b"genesis_hash";
+const META_GENESIS_HEADER: &[u8] = b"genesis_header";
+const META_ACCOUNT_COUNT: &[u8] = b"account_count";
+
+/// Block cache shared by all column families.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb at {path}: {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("{path} holds no chain: run `tetrad init` first")]
+    NotInitialized { path: PathBuf },
+    #[error("{path} already holds the chain with genesis hash {found}, not {expected}")]
+    WrongChain { path: PathBuf, expected: Digest, found: Digest },
+    #[error("corrupt record in column family {cf}: {detail}")]
+    Corrupt { cf: &'static str, detail: String },
+    #[error("block {found} does not follow the head {head}: {detail}")]
+    NotNext { head: Height, found: Height, detail: String },
+}
+
+/// The location of a committed transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct TxLocation {
+    pub height: Height,
+    pub index: u32,
+}
+
+/// A proof that `account` is the state of `address` under a state root.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct AccountProof {
+    pub address: Address,
+    pub account: Account,
+    pub proof: MerkleProof,
+}
+
+/// Checks an account proof against a state root (for example a checkpoint's).
+pub fn verify_account_proof(state_root: &Digest, proof: &AccountProof) -> bool {
+    proof.proof.index == proof.account.slot
+        && merkle::verify(state_root, &proof.account.leaf(&proof.address), &proof.proof)
+}
+
+/// What genesis puts in an empty store.
+pub struct GenesisState {
+    pub genesis_hash: Digest,
+    pub header: Header,
+    pub accounts: BTreeMap<Address, Account>,
+}
+
+struct Head {
+    header: Header,
+    tree: StateTree,
+}
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    head: RwLock<Head>,
+    sync_writes: bool,
+}
+
+fn be(height: Height) -> [u8; 8] {
+    height.0.to_be_bytes()
+}
+
+fn decode<T: BorshDeserialize>(cf: &'static str, bytes: &[u8]) -> Result<T, StorageError> {
+    borsh::from_slice(bytes).map_err(|error| StorageError::Corrupt { cf, detail: error.to_string() })
+}
+
+fn encode<T: BorshSerialize>(value: &T) -> Vec<u8> {
+    borsh::to_vec(value).unwrap_or_default()
+}
+
+impl Store {
+    fn options() -> Options {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.set_max_background_jobs(2);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE_BYTES));
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
+        options
+    }
+
+    fn open_db(path: &Path) -> Result<DB, StorageError> {
+        let options = Self::options();
+        let descriptors = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Self::options()));
+        DB::open_cf_descriptors(&options, path, descriptors)
+            .map_err(|source| StorageError::Rocks { path: path.to_path_buf(), source })
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StorageError {
+        StorageError::Rocks { path: self.path.clone(), source }
+    }
+
+    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        // Every column family in COLUMN_FAMILIES is created when the database opens.
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is missing"))
+    }
+
+    fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(self.cf(cf), key).map_err(|source| self.rocks(source))
+    }
+
+    fn get<T: BorshDeserialize>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.get_raw(cf, key)? {
+            Some(bytes) => decode(cf, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens the store at `path`, writing `genesis` first if the store is empty. Refuses a
+    /// store that holds another chain.
+    pub fn open_or_init(path: &Path, genesis: &GenesisState) -> Result<Store, StorageError> {
+        let db = Self::open_db(path)?;
+        let meta = db.cf_handle(CF_META).ok_or_else(|| StorageError::Corrupt { cf: CF_META, detail: "missing".into() })?;
+        let existing = db.get_cf(meta, META_GENESIS_HASH).map_err(|source| StorageError::Rocks { path: path.into(), source })?;
+        if existing.is_none() {
+            let mut batch = WriteBatch::default();
+            let accounts = db.cf_handle(CF_ACCOUNTS).ok_or_else(|| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "missing".into() })?;
+            for (address, account) in &genesis.accounts {
+                batch.put_cf(accounts, address.0, encode(account));
+            }
+            batch.put_cf(meta, META_GENESIS_HASH, genesis.genesis_hash.0);
+            batch.put_cf(meta, META_GENESIS_HEADER, encode(&genesis.header));
+            batch.put_cf(meta, META_HEAD, encode(&genesis.header));
+            batch.put_cf(meta, META_ACCOUNT_COUNT, (genesis.accounts.len() as u64).to_le_bytes());
+            let mut write = WriteOptions::default();
+            write.set_sync(true);
+            db.write_opt(batch, &write).map_err(|source| StorageError::Rocks { path: path.into(), source })?;
+        }
+        drop(db);
+        let store = Self::open(path)?;
+        let found = store.genesis_hash()?;
+        if found != genesis.genesis_hash {
+            return Err(StorageError::WrongChain { path: path.into(), expected: genesis.genesis_hash, found });
+        }
+        Ok(store)
+    }
+
+    /// Opens an initialised store and restores its last committed block.
+    pub fn open(path: &Path) -> Result<Store, StorageError> {
+        let db = Self::open_db(path)?;
+        let mut store = Store {
+            db,
+            path: path.to_path_buf(),
+            head: RwLock::new(Head { header: genesis_placeholder(), tree: StateTree::default() }),
+            sync_writes: true,
+        };
+        let Some(header) = store.get::<Header>(CF_META, META_HEAD)? else {
+            return Err(StorageError::NotInitialized { path: path.to_path_buf() });
+        };
+        let tree = store.rebuild_tree()?;
+        if tree.root() != header.state_root {
+            return Err(StorageError::Corrupt {
+                cf: CF_ACCOUNTS,
+                detail: format!("state root {} does not match head {} root {}", tree.root(), header.height, header.state_root),
+            });
+        }
+        *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Head { header, tree };
+        Ok(store)
+    }
+
+    /// Turns off the fsync per commit. Only for benchmarks that measure execution alone.
+    pub fn set_sync_writes(&mut self, sync: bool) {
+        self.sync_writes = sync;
+    }
+
+    fn rebuild_tree(&self) -> Result<StateTree, StorageError> {
+        let count_bytes = self
+            .get_raw(CF_META, META_ACCOUNT_COUNT)?
+            .ok_or(StorageError::Corrupt { cf: CF_META, detail: "no account count".into() })?;
+        let count = u64::from_le_bytes(
+            count_bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "account count".into() })?,
+        );
+        let mut leaves: Vec<Option<Digest>> = vec![None; count as usize];
+        for entry in self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::Start) {
+            let (key, value) = entry.map_err(|source| self.rocks(source))?;
+            let address = Address(
+                key.as_ref().try_into().map_err(|_| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "address length".into() })?,
+            );
+            let account: Account = decode(CF_ACCOUNTS, &value)?;
+            let slot = leaves.get_mut(account.slot as usize).ok_or_else(|| StorageError::Corrupt {
+                cf: CF_ACCOUNTS,
+                detail: format!("slot {} beyond account count {count}", account.slot),
+            })?;
+            if slot.replace(account.leaf(&address)).is_some() {
+                return Err(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {} used twice", account.slot) });
+            }
+        }
+        let leaves = leaves
+            .into_iter()
+            .enumerate()
+            .map(|(slot, leaf)| leaf.ok_or(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {slot} empty") }))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StateTree::from_leaves(leaves))
+    }
+
+    fn read_head(&self) -> RwLockReadGuard<'_, Head> {
+        self.head.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write_head(&self) -> RwLockWriteGuard<'_, Head> {
+        self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The header of the last committed block (the genesis header before the first block).
+    pub fn head(&self) -> Header {
+        self.read_head().header.clone()
+    }
+
+    pub fn genesis_hash(&self) -> Result<Digest, StorageError> {
+        let bytes = self.get_raw(CF_META, META_GENESIS_HASH)?.ok_or(StorageError::NotInitialized { path: self.path.clone() })?;
+        let array: [u8; 32] =
+            bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "genesis hash".into() })?;
+        Ok(Digest(array))
+    }
+
+    /// Runs `f` with a consistent view of the state at the head (for `execute`).
+    pub fn with_state<R>(&self, f: impl FnOnce(&Header, &StoreState<'_>) -> R) -> R {
+        let head = self.read_head();
+        let state = StoreState { store: self, tree: &head.tree };
+        f(&head.header, &state)
+    }
+
+    /// Commits an executed block in one atomic, synced write.
+    pub fn commit(&self, block: &Block, execution: &Execution) -> Result<(), StorageError> {
+        let mut head = self.write_head();
+        let height = block.header.height;
+        if height != head.header.height.next() || block.header.parent_hash != head.header.hash() {
+            return Err(StorageError::NotNext {
+                head: head.header.height,
+                found: height,
+                detail: "height or parent hash does not match".into(),
+            });
+        }
+        if block.header != execution.header || execution.tree_update.root != block.header.state_root {
+            return Err(StorageError::NotNext { head: head.header.height, found: height, detail: "header differs from execution".into() });
+        }
+        let mut batch = WriteBatch::default();
+        let key = be(height);
+        // Encoded like the tuple (Header, Batch), without copying the batch into a tuple first.
+        let mut block_bytes = encode(&block.header);
+        block_bytes.extend(encode(&block.batch));
+        batch.put_cf(self.cf(CF_BLOCKS), key, block_bytes);
+        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&block.certificate));
+        batch.put_cf(self.cf(CF_BLOCK_HASHES), block.header.hash().0, key);
+        for (receipt, tx_hash) in execution.receipts.iter().zip(&execution.tx_hashes) {
+            let location = TxLocation { height, index: receipt.index };
+            batch.put_cf(self.cf(CF_TX_INDEX), tx_hash.0, encode(&location));
+            batch.put_cf(self.cf(CF_RECEIPTS), tx_hash.0, encode(receipt));
+        }
+        for (address, account) in &execution.changes {
+            batch.put_cf(self.cf(CF_ACCOUNTS), address.0, encode(account));
+        }
+        batch.put_cf(self.cf(CF_META), META_HEAD, encode(&block.header));
+        batch.put_cf(self.cf(CF_META), META_ACCOUNT_COUNT, execution.tree_update.count.to_le_bytes());
+        let mut write = WriteOptions::default();
+        write.set_sync(self.sync_writes);
+        self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))?;
+        head.tree.apply(&execution.tree_update);
+        head.header = block.header.clone();
+        Ok(())
+    }
+
+    pub fn genesis_header(&self) -> Result<Header, StorageError> {
+        self.get(CF_META, META_GENESIS_HEADER)?.ok_or(StorageError::NotInitialized { path: self.path.clone() })
+    }
+
+    /// The header at `height` (the genesis header at 0).
+    pub fn header(&self, height: Height) -> Result<Option<Header>, StorageError> {
+        if height == Height::GENESIS {
+            return self.genesis_header().map(Some);
+        }
+        Ok(self.get::<(Header, Batch)>(CF_BLOCKS, &be(height))?.map(|(header, _)| header))
+    }
+
+    pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        let Some((header, batch)) = self.get::<(Header, Batch)>(CF_BLOCKS, &be(height))? else {
+            return Ok(None);
+        };
+        let certificate: CommitCertificate = self.get(CF_CERTIFICATES, &be(height))?.ok_or_else(|| StorageError::Corrupt {
+            cf: CF_CERTIFICATES,
+            detail: format!("block {height} has no certificate"),
+        })?;
+        Ok(Some(Block { header, batch, certificate }))
+    }
+
+    pub fn height_of(&self, block_hash: &Digest) -> Result<Option<Height>, StorageError> {
+        match self.get_raw(CF_BLOCK_HASHES, &block_hash.0)? {
+            Some(bytes) => {
+                let array: [u8; 8] =
+                    bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_BLOCK_HASHES, detail: "height".into() })?;
+                Ok(Some(Height(u64::from_be_bytes(array))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn block_by_hash(&self, block_hash: &Digest) -> Result<Option<Block>, StorageError> {
+        match self.height_of(block_hash)? {
+            Some(height) => self.block(height),
+            None => Ok(None),
+        }
+    }
+
+    /// A committed transaction with its receipt.
+    pub fn tx(&self, tx_hash: &Digest) -> Result<Option<(Tx, Receipt)>, StorageError> {
+        let Some(location) = self.get::<TxLocation>(CF_TX_INDEX, &tx_hash.0)? else {
+            return Ok(None);
+        };
+        let receipt: Receipt = self
+            .get(CF_RECEIPTS, &tx_hash.0)?
+            .ok_or_else(|| StorageError::Corrupt { cf: CF_RECEIPTS, detail: format!("no receipt for {tx_hash}") })?;
+        let block = self
+            .block(location.height)?
+            .ok_or_else(|| StorageError::Corrupt { cf: CF_TX_INDEX, detail: format!("block {} missing", location.height) })?;
+        let txs = block.txs().map_err(|error| StorageError::Corrupt { cf: CF_BLOCKS, detail: error.to_string() })?;
+        let tx = txs
+            .into_iter()
+            .nth(location.index as usize)
+            .ok_or_else(|| StorageError::Corrupt { cf: CF_TX_INDEX, detail: format!("index {} out of block", location.index) })?;
+        Ok(Some((tx, receipt)))
+    }
+
+    pub fn account(&self, address: &Address) -> Result<Option<Account>, StorageError> {
+        self.get(CF_ACCOUNTS, &address.0)
+    }
+
+    /// The account with a proof against the head's state root (which is returned with it).
+    pub fn prove_account(&self, address: &Address) -> Result<Option<(AccountProof, Header)>, StorageError> {
+        let head = self.read_head();
+        let Some(account) = self.account(address)? else {
+            return Ok(None);
+        };
+        let proof = head
+            .tree
+            .prove(account.slot)
+            .ok_or_else(|| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {} not in tree", account.slot) })?;
+        Ok(Some((AccountProof { address: *address, account, proof }, head.header.clone())))
+    }
+
+    /// Records a stable checkpoint certificate (synced).
+    pub fn put_checkpoint(&self, certificate: &CheckpointCertificate) -> Result<(), StorageError> {
+        let mut write = WriteOptions::default();
+        write.set_sync(self.sync_writes);
+        self.db
+            .put_cf_opt(self.cf(CF_CHECKPOINTS), be(certificate.statement.height), encode(certificate), &write)
+            .map_err(|source| self.rocks(source))
+    }
+
+    pub fn checkpoint(&self, height: Height) -> Result<Option<CheckpointCertificate>, StorageError> {
+        self.get(CF_CHECKPOINTS, &be(height))
+    }
+
+    pub fn latest_checkpoint(&self) -> Result<Option<CheckpointCertificate>, StorageError> {
+        match self.db.iterator_cf(self.cf(CF_CHECKPOINTS), IteratorMode::End).next() {
+            Some(entry) => {
+                let (_, value) = entry.map_err(|source| self.rocks(source))?;
+                decode(CF_CHECKPOINTS, &value).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Durable key-value records for the consensus safety state, written with a synced WAL
+    /// before any message that depends on them leaves the node.
+    pub fn put_safety(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let mut write = WriteOptions::default();
+        write.set_sync(true);
+        self.db.put_cf_opt(self.cf(CF_SAFETY), key, value, &write).map_err(|source| self.rocks(source))
+    }
+
+    pub fn safety(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_raw(CF_SAFETY, key)
+    }
+}
+
+/// The state at the head, as read by `execute`.
+pub struct StoreState<'a> {
+    store: &'a Store,
+    tree: &'a StateTree,
+}
+
+impl StateReader for StoreState<'_> {
+    type Error = StorageError;
+
+    fn account(&self, address: &Address) -> Result<Option<Account>, StorageError> {
+        self.store.account(address)
+    }
+
+    fn tree(&self) -> &StateTree {
+        self.tree
+    }
+}
+
+fn genesis_placeholder() -> Header {
+    Header {
+        chain_id: String::new(),
+        height: Height::GENESIS,
+        parent_hash: Digest::ZERO,
+        batch_digest: Digest::ZERO,
+        tx_root: Digest::ZERO,
+        tx_count: 0,
+        state_root: Digest::ZERO,
+        view: Default::default(),
+        proposer: Default::default(),
+        timestamp_ms: 0,
+    }
+}
