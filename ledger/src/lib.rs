@@ -20,8 +20,10 @@
 pub mod block;
 pub mod execute;
 pub mod merkle;
+pub mod scratch;
 pub mod state_tree;
 pub mod storage;
+pub mod testkit;
 pub mod tx;
 
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};

@@ -230,7 +230,7 @@ impl Store {
         let mut leaves: Vec<Option<Digest>> = vec![None; count as usize];
         for entry in self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::Start) {
             let (key, value) = entry.map_err(|source| self.rocks(source))?;
-            let address = Address(
+            let address = tetrad_consensus::PublicKey(
                 key.as_ref().try_into().map_err(|_| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "address length".into() })?,
             );
             let account: Account = decode(CF_ACCOUNTS, &value)?;

@@ -1,1 +1,1 @@
-//! placeholder
+//! placeholder: the axum RPC arrives with the RPC issue.

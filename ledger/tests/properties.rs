@@ -1,0 +1,272 @@
+//! Property tests of the deterministic ledger: conservation, the nonce rule, determinism,
+//! failure isolation and checked arithmetic.
+
+use proptest::prelude::*;
+use tetrad_consensus::{Batch, ValidatorIndex, View};
+use tetrad_ledger::block::{ExecutionError, Outcome};
+use tetrad_ledger::execute::execute;
+use tetrad_ledger::scratch::ScratchDir;
+use tetrad_ledger::testkit::{MemoryState, TestChain, account_key};
+use tetrad_ledger::tx::{Address, Tx, encode_payload};
+use tetrad_ledger::{Header, Store};
+
+const ACCOUNTS: u64 = 6;
+
+/// One generated transaction: sender, recipient (possibly a fresh address), amount, and how far
+/// its nonce is off from the sender's next nonce (0 = correct).
+#[derive(Clone, Debug)]
+struct TxPlan {
+    from: u64,
+    to: u64,
+    amount: u64,
+    nonce_offset: i8,
+}
+
+fn tx_plan() -> impl Strategy<Value = TxPlan> {
+    (
+        0..ACCOUNTS + 2,
+        0..ACCOUNTS + 3,
+        prop_oneof![1..50u64, 1..2000u64, Just(u64::MAX), Just(u64::MAX - 1)],
+        prop_oneof![4 => Just(0i8), 1 => -2..3i8],
+    )
+        .prop_map(|(from, to, amount, nonce_offset)| TxPlan { from, to, amount, nonce_offset })
+}
+
+fn blocks() -> impl Strategy<Value = Vec<Vec<TxPlan>>> {
+    prop::collection::vec(prop::collection::vec(tx_plan(), 0..12), 1..8)
+}
+
+/// Turns plans into signed transactions against the nonces of `state`, tracking the nonces the
+/// batch itself will consume.
+fn realise(chain: &TestChain, state: &MemoryState, plans: &[TxPlan]) -> Vec<Tx> {
+    let mut next = std::collections::HashMap::new();
+    plans
+        .iter()
+        .map(|plan| {
+            let address = account_key(plan.from).public_key();
+            let nonce = *next
+                .entry(plan.from)
+                .or_insert_with(|| state.accounts.get(&address).map(|account| account.nonce).unwrap_or(0));
+            let used = nonce.saturating_add_signed(i64::from(plan.nonce_offset));
+            if plan.nonce_offset == 0 {
+                next.insert(plan.from, nonce + 1);
+            }
+            chain.transfer(plan.from, used, plan.to, plan.amount)
+        })
+        .collect()
+}
+
+fn batch(parent: &Header, txs: &[Tx]) -> Batch {
+    Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: parent.timestamp_ms + 1, payload: encode_payload(txs) }
+}
+
+/// Executes all blocks on a memory state; returns the headers and the final state.
+fn run(chain: &TestChain, blocks: &[Vec<TxPlan>]) -> (Vec<Header>, MemoryState, Vec<Vec<Tx>>) {
+    let mut state = MemoryState::from_genesis(&chain.genesis);
+    let mut parent = chain.genesis.header.clone();
+    let mut headers = Vec::new();
+    let mut all_txs = Vec::new();
+    for plans in blocks {
+        let txs = realise(chain, &state, plans);
+        let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+        state.apply(&execution);
+        parent = execution.header.clone();
+        headers.push(execution.header);
+        all_txs.push(txs);
+    }
+    (headers, state, all_txs)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn total_supply_is_conserved(blocks in blocks()) {
+        let chain = TestChain::new(4, ACCOUNTS, 1000);
+        let start = MemoryState::from_genesis(&chain.genesis).total_balance();
+        let (_, state, _) = run(&chain, &blocks);
+        prop_assert_eq!(state.total_balance(), start);
+        // The tree commits to every account.
+        prop_assert_eq!(state.tree.count() as usize, state.accounts.len());
+    }
+
+    #[test]
+    fn a_nonce_executes_at_most_once_and_only_in_order(blocks in blocks()) {
+        let chain = TestChain::new(4, ACCOUNTS, 1000);
+        let mut state = MemoryState::from_genesis(&chain.genesis);
+        let mut parent = chain.genesis.header.clone();
+        let mut executed: std::collections::HashSet<(Address, u64)> = Default::default();
+        for plans in &blocks {
+            let txs = realise(&chain, &state, plans);
+            let mut nonces: std::collections::HashMap<Address, u64> = Default::default();
+            let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+            for (tx, receipt) in txs.iter().zip(&execution.receipts) {
+                let from = tx.body.from;
+                let expected = *nonces.entry(from).or_insert_with(|| state.accounts.get(&from).map(|a| a.nonce).unwrap_or(0));
+                if receipt.outcome == Outcome::Success {
+                    prop_assert_eq!(tx.body.nonce, expected, "only the next nonce executes");
+                    prop_assert!(executed.insert((from, tx.body.nonce)), "nonce executed twice");
+                    nonces.insert(from, expected + 1);
+                } else if tx.body.nonce != expected {
+                    let is_bad_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
+                    prop_assert!(is_bad_nonce);
+                }
+            }
+            state.apply(&execution);
+            parent = execution.header.clone();
+        }
+        // Replaying every transaction that executed executes none of them again.
+        let (_, _, all_txs) = run(&chain, &blocks);
+        let replay: Vec<Tx> = all_txs.into_iter().flatten().filter(|tx| executed.contains(&(tx.body.from, tx.body.nonce))).collect();
+        let execution = execute(&state, &parent, &batch(&parent, &replay), &replay).unwrap_or_else(|never| match never {});
+        for receipt in &execution.receipts {
+            let is_bad_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
+            prop_assert!(is_bad_nonce, "a replayed transaction executed");
+        }
+    }
+
+    #[test]
+    fn execution_is_deterministic(blocks in blocks()) {
+        let chain = TestChain::new(4, ACCOUNTS, 1000);
+        let (first, _, _) = run(&chain, &blocks);
+        let (second, _, _) = run(&chain, &blocks);
+        prop_assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_failed_transaction_changes_nothing_but_its_receipt(plans in prop::collection::vec(tx_plan(), 1..12)) {
+        let chain = TestChain::new(4, ACCOUNTS, 1000);
+        let state = MemoryState::from_genesis(&chain.genesis);
+        let parent = chain.genesis.header.clone();
+        let txs = realise(&chain, &state, &plans);
+        let full = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+        // Dropping the failed transactions gives the same state.
+        let succeeded: Vec<Tx> = txs
+            .iter()
+            .zip(&full.receipts)
+            .filter(|(_, receipt)| receipt.outcome == Outcome::Success)
+            .map(|(tx, _)| tx.clone())
+            .collect();
+        let only = execute(&state, &parent, &batch(&parent, &succeeded), &succeeded).unwrap_or_else(|never| match never {});
+        prop_assert_eq!(full.changes, only.changes);
+        prop_assert_eq!(full.header.state_root, only.header.state_root);
+        prop_assert!(only.receipts.iter().all(|receipt| receipt.outcome == Outcome::Success));
+    }
+
+    #[test]
+    fn balances_never_wrap(amounts in prop::collection::vec(prop_oneof![Just(u64::MAX), Just(u64::MAX / 2 + 1), 1..10u64], 1..10)) {
+        // Account 0 holds nearly everything; account 1 receives until it would overflow.
+        let mut chain = TestChain::new(4, 2, 0);
+        let rich = chain.addresses[0];
+        chain.genesis.accounts.get_mut(&rich).expect("account 0").balance = u64::MAX - 5;
+        let poor = chain.addresses[1];
+        chain.genesis.accounts.get_mut(&poor).expect("account 1").balance = 5;
+        let state = MemoryState::from_genesis(&chain.genesis);
+        let plans: Vec<TxPlan> = amounts.iter().map(|&amount| TxPlan { from: 0, to: 1, amount, nonce_offset: 0 }).collect();
+        let txs = realise(&chain, &state, &plans);
+        let parent = chain.genesis.header.clone();
+        let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+        let mut after = state.clone();
+        after.apply(&execution);
+        prop_assert_eq!(after.total_balance(), u128::from(u64::MAX));
+        for receipt in &execution.receipts {
+            if let Outcome::Failed { error } = &receipt.outcome {
+                let expected = matches!(error, ExecutionError::InsufficientBalance { .. } | ExecutionError::BadNonce { .. } | ExecutionError::BalanceOverflow { .. });
+                prop_assert!(expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn recipient_overflow_is_a_failed_receipt() {
+    let mut chain = TestChain::new(4, 2, 0);
+    let (a, b) = (chain.addresses[0], chain.addresses[1]);
+    chain.genesis.accounts.get_mut(&a).expect("a").balance = 10;
+    chain.genesis.accounts.get_mut(&b).expect("b").balance = u64::MAX - 10;
+    let state = MemoryState::from_genesis(&chain.genesis);
+    let txs = vec![chain.transfer(0, 0, 1, 10)];
+    let parent = chain.genesis.header.clone();
+    let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+    assert_eq!(execution.receipts[0].outcome, Outcome::Success);
+    // Overflowing u64: only possible here because the genesis was edited past a valid supply.
+    let mut chain = chain;
+    chain.genesis.accounts.get_mut(&b).expect("b").balance = u64::MAX - 5;
+    let state = MemoryState::from_genesis(&chain.genesis);
+    let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+    assert_eq!(
+        execution.receipts[0].outcome,
+        Outcome::Failed { error: ExecutionError::BalanceOverflow { balance: u64::MAX - 5, amount: 10 } }
+    );
+    assert!(execution.changes.is_empty());
+}
+
+#[test]
+fn same_batches_give_the_same_root_after_reopening_the_store() {
+    let chain = TestChain::new(4, ACCOUNTS, 1000);
+    let plans: Vec<Vec<TxPlan>> = (0..12u64)
+        .map(|round| {
+            (0..5u64)
+                .map(|k| TxPlan { from: (round + k) % ACCOUNTS, to: (round * 3 + k) % (ACCOUNTS + 2), amount: 7 + k, nonce_offset: 0 })
+                .collect()
+        })
+        .collect();
+    let (headers, memory, _) = run(&chain, &plans);
+    let dir = ScratchDir::new("determinism").expect("scratch dir");
+    let path = dir.join("db");
+    {
+        let store = Store::open_or_init(&path, &chain.genesis).expect("open");
+        for block in &plans[..6] {
+            let snapshot = memory_of(&store);
+            let txs = realise(&chain, &snapshot, block);
+            chain.commit(&store, &txs).expect("commit");
+        }
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.head(), headers[5]);
+    for block in &plans[6..] {
+        let snapshot = memory_of(&store);
+        let txs = realise(&chain, &snapshot, block);
+        chain.commit(&store, &txs).expect("commit");
+    }
+    assert_eq!(store.head(), headers[11]);
+    assert_eq!(store.head().state_root, memory.tree.root());
+    for (index, header) in headers.iter().enumerate() {
+        let stored = store.header(header.height).expect("read").expect("present");
+        assert_eq!(&stored, header, "height {}", index + 1);
+    }
+}
+
+/// The accounts of the test chain as stored, for planning the next block's nonces.
+fn memory_of(store: &Store) -> MemoryState {
+    let mut state = MemoryState::default();
+    for index in 0..ACCOUNTS + 3 {
+        let address = account_key(index).public_key();
+        if let Some(account) = store.account(&address).expect("read") {
+            state.accounts.insert(address, account);
+        }
+    }
+    state
+}
+
+#[test]
+fn account_proofs_verify_against_the_head_root() {
+    let chain = TestChain::new(4, ACCOUNTS, 1000);
+    let dir = ScratchDir::new("proofs").expect("scratch dir");
+    let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
+    chain.commit(&store, &[chain.transfer(0, 0, ACCOUNTS + 1, 5), chain.transfer(1, 0, 2, 9)]).expect("commit");
+    let root = store.head().state_root;
+    for index in (0..ACCOUNTS).chain([ACCOUNTS + 1]) {
+        let address = account_key(index).public_key();
+        let (proof, header) = store.prove_account(&address).expect("read").expect("account exists");
+        assert_eq!(header.state_root, root);
+        assert!(tetrad_ledger::verify_account_proof(&root, &proof), "account {index}");
+        let mut forged = proof.clone();
+        forged.account.balance += 1;
+        assert!(!tetrad_ledger::verify_account_proof(&root, &forged));
+        let mut moved = proof.clone();
+        moved.account.slot = (moved.account.slot + 1) % (ACCOUNTS + 1);
+        assert!(!tetrad_ledger::verify_account_proof(&root, &moved));
+    }
+    assert!(store.prove_account(&account_key(999).public_key()).expect("read").is_none());
+}

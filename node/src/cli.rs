@@ -1,0 +1,318 @@
+//! The command line: `tetrad keys|genesis|init|bench …`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tetrad_consensus::PublicKey;
+use tetrad_genesis::{Genesis, GenesisAccount, GenesisValidator, KeyFile, Problem};
+use tetrad_ledger::Store;
+
+use crate::config::{Config, Home};
+use crate::identity;
+
+#[derive(Parser, Debug)]
+#[command(name = "tetrad", version, about = "Tetrad: a permissioned blockchain node with PBFT consensus")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate and inspect key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Build and check a genesis file.
+    #[command(subcommand)]
+    Genesis(GenesisCommand),
+    /// Create a node home: config, genesis, keys and an initialised database.
+    Init(InitArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Write a new ed25519 key file (mode 0600); never overwrites.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a key file's public key (account address / consensus key) and libp2p peer id.
+    Show { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum GenesisCommand {
+    /// Write a new genesis file with default consensus parameters and no validators or accounts.
+    New {
+        #[arg(long)]
+        chain_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Milliseconds since the Unix epoch (default: now).
+        #[arg(long)]
+        genesis_time_ms: Option<u64>,
+    },
+    /// Append a validator.
+    AddValidator(AddValidatorArgs),
+    /// Append a funded account.
+    AddAccount(AddAccountArgs),
+    /// Check every rule of a valid genesis and print its summary and hash.
+    Validate { file: PathBuf },
+}
+
+#[derive(Args, Debug)]
+struct AddValidatorArgs {
+    #[arg(long)]
+    genesis: PathBuf,
+    #[arg(long)]
+    name: String,
+    /// The validator's consensus key: a key file or 64 hex digits of the public key.
+    #[arg(long)]
+    consensus_key: String,
+    /// The validator's network key file (its peer id is derived); or give --peer-id.
+    #[arg(long, conflicts_with = "peer_id", required_unless_present = "peer_id")]
+    network_key: Option<PathBuf>,
+    #[arg(long)]
+    peer_id: Option<String>,
+    /// Where the other validators dial it, e.g. /ip4/10.0.0.5/tcp/26000.
+    #[arg(long)]
+    p2p_address: String,
+}
+
+#[derive(Args, Debug)]
+struct AddAccountArgs {
+    #[arg(long)]
+    genesis: PathBuf,
+    /// The account address: a key file or 64 hex digits.
+    #[arg(long)]
+    address: String,
+    #[arg(long)]
+    balance: u64,
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// The home directory to create.
+    #[arg(long)]
+    home: PathBuf,
+    /// The genesis file (copied into the home).
+    #[arg(long)]
+    genesis: PathBuf,
+    /// Consensus key file to use (copied); a new key is generated if absent.
+    #[arg(long)]
+    consensus_key: Option<PathBuf>,
+    /// Network key file to use (copied); a new key is generated if absent.
+    #[arg(long)]
+    network_key: Option<PathBuf>,
+    /// Node name; defaults to the validator's genesis name, or "full-node".
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/26000")]
+    p2p_listen: String,
+    #[arg(long, default_value = "127.0.0.1:8545")]
+    rpc_listen: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Execute and persist transfers on one core (signatures excluded).
+    Ledger(crate::cli::LedgerBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerBenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    txs: u64,
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    #[arg(long, default_value_t = 1_000)]
+    block_txs: u64,
+    /// Where to put the database (default: a scratch directory that is removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keys(KeysCommand::Generate { out }) => keys_generate(&out),
+        Command::Keys(KeysCommand::Show { file }) => keys_show(&file),
+        Command::Genesis(command) => genesis(command),
+        Command::Init(args) => init(args),
+        Command::Bench(BenchCommand::Ledger(args)) => crate::bench_ledger::run(&args.into()),
+    }
+}
+
+impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
+    fn from(args: LedgerBenchArgs) -> Self {
+        crate::bench_ledger::LedgerBench { txs: args.txs, accounts: args.accounts, block_txs: args.block_txs, dir: args.dir }
+    }
+}
+
+fn keys_generate(out: &Path) -> Result<()> {
+    let key = KeyFile::generate().context("reading the system's random source")?;
+    key.write_new(out)?;
+    println!("wrote {} (mode 0600)", out.display());
+    println!("public key  {}", key.public_key());
+    println!("peer id     {}", identity::peer_id(&key)?);
+    Ok(())
+}
+
+fn keys_show(file: &Path) -> Result<()> {
+    let key = KeyFile::read(file)?;
+    println!("public key  {}", key.public_key());
+    println!("peer id     {}", identity::peer_id(&key)?);
+    Ok(())
+}
+
+/// A public key given as a key file or as hex; errors name the flag.
+fn public_key_arg(flag: &str, value: &str) -> Result<PublicKey> {
+    if Path::new(value).exists() {
+        return Ok(KeyFile::read(Path::new(value))?.public_key());
+    }
+    PublicKey::from_hex(value).map_err(|error| anyhow::anyhow!("{flag} {value:?}: not a key file, and not a public key: {error}"))
+}
+
+/// Saves a genesis under construction, refusing problems other than the ones that adding more
+/// validators or accounts will fix.
+fn save_partial(genesis: &Genesis, path: &Path) -> Result<()> {
+    match genesis.validate() {
+        Ok(()) | Err(Problem::NoValidators | Problem::ZeroSupply) => {}
+        Err(problem) => bail!("{}: {problem}", path.display()),
+    }
+    genesis.save(path)?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn genesis(command: GenesisCommand) -> Result<()> {
+    match command {
+        GenesisCommand::New { chain_id, out, genesis_time_ms } => {
+            if out.exists() {
+                bail!("{}: already exists; refusing to overwrite", out.display());
+            }
+            let genesis = Genesis::new(&chain_id, genesis_time_ms.unwrap_or_else(now_ms));
+            if let Err(problem @ Problem::BadChainId(_)) = genesis.validate() {
+                bail!("--chain-id: {problem}");
+            }
+            genesis.save(&out)?;
+            println!("wrote {}", out.display());
+        }
+        GenesisCommand::AddValidator(args) => {
+            let mut genesis = Genesis::load_unvalidated(&args.genesis)?;
+            let consensus_key = public_key_arg("--consensus-key", &args.consensus_key)?;
+            let peer_id = match (&args.network_key, &args.peer_id) {
+                (Some(file), _) => identity::peer_id(&KeyFile::read(file)?)?.to_string(),
+                (None, Some(peer_id)) => {
+                    peer_id.parse::<libp2p::PeerId>().with_context(|| format!("--peer-id {peer_id:?}: not a libp2p peer id"))?;
+                    peer_id.clone()
+                }
+                (None, None) => bail!("give --network-key or --peer-id"),
+            };
+            genesis.validators.push(GenesisValidator {
+                name: args.name.clone(),
+                consensus_key,
+                peer_id,
+                p2p_address: args.p2p_address,
+            });
+            save_partial(&genesis, &args.genesis)?;
+            println!("added validator {} (index {})", args.name, genesis.validators.len() - 1);
+        }
+        GenesisCommand::AddAccount(args) => {
+            let mut genesis = Genesis::load_unvalidated(&args.genesis)?;
+            let address = public_key_arg("--address", &args.address)?;
+            genesis.accounts.push(GenesisAccount { address, balance: args.balance });
+            save_partial(&genesis, &args.genesis)?;
+            println!("added account {address} with balance {}", args.balance);
+        }
+        GenesisCommand::Validate { file } => {
+            let genesis = Genesis::load(&file)?;
+            check_peer_ids(&genesis, &file)?;
+            println!("{}: valid", file.display());
+            println!("{genesis}");
+        }
+    }
+    Ok(())
+}
+
+/// The genesis crate checks peer ids by shape; libp2p checks them fully.
+pub fn check_peer_ids(genesis: &Genesis, file: &Path) -> Result<()> {
+    for (index, validator) in genesis.validators.iter().enumerate() {
+        validator.peer_id.parse::<libp2p::PeerId>().map_err(|error| {
+            anyhow::anyhow!("{}: validators[{index}].peer_id: not a libp2p peer id: {error}", file.display())
+        })?;
+        validator.p2p_address.parse::<libp2p::Multiaddr>().map_err(|error| {
+            anyhow::anyhow!("{}: validators[{index}].p2p_address: not a multiaddr: {error}", file.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies a key file into the home (0600), or generates a new key there.
+fn install_key(source: Option<&Path>, target: &Path) -> Result<KeyFile> {
+    let key = match source {
+        Some(path) => KeyFile::read(path)?,
+        None => KeyFile::generate().context("reading the system's random source")?,
+    };
+    key.write_new(target)?;
+    Ok(key)
+}
+
+fn init(args: InitArgs) -> Result<()> {
+    let genesis = Genesis::load(&args.genesis)?;
+    check_peer_ids(&genesis, &args.genesis)?;
+    let home = Home::new(&args.home);
+    if home.config().exists() || home.genesis().exists() {
+        bail!("{}: already initialised (remove it first to start over)", args.home.display());
+    }
+    std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("{}: cannot set mode 0700", home.dir.display()))?;
+    }
+    let consensus = install_key(args.consensus_key.as_deref(), &home.consensus_key())?;
+    let network = install_key(args.network_key.as_deref(), &home.network_key())?;
+    let validator = genesis.validators.iter().position(|validator| validator.consensus_key == consensus.public_key());
+    if let Some(index) = validator {
+        let peer_id = identity::peer_id(&network)?.to_string();
+        if genesis.validators[index].peer_id != peer_id {
+            bail!(
+                "{}: validators[{index}].peer_id is {} but the network key {} has peer id {peer_id}",
+                args.genesis.display(),
+                genesis.validators[index].peer_id,
+                home.network_key().display()
+            );
+        }
+    }
+    let name = args
+        .name
+        .clone()
+        .or_else(|| validator.map(|index| genesis.validators[index].name.clone()))
+        .unwrap_or_else(|| "full-node".to_string());
+    let config = Config { name, p2p_listen: args.p2p_listen, rpc_listen: args.rpc_listen };
+    config.validate().context("invalid --p2p-listen or --rpc-listen")?;
+    genesis.save(&home.genesis())?;
+    config.save_new(&home.config())?;
+    let store = Store::open_or_init(&home.data(), &genesis.ledger_state())?;
+    println!("initialised {}", home.dir.display());
+    println!("chain id        {}", genesis.chain_id);
+    println!("genesis hash    {}", genesis.hash());
+    println!("consensus key   {}", consensus.public_key());
+    println!("peer id         {}", identity::peer_id(&network)?);
+    match validator {
+        Some(index) => println!("role            validator {index} ({})", config.name),
+        None => println!("role            full node (the consensus key is not in the validator set)"),
+    }
+    println!("state root      {}", store.head().state_root);
+    Ok(())
+}

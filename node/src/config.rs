@@ -1,0 +1,99 @@
+//! A node's home directory and its `config.toml`.
+//!
+//! ```text
+//! HOME/config.toml          node settings (below)
+//! HOME/genesis.json         the chain's genesis file
+//! HOME/consensus_key.json   signs PBFT messages (0600)
+//! HOME/network_key.json     libp2p identity (0600)
+//! HOME/data/                RocksDB
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const GENESIS_FILE: &str = "genesis.json";
+pub const CONSENSUS_KEY_FILE: &str = "consensus_key.json";
+pub const NETWORK_KEY_FILE: &str = "network_key.json";
+pub const DATA_DIR: &str = "data";
+
+/// `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A name for logs and `/status`; a validator's genesis name.
+    pub name: String,
+    /// libp2p listen address, e.g. `/ip4/0.0.0.0/tcp/26000`.
+    pub p2p_listen: String,
+    /// RPC listen address, e.g. `127.0.0.1:8545`.
+    pub rpc_listen: String,
+}
+
+/// Paths inside a home directory.
+#[derive(Clone, Debug)]
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    pub fn new(dir: &Path) -> Home {
+        Home { dir: dir.to_path_buf() }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    pub fn genesis(&self) -> PathBuf {
+        self.dir.join(GENESIS_FILE)
+    }
+
+    pub fn consensus_key(&self) -> PathBuf {
+        self.dir.join(CONSENSUS_KEY_FILE)
+    }
+
+    pub fn network_key(&self) -> PathBuf {
+        self.dir.join(NETWORK_KEY_FILE)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join(DATA_DIR)
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|error| {
+            anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end())
+        })?;
+        config.validate().with_context(|| format!("{}: invalid", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn save_new(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            bail!("{}: already exists; refusing to overwrite", path.display());
+        }
+        let text = format!(
+            "# Tetrad node configuration\n\n{}",
+            toml::to_string_pretty(self).context("encoding config.toml")?
+        );
+        std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            bail!("name: must not be empty");
+        }
+        self.rpc_listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("rpc_listen: {:?} is not an address like 127.0.0.1:8545", self.rpc_listen))?;
+        self.p2p_listen
+            .parse::<libp2p::Multiaddr>()
+            .with_context(|| format!("p2p_listen: {:?} is not a multiaddr like /ip4/0.0.0.0/tcp/26000", self.p2p_listen))?;
+        Ok(())
+    }
+}
