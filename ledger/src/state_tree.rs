@@ -8,7 +8,7 @@
 //! The tree lives in memory (64 bytes per account) and is rebuilt from the accounts column
 //! family when the store opens; see `docs/decisions.md` for why this was chosen over jmt.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use tetrad_consensus::Digest;
 
@@ -59,10 +59,8 @@ impl StateTree {
         Some(MerkleProof { index: slot, count: self.count(), siblings: merkle::siblings(&self.levels, slot) })
     }
 
-    fn node(&self, overlay: &HashMap<(usize, u64), Digest>, level: usize, index: u64) -> Digest {
-        if let Some(hash) = overlay.get(&(level, index)) {
-            return *hash;
-        }
+    /// A node as stored (before any update).
+    fn stored(&self, level: usize, index: u64) -> Digest {
         self.levels.get(level).and_then(|nodes| nodes.get(index as usize)).copied().unwrap_or(merkle::empty_hash(level))
     }
 
@@ -77,32 +75,41 @@ impl StateTree {
             updates.range(self.count()..).count() as u64 == count - self.count(),
             "new slots must extend the state tree without gaps"
         );
-        let mut overlay: HashMap<(usize, u64), Digest> = HashMap::with_capacity(updates.len() * 2);
-        let mut nodes = Vec::with_capacity(updates.len() * 2);
-        let mut touched: BTreeSet<u64> = BTreeSet::new();
-        for (&slot, &leaf) in updates {
-            overlay.insert((0, slot), leaf);
-            nodes.push((0, slot, leaf));
-            touched.insert(slot);
+        if updates.is_empty() {
+            return TreeUpdate { count, nodes: Vec::new(), root: self.root() };
         }
         let depth = merkle::depth(count);
+        let mut nodes = Vec::with_capacity(updates.len() * 3);
+        // The changed nodes of one level, sorted by index: every other node of that level is
+        // as stored, so a sibling is either the next changed node or a stored one.
+        let mut changed: Vec<(u64, Digest)> = updates.iter().map(|(slot, leaf)| (*slot, *leaf)).collect();
+        nodes.extend(changed.iter().map(|(index, hash)| (0, *index, *hash)));
         for level in 0..depth {
-            let parents: BTreeSet<u64> = touched.iter().map(|index| index / 2).collect();
-            for &parent in &parents {
-                let left = self.node(&overlay, level, parent * 2);
-                let right = self.node(&overlay, level, parent * 2 + 1);
-                let hash = merkle::node_hash(&left, &right);
-                overlay.insert((level + 1, parent), hash);
-                nodes.push((level + 1, parent, hash));
+            let mut parents = Vec::with_capacity(changed.len() / 2 + 1);
+            let mut position = 0;
+            while position < changed.len() {
+                let (index, hash) = changed[position];
+                let (left, right) = if index % 2 == 0 {
+                    match changed.get(position + 1) {
+                        Some(&(next, next_hash)) if next == index + 1 => {
+                            position += 1;
+                            (hash, next_hash)
+                        }
+                        _ => (hash, self.stored(level, index + 1)),
+                    }
+                } else {
+                    (self.stored(level, index - 1), hash)
+                };
+                position += 1;
+                let parent = (index / 2, merkle::node_hash(&left, &right));
+                nodes.push((level + 1, parent.0, parent.1));
+                parents.push(parent);
             }
-            touched = parents;
+            changed = parents;
         }
-        let top = if updates.is_empty() {
-            self.node(&overlay, depth, 0)
-        } else {
-            overlay.get(&(depth, 0)).copied().unwrap_or_else(|| self.node(&overlay, depth, 0))
-        };
-        TreeUpdate { count, nodes, root: merkle::root_of(count, &top) }
+        // After `depth` levels exactly one node is left: the top.
+        assert_eq!(changed.len(), 1, "state tree update did not converge to one top node");
+        TreeUpdate { count, nodes, root: merkle::root_of(count, &changed[0].1) }
     }
 
     /// Writes an update computed by [`StateTree::update`] on this same tree.

@@ -8,7 +8,7 @@
 //!
 //! Reads take `&self` and may run on any thread; only the node's driver commits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -98,9 +98,13 @@ pub struct GenesisState {
     pub accounts: BTreeMap<Address, Account>,
 }
 
+/// The state at the last committed block, in memory: the header, the state tree and every
+/// account (about 150 bytes per account with the tree), so execution and queries never wait
+/// for a disk read of an account.
 struct Head {
     header: Header,
     tree: StateTree,
+    accounts: HashMap<Address, Account>,
 }
 
 pub struct Store {
@@ -198,20 +202,20 @@ impl Store {
         let mut store = Store {
             db,
             path: path.to_path_buf(),
-            head: RwLock::new(Head { header: genesis_placeholder(), tree: StateTree::default() }),
+            head: RwLock::new(Head { header: genesis_placeholder(), tree: StateTree::default(), accounts: HashMap::new() }),
             sync_writes: true,
         };
         let Some(header) = store.get::<Header>(CF_META, META_HEAD)? else {
             return Err(StorageError::NotInitialized { path: path.to_path_buf() });
         };
-        let tree = store.rebuild_tree()?;
+        let (tree, accounts) = store.load_accounts()?;
         if tree.root() != header.state_root {
             return Err(StorageError::Corrupt {
                 cf: CF_ACCOUNTS,
                 detail: format!("state root {} does not match head {} root {}", tree.root(), header.height, header.state_root),
             });
         }
-        *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Head { header, tree };
+        *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Head { header, tree, accounts };
         Ok(store)
     }
 
@@ -220,7 +224,8 @@ impl Store {
         self.sync_writes = sync;
     }
 
-    fn rebuild_tree(&self) -> Result<StateTree, StorageError> {
+    /// Reads every account and rebuilds the state tree from them.
+    fn load_accounts(&self) -> Result<(StateTree, HashMap<Address, Account>), StorageError> {
         let count_bytes = self
             .get_raw(CF_META, META_ACCOUNT_COUNT)?
             .ok_or(StorageError::Corrupt { cf: CF_META, detail: "no account count".into() })?;
@@ -228,6 +233,7 @@ impl Store {
             count_bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "account count".into() })?,
         );
         let mut leaves: Vec<Option<Digest>> = vec![None; count as usize];
+        let mut accounts = HashMap::with_capacity(count as usize);
         for entry in self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::Start) {
             let (key, value) = entry.map_err(|source| self.rocks(source))?;
             let address = tetrad_consensus::PublicKey(
@@ -241,13 +247,14 @@ impl Store {
             if slot.replace(account.leaf(&address)).is_some() {
                 return Err(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {} used twice", account.slot) });
             }
+            accounts.insert(address, account);
         }
         let leaves = leaves
             .into_iter()
             .enumerate()
             .map(|(slot, leaf)| leaf.ok_or(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {slot} empty") }))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(StateTree::from_leaves(leaves))
+        Ok((StateTree::from_leaves(leaves), accounts))
     }
 
     fn read_head(&self) -> RwLockReadGuard<'_, Head> {
@@ -273,7 +280,7 @@ impl Store {
     /// Runs `f` with a consistent view of the state at the head (for `execute`).
     pub fn with_state<R>(&self, f: impl FnOnce(&Header, &StoreState<'_>) -> R) -> R {
         let head = self.read_head();
-        let state = StoreState { store: self, tree: &head.tree };
+        let state = StoreState { head: &head };
         f(&head.header, &state)
     }
 
@@ -302,8 +309,9 @@ impl Store {
         for (receipt, tx_hash) in execution.receipts.iter().zip(&execution.tx_hashes) {
             let location = TxLocation { height, index: receipt.index };
             batch.put_cf(self.cf(CF_TX_INDEX), tx_hash.0, encode(&location));
-            batch.put_cf(self.cf(CF_RECEIPTS), tx_hash.0, encode(receipt));
         }
+        // One record per block: a put per receipt would double the writes per transaction.
+        batch.put_cf(self.cf(CF_RECEIPTS), key, encode(&execution.receipts));
         for (address, account) in &execution.changes {
             batch.put_cf(self.cf(CF_ACCOUNTS), address.0, encode(account));
         }
@@ -313,6 +321,9 @@ impl Store {
         write.set_sync(self.sync_writes);
         self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))?;
         head.tree.apply(&execution.tree_update);
+        for (address, account) in &execution.changes {
+            head.accounts.insert(*address, *account);
+        }
         head.header = block.header.clone();
         Ok(())
     }
@@ -363,9 +374,14 @@ impl Store {
         let Some(location) = self.get::<TxLocation>(CF_TX_INDEX, &tx_hash.0)? else {
             return Ok(None);
         };
-        let receipt: Receipt = self
-            .get(CF_RECEIPTS, &tx_hash.0)?
-            .ok_or_else(|| StorageError::Corrupt { cf: CF_RECEIPTS, detail: format!("no receipt for {tx_hash}") })?;
+        let receipts: Vec<Receipt> = self.get(CF_RECEIPTS, &be(location.height))?.ok_or_else(|| StorageError::Corrupt {
+            cf: CF_RECEIPTS,
+            detail: format!("no receipts for block {}", location.height),
+        })?;
+        let receipt = receipts.into_iter().nth(location.index as usize).ok_or_else(|| StorageError::Corrupt {
+            cf: CF_RECEIPTS,
+            detail: format!("no receipt {} in block {}", location.index, location.height),
+        })?;
         let block = self
             .block(location.height)?
             .ok_or_else(|| StorageError::Corrupt { cf: CF_TX_INDEX, detail: format!("block {} missing", location.height) })?;
@@ -377,14 +393,20 @@ impl Store {
         Ok(Some((tx, receipt)))
     }
 
+    /// The account at the head (from memory).
     pub fn account(&self, address: &Address) -> Result<Option<Account>, StorageError> {
-        self.get(CF_ACCOUNTS, &address.0)
+        Ok(self.read_head().accounts.get(address).copied())
+    }
+
+    /// The receipts of the block at `height`, in block order.
+    pub fn receipts(&self, height: Height) -> Result<Option<Vec<Receipt>>, StorageError> {
+        self.get(CF_RECEIPTS, &be(height))
     }
 
     /// The account with a proof against the head's state root (which is returned with it).
     pub fn prove_account(&self, address: &Address) -> Result<Option<(AccountProof, Header)>, StorageError> {
         let head = self.read_head();
-        let Some(account) = self.account(address)? else {
+        let Some(account) = head.accounts.get(address).copied() else {
             return Ok(None);
         };
         let proof = head
@@ -432,19 +454,18 @@ impl Store {
 
 /// The state at the head, as read by `execute`.
 pub struct StoreState<'a> {
-    store: &'a Store,
-    tree: &'a StateTree,
+    head: &'a Head,
 }
 
 impl StateReader for StoreState<'_> {
     type Error = StorageError;
 
     fn account(&self, address: &Address) -> Result<Option<Account>, StorageError> {
-        self.store.account(address)
+        Ok(self.head.accounts.get(address).copied())
     }
 
     fn tree(&self) -> &StateTree {
-        self.tree
+        &self.head.tree
     }
 }
 

@@ -134,6 +134,9 @@ pub struct LedgerBenchArgs {
     /// Where to put the database (default: a scratch directory that is removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Skip the fsync per block (to see what the sync costs; nodes always sync).
+    #[arg(long)]
+    no_sync: bool,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -148,7 +151,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
     fn from(args: LedgerBenchArgs) -> Self {
-        crate::bench_ledger::LedgerBench { txs: args.txs, accounts: args.accounts, block_txs: args.block_txs, dir: args.dir }
+        crate::bench_ledger::LedgerBench { txs: args.txs, accounts: args.accounts, block_txs: args.block_txs, dir: args.dir, sync: !args.no_sync }
     }
 }
 
