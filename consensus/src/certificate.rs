@@ -113,7 +113,10 @@ impl<T: Statement + Clone + PartialEq> Certificate<T> {
             }
         }
         if self.signatures.len() < set.quorum() {
-            return Err(SignatureError::TooFewSignatures { found: self.signatures.len(), needed: set.quorum() });
+            return Err(SignatureError::TooFewSignatures {
+                found: self.signatures.len(),
+                needed: set.quorum(),
+            });
         }
         let digest = self.statement.signing_digest(set);
         let mut items = Vec::with_capacity(self.signatures.len());
@@ -178,17 +181,26 @@ mod tests {
         let fixture = fixture(4, b"chain");
         let certificate = Certificate::from_votes(commit(), &votes(&fixture, &[2, 0, 3], &commit()));
         assert_eq!(certificate.verify(&fixture.set), Ok(()));
-        assert_eq!(certificate.signers().collect::<Vec<_>>(), vec![ValidatorIndex(0), ValidatorIndex(2), ValidatorIndex(3)]);
+        assert_eq!(
+            certificate.signers().collect::<Vec<_>>(),
+            vec![ValidatorIndex(0), ValidatorIndex(2), ValidatorIndex(3)]
+        );
     }
 
     #[test]
     fn two_f_signatures_are_refused() {
         let fixture = fixture(4, b"chain");
         let certificate = Certificate::from_votes(commit(), &votes(&fixture, &[0, 1], &commit()));
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::TooFewSignatures { found: 2, needed: 3 }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::TooFewSignatures { found: 2, needed: 3 })
+        );
         let fixture = fixture_7();
         let certificate = Certificate::from_votes(commit(), &votes(&fixture, &[0, 1, 2, 3], &commit()));
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::TooFewSignatures { found: 4, needed: 5 }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::TooFewSignatures { found: 4, needed: 5 })
+        );
     }
 
     fn fixture_7() -> Fixture {
@@ -201,7 +213,10 @@ mod tests {
         let mut certificate = Certificate::from_votes(commit(), &votes(&fixture, &[0, 1], &commit()));
         let again = certificate.signatures[1];
         certificate.signatures.push(again);
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::DuplicateSigner { signer: ValidatorIndex(1) }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::DuplicateSigner { signer: ValidatorIndex(1) })
+        );
     }
 
     #[test]
@@ -220,7 +235,10 @@ mod tests {
         let mut certificate = Certificate::from_votes(commit(), &votes(&fixture, &[0, 1], &commit()));
         let forged = Signed::sign(commit(), ValidatorIndex(2), &SecretKey::from_seed([99; 32]), &fixture.set);
         certificate.signatures.push((forged.signer, forged.signature));
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::BadSignature { signer: ValidatorIndex(2) }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::BadSignature { signer: ValidatorIndex(2) })
+        );
     }
 
     #[test]
@@ -229,7 +247,10 @@ mod tests {
         let fixture = fixture(4, b"chain");
         // Same keys, other genesis hash.
         let certificate = Certificate::from_votes(commit(), &votes(&other_chain, &[0, 1, 2], &commit()));
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::BadSignature { signer: ValidatorIndex(0) }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::BadSignature { signer: ValidatorIndex(0) })
+        );
         // Same bytes signed as a prepare: the domain tag differs.
         let statement = commit();
         let mut signatures = Vec::new();
@@ -239,11 +260,19 @@ mod tests {
                 height: statement.height,
                 digest: statement.digest,
             };
-            let vote = Signed::sign(prepare, ValidatorIndex(signer), &fixture.keys[usize::from(signer)], &fixture.set);
+            let vote = Signed::sign(
+                prepare,
+                ValidatorIndex(signer),
+                &fixture.keys[usize::from(signer)],
+                &fixture.set,
+            );
             signatures.push((vote.signer, vote.signature));
         }
         let certificate = Certificate { statement, signatures };
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::BadSignature { signer: ValidatorIndex(0) }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::BadSignature { signer: ValidatorIndex(0) })
+        );
     }
 
     #[test]
@@ -254,6 +283,9 @@ mod tests {
         let mut certificate = Certificate::from_votes(commit(), &votes(&fixture, &[0, 1], &commit()));
         let stray = &votes(&fixture, &[3], &other)[0];
         certificate.signatures.push((stray.signer, stray.signature));
-        assert_eq!(certificate.verify(&fixture.set), Err(SignatureError::BadSignature { signer: ValidatorIndex(3) }));
+        assert_eq!(
+            certificate.verify(&fixture.set),
+            Err(SignatureError::BadSignature { signer: ValidatorIndex(3) })
+        );
     }
 }

@@ -55,7 +55,11 @@ pub fn signing_digest(domain: Domain, genesis_hash: &Digest, body_bytes: &[u8]) 
 }
 
 /// Borsh-encodes `body` and returns its signing digest.
-pub fn signing_digest_of<T: BorshSerialize + ?Sized>(domain: Domain, genesis_hash: &Digest, body: &T) -> [u8; 32] {
+pub fn signing_digest_of<T: BorshSerialize + ?Sized>(
+    domain: Domain,
+    genesis_hash: &Digest,
+    body: &T,
+) -> [u8; 32] {
     // Encoding into a Vec cannot fail for our types (no IO, no maps with failing keys).
     let bytes = borsh::to_vec(body).unwrap_or_default();
     signing_digest(domain, genesis_hash, &bytes)
@@ -122,10 +126,8 @@ pub fn verify_batch(items: &[([u8; 32], VerifyingKey, Signature)]) -> Result<(),
         return Ok(());
     }
     let messages: Vec<&[u8]> = items.iter().map(|(digest, _, _)| &digest[..]).collect();
-    let signatures: Vec<ed25519_dalek::Signature> = items
-        .iter()
-        .map(|(_, _, signature)| ed25519_dalek::Signature::from_bytes(&signature.0))
-        .collect();
+    let signatures: Vec<ed25519_dalek::Signature> =
+        items.iter().map(|(_, _, signature)| ed25519_dalek::Signature::from_bytes(&signature.0)).collect();
     let keys: Vec<VerifyingKey> = items.iter().map(|(_, key, _)| *key).collect();
     ed25519_dalek::verify_batch(&messages, &signatures, &keys)
         .map_err(|_| CryptoError::BadBatch { count: items.len() })

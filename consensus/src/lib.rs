@@ -21,7 +21,9 @@ pub mod messages;
 pub mod types;
 pub mod validators;
 
-pub use certificate::{Certificate, CheckpointCertificate, CommitCertificate, SignatureError, Signed, Statement};
+pub use certificate::{
+    Certificate, CheckpointCertificate, CommitCertificate, SignatureError, Signed, Statement,
+};
 pub use crypto::{CryptoError, Domain, PublicKey, SecretKey, Signature};
 pub use messages::{Batch, Checkpoint, Commit, PrePrepare, Prepare};
 pub use types::{Digest, Height, HexError, ValidatorIndex, View};

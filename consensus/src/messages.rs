@@ -115,10 +115,14 @@ mod tests {
 
     #[test]
     fn streamed_digest_matches_borsh_encoding() {
-        let batch = Batch { view: View(2), proposer: ValidatorIndex(1), timestamp_ms: 99, payload: vec![1, 2, 3] };
+        let batch =
+            Batch { view: View(2), proposer: ValidatorIndex(1), timestamp_ms: 99, payload: vec![1, 2, 3] };
         let mut bytes = b"tetrad/batch/v1\0".to_vec();
         bytes.extend(borsh::to_vec(&batch).expect("encode"));
         assert_eq!(batch.digest(), Digest::of(&bytes));
-        assert_ne!(Batch::empty(View(1), ValidatorIndex(1)).digest(), Batch::empty(View(2), ValidatorIndex(2)).digest());
+        assert_ne!(
+            Batch::empty(View(1), ValidatorIndex(1)).digest(),
+            Batch::empty(View(2), ValidatorIndex(2)).digest()
+        );
     }
 }

@@ -191,10 +191,7 @@ mod tests {
     fn digest_hex_round_trip_and_errors() {
         let digest = Digest::of(b"tetrad");
         assert_eq!(Digest::from_hex(&digest.to_hex()), Ok(digest));
-        assert_eq!(
-            Digest::from_hex("abcd"),
-            Err(HexError::WrongLength { expected: 64, found: 4 })
-        );
+        assert_eq!(Digest::from_hex("abcd"), Err(HexError::WrongLength { expected: 64, found: 4 }));
         assert!(matches!(Digest::from_hex(&"zz".repeat(32)), Err(HexError::NotHex(_))));
     }
 }

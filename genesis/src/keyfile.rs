@@ -70,7 +70,8 @@ impl KeyFile {
             public_key: self.public_key(),
             secret_key: hex::encode(self.secret.seed()),
         };
-        let mut text = serde_json::to_string_pretty(&json).map_err(|error| write(std::io::Error::other(error)))?;
+        let mut text =
+            serde_json::to_string_pretty(&json).map_err(|error| write(std::io::Error::other(error)))?;
         text.push('\n');
         let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
             Ok(file) => file,
@@ -100,20 +101,29 @@ impl KeyFile {
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
         let deserializer = &mut serde_json::Deserializer::from_str(&text);
-        let json: KeyFileJson = serde_path_to_error::deserialize(deserializer).map_err(|error| KeyFileError::Parse {
-            path: path.to_path_buf(),
-            field: error.path().to_string(),
-            message: error.into_inner().to_string(),
-        })?;
+        let json: KeyFileJson =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| KeyFileError::Parse {
+                path: path.to_path_buf(),
+                field: error.path().to_string(),
+                message: error.into_inner().to_string(),
+            })?;
         if json.kind != "ed25519" {
             return Err(KeyFileError::WrongType { path: path.to_path_buf(), found: json.kind });
         }
         let seed = tetrad_consensus::types::decode_hex_array::<32>(&json.secret_key).map_err(|error| {
-            KeyFileError::Parse { path: path.to_path_buf(), field: "secret_key".into(), message: error.to_string() }
+            KeyFileError::Parse {
+                path: path.to_path_buf(),
+                field: "secret_key".into(),
+                message: error.to_string(),
+            }
         })?;
         let secret = SecretKey::from_seed(seed);
         if secret.public_key() != json.public_key {
-            return Err(KeyFileError::Mismatch { path: path.to_path_buf(), expected: secret.public_key(), found: json.public_key });
+            return Err(KeyFileError::Mismatch {
+                path: path.to_path_buf(),
+                expected: secret.public_key(),
+                found: json.public_key,
+            });
         }
         Ok(KeyFile { secret })
     }

@@ -198,7 +198,8 @@ impl Genesis {
     /// Writes the genesis as pretty JSON (atomically: a temporary file, then a rename).
     pub fn save(&self, path: &Path) -> Result<(), GenesisError> {
         let write = |source| GenesisError::Write { path: path.to_path_buf(), source };
-        let mut text = serde_json::to_string_pretty(self).map_err(|error| write(std::io::Error::other(error)))?;
+        let mut text =
+            serde_json::to_string_pretty(self).map_err(|error| write(std::io::Error::other(error)))?;
         text.push('\n');
         let temporary = path.with_extension("json.tmp");
         std::fs::write(&temporary, text).map_err(write)?;
@@ -222,7 +223,10 @@ impl Genesis {
         let params = &self.consensus;
         let bad = |field: &'static str, reason: String| Err(Problem::BadParam { field, reason });
         if params.checkpoint_interval == 0 || params.checkpoint_interval > 10_000 {
-            return bad("checkpoint_interval", format!("must be 1..=10000, found {}", params.checkpoint_interval));
+            return bad(
+                "checkpoint_interval",
+                format!("must be 1..=10000, found {}", params.checkpoint_interval),
+            );
         }
         if params.watermark_window < 2 * params.checkpoint_interval || params.watermark_window > 100_000 {
             return bad(
@@ -241,17 +245,27 @@ impl Genesis {
         if params.batch_bytes_max < bytes_min || params.batch_bytes_max > 16 << 20 {
             return bad(
                 "batch_bytes_max",
-                format!("must be {bytes_min}..={} (one largest transaction fits), found {}", 16 << 20, params.batch_bytes_max),
+                format!(
+                    "must be {bytes_min}..={} (one largest transaction fits), found {}",
+                    16 << 20,
+                    params.batch_bytes_max
+                ),
             );
         }
         if params.batch_timeout_ms == 0 || params.batch_timeout_ms >= params.view_change_timeout_ms {
             return bad(
                 "batch_timeout_ms",
-                format!("must be above 0 and below view_change_timeout_ms, found {}", params.batch_timeout_ms),
+                format!(
+                    "must be above 0 and below view_change_timeout_ms, found {}",
+                    params.batch_timeout_ms
+                ),
             );
         }
         if params.view_change_timeout_ms < 10 {
-            return bad("view_change_timeout_ms", format!("must be at least 10, found {}", params.view_change_timeout_ms));
+            return bad(
+                "view_change_timeout_ms",
+                format!("must be at least 10, found {}", params.view_change_timeout_ms),
+            );
         }
         if params.view_change_timeout_max_ms < params.view_change_timeout_ms {
             return bad(
@@ -281,7 +295,8 @@ impl Genesis {
                 && validator.name.len() <= 64
                 && validator.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !name_ok {
-                let reason = format!("must be 1 to 64 characters of [A-Za-z0-9._-], found {:?}", validator.name);
+                let reason =
+                    format!("must be 1 to 64 characters of [A-Za-z0-9._-], found {:?}", validator.name);
                 return Err(Problem::BadValidatorName { index, reason });
             }
             if let Some(&other) = names.get(&validator.name) {
@@ -300,7 +315,8 @@ impl Genesis {
                 return Err(Problem::DuplicatePeerId { index, other });
             }
             peers.insert(validator.peer_id.clone(), index);
-            check_multiaddr(&validator.p2p_address).map_err(|reason| Problem::BadAddress { index, reason })?;
+            check_multiaddr(&validator.p2p_address)
+                .map_err(|reason| Problem::BadAddress { index, reason })?;
         }
         Ok(())
     }
@@ -336,12 +352,16 @@ impl Genesis {
 
     /// The validator set of height 0. Fails only on a genesis that does not validate.
     pub fn validator_set(&self) -> Result<ValidatorSet, tetrad_consensus::ValidatorSetError> {
-        ValidatorSet::new(self.hash(), self.validators.iter().map(|validator| validator.consensus_key).collect())
+        ValidatorSet::new(
+            self.hash(),
+            self.validators.iter().map(|validator| validator.consensus_key).collect(),
+        )
     }
 
     /// What a new store is initialised with.
     pub fn ledger_state(&self) -> GenesisState {
-        let balances: Vec<(Address, u64)> = self.accounts.iter().map(|account| (account.address, account.balance)).collect();
+        let balances: Vec<(Address, u64)> =
+            self.accounts.iter().map(|account| (account.address, account.balance)).collect();
         let (header, accounts, _) = genesis_state(&self.chain_id, self.genesis_time_ms, &balances);
         GenesisState { genesis_hash: self.hash(), header, accounts }
     }
@@ -350,7 +370,10 @@ impl Genesis {
 /// A libp2p peer id in its base58 text form (the node parses it fully with libp2p).
 fn check_peer_id(peer_id: &str) -> Result<(), String> {
     if peer_id.len() < 40 || peer_id.len() > 64 {
-        return Err(format!("expected a base58 libp2p peer id of 40 to 64 characters, found {} characters", peer_id.len()));
+        return Err(format!(
+            "expected a base58 libp2p peer id of 40 to 64 characters, found {} characters",
+            peer_id.len()
+        ));
     }
     if let Some(bad) = peer_id.chars().find(|c| !BASE58_ALPHABET.contains(*c)) {
         return Err(format!("{bad:?} is not a base58 character"));
@@ -386,7 +409,11 @@ impl fmt::Display for Genesis {
         writeln!(f, "genesis hash  {}", self.hash())?;
         writeln!(f, "validators    {}", self.validators.len())?;
         for (index, validator) in self.validators.iter().enumerate() {
-            writeln!(f, "  [{index}] {} {} {}", validator.name, validator.consensus_key, validator.p2p_address)?;
+            writeln!(
+                f,
+                "  [{index}] {} {} {}",
+                validator.name, validator.consensus_key, validator.p2p_address
+            )?;
         }
         writeln!(f, "accounts      {}", self.accounts.len())?;
         write!(f, "total supply  {}", self.total_supply())

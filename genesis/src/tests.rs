@@ -19,7 +19,9 @@ fn valid() -> Genesis {
             p2p_address: format!("/ip4/127.0.0.1/tcp/{}", 26000 + index),
         });
     }
-    genesis.accounts.push(GenesisAccount { address: SecretKey::from_seed([50; 32]).public_key(), balance: 1000 });
+    genesis
+        .accounts
+        .push(GenesisAccount { address: SecretKey::from_seed([50; 32]).public_key(), balance: 1000 });
     genesis
 }
 
@@ -71,7 +73,10 @@ fn each_rule_has_its_own_message() {
         problem(|g| g.validators[1].name = "v0".into()),
         "validators[1].name: \"v0\" is also the name of validators[0]"
     );
-    assert_eq!(problem(|g| g.accounts[0].balance = 0), "accounts: total supply is zero; fund at least one account");
+    assert_eq!(
+        problem(|g| g.accounts[0].balance = 0),
+        "accounts: total supply is zero; fund at least one account"
+    );
     assert_eq!(problem(|g| g.accounts.clear()), "accounts: total supply is zero; fund at least one account");
     assert_eq!(
         problem(|g| {
@@ -83,11 +88,15 @@ fn each_rule_has_its_own_message() {
     assert_eq!(
         problem(|g| {
             g.accounts[0].balance = u64::MAX;
-            g.accounts.push(GenesisAccount { address: SecretKey::from_seed([51; 32]).public_key(), balance: 1 });
+            g.accounts
+                .push(GenesisAccount { address: SecretKey::from_seed([51; 32]).public_key(), balance: 1 });
         }),
         "accounts[1].balance: total supply overflows u64"
     );
-    assert!(problem(|g| g.validators[0].peer_id = "not-a-peer".into()).starts_with("validators[0].peer_id: expected a base58"));
+    assert!(
+        problem(|g| g.validators[0].peer_id = "not-a-peer".into())
+            .starts_with("validators[0].peer_id: expected a base58")
+    );
     assert!(
         problem(|g| g.validators[0].p2p_address = "127.0.0.1:26000".into())
             .starts_with("validators[0].p2p_address: expected /ip4/<address>/tcp/<port>")
@@ -119,17 +128,26 @@ fn parse_errors_name_the_file_and_the_field() {
     let mut json: serde_json::Value = serde_json::to_value(valid()).expect("to json");
     json["validators"][1]["consensus_key"] = "abcd".into();
     let error = parse_error(&json.to_string());
-    assert!(error.starts_with("g.json: validators[1].consensus_key: expected 64 hex digits, found 4 at line 1"), "{error}");
+    assert!(
+        error.starts_with("g.json: validators[1].consensus_key: expected 64 hex digits, found 4 at line 1"),
+        "{error}"
+    );
     let mut json: serde_json::Value = serde_json::to_value(valid()).expect("to json");
     json["accounts"][0]["address"] = "zz".repeat(32).into();
-    assert!(parse_error(&json.to_string()).starts_with("g.json: accounts[0].address: not lowercase or uppercase hex"));
+    assert!(
+        parse_error(&json.to_string())
+            .starts_with("g.json: accounts[0].address: not lowercase or uppercase hex")
+    );
     let mut json: serde_json::Value = serde_json::to_value(valid()).expect("to json");
     json["validators"][0]["stake"] = 5.into();
     let error = parse_error(&json.to_string());
     assert!(error.starts_with("g.json: validators[0].stake: unknown field `stake`"), "{error}");
     let mut json: serde_json::Value = serde_json::to_value(valid()).expect("to json");
     json["consensus"]["batch_size"] = 5.into();
-    assert!(parse_error(&json.to_string()).starts_with("g.json: consensus.batch_size: unknown field `batch_size`"));
+    assert!(
+        parse_error(&json.to_string())
+            .starts_with("g.json: consensus.batch_size: unknown field `batch_size`")
+    );
     let mut json: serde_json::Value = serde_json::to_value(valid()).expect("to json");
     json["colour"] = "blue".into();
     assert!(parse_error(&json.to_string()).contains("unknown field `colour`"));
@@ -156,7 +174,11 @@ fn key_files_are_private_and_never_overwritten() {
     assert_eq!(mode, 0o600);
     assert_eq!(KeyFile::read(&path).expect("read").public_key(), key.public_key());
     let again = KeyFile::generate().expect("random").write_new(&path).expect_err("must not overwrite");
-    assert!(again.to_string().ends_with("already exists; refusing to overwrite a key (remove it first if you mean to)"));
+    assert!(
+        again
+            .to_string()
+            .ends_with("already exists; refusing to overwrite a key (remove it first if you mean to)")
+    );
     assert_eq!(KeyFile::read(&path).expect("read").public_key(), key.public_key());
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let error = KeyFile::read(&path).expect_err("world-readable").to_string();

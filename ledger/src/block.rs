@@ -68,7 +68,9 @@ pub fn verify_tx_proof(tx_root: &Digest, tx_hash: &Digest, proof: &merkle::Merkl
 }
 
 /// An account's state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
+)]
 pub struct Account {
     pub balance: u64,
     /// The nonce the account's next transaction must carry.
@@ -89,7 +91,9 @@ impl Account {
 }
 
 /// Why a transaction failed at execution. It changed nothing but its receipt.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize, thiserror::Error,
+)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum ExecutionError {
     #[error("nonce {found} is not the account's next nonce {expected}")]

@@ -78,7 +78,10 @@ impl<S: StateReader> Overlay<'_, S> {
                 // The nonce of a funded account cannot reach u64::MAX in practice, but a wrap
                 // would reopen every old nonce, so it is refused like any other overflow.
                 let Some(nonce_after) = sender.nonce.checked_add(1) else {
-                    return Ok(Err(ExecutionError::BadNonce { expected: sender.nonce, found: tx.body.nonce }));
+                    return Ok(Err(ExecutionError::BadNonce {
+                        expected: sender.nonce,
+                        found: tx.body.nonce,
+                    }));
                 };
                 if *to == from {
                     self.changes.insert(from, Account { nonce: nonce_after, ..sender });
@@ -148,7 +151,9 @@ pub fn genesis_state(
     let accounts: BTreeMap<Address, Account> = sorted
         .iter()
         .enumerate()
-        .map(|(slot, (address, balance))| (*address, Account { balance: *balance, nonce: 0, slot: slot as u64 }))
+        .map(|(slot, (address, balance))| {
+            (*address, Account { balance: *balance, nonce: 0, slot: slot as u64 })
+        })
         .collect();
     let mut leaves = vec![Digest::ZERO; accounts.len()];
     for (address, account) in &accounts {

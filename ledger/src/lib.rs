@@ -28,5 +28,5 @@ pub mod tx;
 
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 pub use execute::{Execution, StateReader, execute, genesis_state};
-pub use storage::{AccountProof, GenesisState, Store, StorageError, TxLocation, verify_account_proof};
+pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind};

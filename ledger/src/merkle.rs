@@ -120,14 +120,16 @@ pub fn prove(leaves: &[Digest], index: u64) -> Option<MerkleProof> {
 
 /// Checks that `leaf` (already leaf-hashed) sits at `proof.index` under `root`.
 pub fn verify(root: &Digest, leaf: &Digest, proof: &MerkleProof) -> bool {
-    if proof.index >= proof.count || proof.siblings.len() != depth(proof.count) || proof.siblings.len() > DEPTH_MAX
+    if proof.index >= proof.count
+        || proof.siblings.len() != depth(proof.count)
+        || proof.siblings.len() > DEPTH_MAX
     {
         return false;
     }
     let mut node = *leaf;
     let mut position = proof.index;
     for sibling in &proof.siblings {
-        node = if position % 2 == 0 { node_hash(&node, sibling) } else { node_hash(sibling, &node) };
+        node = if position.is_multiple_of(2) { node_hash(&node, sibling) } else { node_hash(sibling, &node) };
         position /= 2;
     }
     root_of(proof.count, &node) == *root

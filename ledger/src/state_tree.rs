@@ -44,7 +44,8 @@ impl StateTree {
     }
 
     pub fn root(&self) -> Digest {
-        let top = self.levels.last().and_then(|level| level.first()).copied().unwrap_or(merkle::empty_hash(0));
+        let top =
+            self.levels.last().and_then(|level| level.first()).copied().unwrap_or(merkle::empty_hash(0));
         merkle::root_of(self.count(), &top)
     }
 
@@ -61,7 +62,11 @@ impl StateTree {
 
     /// A node as stored (before any update).
     fn stored(&self, level: usize, index: u64) -> Digest {
-        self.levels.get(level).and_then(|nodes| nodes.get(index as usize)).copied().unwrap_or(merkle::empty_hash(level))
+        self.levels
+            .get(level)
+            .and_then(|nodes| nodes.get(index as usize))
+            .copied()
+            .unwrap_or(merkle::empty_hash(level))
     }
 
     /// The nodes and root after setting the leaves in `updates` (slot → leaf hash), without
@@ -89,7 +94,7 @@ impl StateTree {
             let mut position = 0;
             while position < changed.len() {
                 let (index, hash) = changed[position];
-                let (left, right) = if index % 2 == 0 {
+                let (left, right) = if index.is_multiple_of(2) {
                     match changed.get(position + 1) {
                         Some(&(next, next_hash)) if next == index + 1 => {
                             position += 1;

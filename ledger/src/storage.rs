@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use borsh::{BorshDeserialize, BorshSerialize};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 use tetrad_consensus::{Batch, CheckpointCertificate, CommitCertificate, Digest, Height};
 
@@ -142,7 +144,8 @@ impl Store {
 
     fn open_db(path: &Path) -> Result<DB, StorageError> {
         let options = Self::options();
-        let descriptors = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Self::options()));
+        let descriptors =
+            COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, Self::options()));
         DB::open_cf_descriptors(&options, path, descriptors)
             .map_err(|source| StorageError::Rocks { path: path.to_path_buf(), source })
     }
@@ -171,11 +174,17 @@ impl Store {
     /// store that holds another chain.
     pub fn open_or_init(path: &Path, genesis: &GenesisState) -> Result<Store, StorageError> {
         let db = Self::open_db(path)?;
-        let meta = db.cf_handle(CF_META).ok_or_else(|| StorageError::Corrupt { cf: CF_META, detail: "missing".into() })?;
-        let existing = db.get_cf(meta, META_GENESIS_HASH).map_err(|source| StorageError::Rocks { path: path.into(), source })?;
+        let meta = db
+            .cf_handle(CF_META)
+            .ok_or_else(|| StorageError::Corrupt { cf: CF_META, detail: "missing".into() })?;
+        let existing = db
+            .get_cf(meta, META_GENESIS_HASH)
+            .map_err(|source| StorageError::Rocks { path: path.into(), source })?;
         if existing.is_none() {
             let mut batch = WriteBatch::default();
-            let accounts = db.cf_handle(CF_ACCOUNTS).ok_or_else(|| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "missing".into() })?;
+            let accounts = db
+                .cf_handle(CF_ACCOUNTS)
+                .ok_or_else(|| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "missing".into() })?;
             for (address, account) in &genesis.accounts {
                 batch.put_cf(accounts, address.0, encode(account));
             }
@@ -185,13 +194,18 @@ impl Store {
             batch.put_cf(meta, META_ACCOUNT_COUNT, (genesis.accounts.len() as u64).to_le_bytes());
             let mut write = WriteOptions::default();
             write.set_sync(true);
-            db.write_opt(batch, &write).map_err(|source| StorageError::Rocks { path: path.into(), source })?;
+            db.write_opt(batch, &write)
+                .map_err(|source| StorageError::Rocks { path: path.into(), source })?;
         }
         drop(db);
         let store = Self::open(path)?;
         let found = store.genesis_hash()?;
         if found != genesis.genesis_hash {
-            return Err(StorageError::WrongChain { path: path.into(), expected: genesis.genesis_hash, found });
+            return Err(StorageError::WrongChain {
+                path: path.into(),
+                expected: genesis.genesis_hash,
+                found,
+            });
         }
         Ok(store)
     }
@@ -202,7 +216,11 @@ impl Store {
         let mut store = Store {
             db,
             path: path.to_path_buf(),
-            head: RwLock::new(Head { header: genesis_placeholder(), tree: StateTree::default(), accounts: HashMap::new() }),
+            head: RwLock::new(Head {
+                header: genesis_placeholder(),
+                tree: StateTree::default(),
+                accounts: HashMap::new(),
+            }),
             sync_writes: true,
         };
         let Some(header) = store.get::<Header>(CF_META, META_HEAD)? else {
@@ -212,10 +230,16 @@ impl Store {
         if tree.root() != header.state_root {
             return Err(StorageError::Corrupt {
                 cf: CF_ACCOUNTS,
-                detail: format!("state root {} does not match head {} root {}", tree.root(), header.height, header.state_root),
+                detail: format!(
+                    "state root {} does not match head {} root {}",
+                    tree.root(),
+                    header.height,
+                    header.state_root
+                ),
             });
         }
-        *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Head { header, tree, accounts };
+        *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Head { header, tree, accounts };
         Ok(store)
     }
 
@@ -230,29 +254,39 @@ impl Store {
             .get_raw(CF_META, META_ACCOUNT_COUNT)?
             .ok_or(StorageError::Corrupt { cf: CF_META, detail: "no account count".into() })?;
         let count = u64::from_le_bytes(
-            count_bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "account count".into() })?,
+            count_bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "account count".into() })?,
         );
         let mut leaves: Vec<Option<Digest>> = vec![None; count as usize];
         let mut accounts = HashMap::with_capacity(count as usize);
         for entry in self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::Start) {
             let (key, value) = entry.map_err(|source| self.rocks(source))?;
-            let address = tetrad_consensus::PublicKey(
-                key.as_ref().try_into().map_err(|_| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: "address length".into() })?,
-            );
+            let address =
+                tetrad_consensus::PublicKey(key.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                    cf: CF_ACCOUNTS,
+                    detail: "address length".into(),
+                })?);
             let account: Account = decode(CF_ACCOUNTS, &value)?;
             let slot = leaves.get_mut(account.slot as usize).ok_or_else(|| StorageError::Corrupt {
                 cf: CF_ACCOUNTS,
                 detail: format!("slot {} beyond account count {count}", account.slot),
             })?;
             if slot.replace(account.leaf(&address)).is_some() {
-                return Err(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {} used twice", account.slot) });
+                return Err(StorageError::Corrupt {
+                    cf: CF_ACCOUNTS,
+                    detail: format!("slot {} used twice", account.slot),
+                });
             }
             accounts.insert(address, account);
         }
         let leaves = leaves
             .into_iter()
             .enumerate()
-            .map(|(slot, leaf)| leaf.ok_or(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {slot} empty") }))
+            .map(|(slot, leaf)| {
+                leaf.ok_or(StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {slot} empty") })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((StateTree::from_leaves(leaves), accounts))
     }
@@ -271,9 +305,13 @@ impl Store {
     }
 
     pub fn genesis_hash(&self) -> Result<Digest, StorageError> {
-        let bytes = self.get_raw(CF_META, META_GENESIS_HASH)?.ok_or(StorageError::NotInitialized { path: self.path.clone() })?;
-        let array: [u8; 32] =
-            bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "genesis hash".into() })?;
+        let bytes = self
+            .get_raw(CF_META, META_GENESIS_HASH)?
+            .ok_or(StorageError::NotInitialized { path: self.path.clone() })?;
+        let array: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt { cf: CF_META, detail: "genesis hash".into() })?;
         Ok(Digest(array))
     }
 
@@ -296,7 +334,11 @@ impl Store {
             });
         }
         if block.header != execution.header || execution.tree_update.root != block.header.state_root {
-            return Err(StorageError::NotNext { head: head.header.height, found: height, detail: "header differs from execution".into() });
+            return Err(StorageError::NotNext {
+                head: head.header.height,
+                found: height,
+                detail: "header differs from execution".into(),
+            });
         }
         let mut batch = WriteBatch::default();
         let key = be(height);
@@ -329,7 +371,8 @@ impl Store {
     }
 
     pub fn genesis_header(&self) -> Result<Header, StorageError> {
-        self.get(CF_META, META_GENESIS_HEADER)?.ok_or(StorageError::NotInitialized { path: self.path.clone() })
+        self.get(CF_META, META_GENESIS_HEADER)?
+            .ok_or(StorageError::NotInitialized { path: self.path.clone() })
     }
 
     /// The header at `height` (the genesis header at 0).
@@ -344,18 +387,21 @@ impl Store {
         let Some((header, batch)) = self.get::<(Header, Batch)>(CF_BLOCKS, &be(height))? else {
             return Ok(None);
         };
-        let certificate: CommitCertificate = self.get(CF_CERTIFICATES, &be(height))?.ok_or_else(|| StorageError::Corrupt {
-            cf: CF_CERTIFICATES,
-            detail: format!("block {height} has no certificate"),
-        })?;
+        let certificate: CommitCertificate =
+            self.get(CF_CERTIFICATES, &be(height))?.ok_or_else(|| StorageError::Corrupt {
+                cf: CF_CERTIFICATES,
+                detail: format!("block {height} has no certificate"),
+            })?;
         Ok(Some(Block { header, batch, certificate }))
     }
 
     pub fn height_of(&self, block_hash: &Digest) -> Result<Option<Height>, StorageError> {
         match self.get_raw(CF_BLOCK_HASHES, &block_hash.0)? {
             Some(bytes) => {
-                let array: [u8; 8] =
-                    bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt { cf: CF_BLOCK_HASHES, detail: "height".into() })?;
+                let array: [u8; 8] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt { cf: CF_BLOCK_HASHES, detail: "height".into() })?;
                 Ok(Some(Height(u64::from_be_bytes(array))))
             }
             None => Ok(None),
@@ -374,22 +420,27 @@ impl Store {
         let Some(location) = self.get::<TxLocation>(CF_TX_INDEX, &tx_hash.0)? else {
             return Ok(None);
         };
-        let receipts: Vec<Receipt> = self.get(CF_RECEIPTS, &be(location.height))?.ok_or_else(|| StorageError::Corrupt {
-            cf: CF_RECEIPTS,
-            detail: format!("no receipts for block {}", location.height),
+        let receipts: Vec<Receipt> =
+            self.get(CF_RECEIPTS, &be(location.height))?.ok_or_else(|| StorageError::Corrupt {
+                cf: CF_RECEIPTS,
+                detail: format!("no receipts for block {}", location.height),
+            })?;
+        let receipt =
+            receipts.into_iter().nth(location.index as usize).ok_or_else(|| StorageError::Corrupt {
+                cf: CF_RECEIPTS,
+                detail: format!("no receipt {} in block {}", location.index, location.height),
+            })?;
+        let block = self.block(location.height)?.ok_or_else(|| StorageError::Corrupt {
+            cf: CF_TX_INDEX,
+            detail: format!("block {} missing", location.height),
         })?;
-        let receipt = receipts.into_iter().nth(location.index as usize).ok_or_else(|| StorageError::Corrupt {
-            cf: CF_RECEIPTS,
-            detail: format!("no receipt {} in block {}", location.index, location.height),
+        let txs = block
+            .txs()
+            .map_err(|error| StorageError::Corrupt { cf: CF_BLOCKS, detail: error.to_string() })?;
+        let tx = txs.into_iter().nth(location.index as usize).ok_or_else(|| StorageError::Corrupt {
+            cf: CF_TX_INDEX,
+            detail: format!("index {} out of block", location.index),
         })?;
-        let block = self
-            .block(location.height)?
-            .ok_or_else(|| StorageError::Corrupt { cf: CF_TX_INDEX, detail: format!("block {} missing", location.height) })?;
-        let txs = block.txs().map_err(|error| StorageError::Corrupt { cf: CF_BLOCKS, detail: error.to_string() })?;
-        let tx = txs
-            .into_iter()
-            .nth(location.index as usize)
-            .ok_or_else(|| StorageError::Corrupt { cf: CF_TX_INDEX, detail: format!("index {} out of block", location.index) })?;
         Ok(Some((tx, receipt)))
     }
 
@@ -409,10 +460,10 @@ impl Store {
         let Some(account) = head.accounts.get(address).copied() else {
             return Ok(None);
         };
-        let proof = head
-            .tree
-            .prove(account.slot)
-            .ok_or_else(|| StorageError::Corrupt { cf: CF_ACCOUNTS, detail: format!("slot {} not in tree", account.slot) })?;
+        let proof = head.tree.prove(account.slot).ok_or_else(|| StorageError::Corrupt {
+            cf: CF_ACCOUNTS,
+            detail: format!("slot {} not in tree", account.slot),
+        })?;
         Ok(Some((AccountProof { address: *address, account, proof }, head.header.clone())))
     }
 
@@ -421,7 +472,12 @@ impl Store {
         let mut write = WriteOptions::default();
         write.set_sync(self.sync_writes);
         self.db
-            .put_cf_opt(self.cf(CF_CHECKPOINTS), be(certificate.statement.height), encode(certificate), &write)
+            .put_cf_opt(
+                self.cf(CF_CHECKPOINTS),
+                be(certificate.statement.height),
+                encode(certificate),
+                &write,
+            )
             .map_err(|source| self.rocks(source))
     }
 

@@ -2,12 +2,13 @@
 //! certificates, and a helper that executes and commits a batch.
 
 use tetrad_consensus::{
-    Batch, Certificate, Commit, CommitCertificate, Digest, SecretKey, Signed, ValidatorIndex, ValidatorSet, View,
+    Batch, Certificate, Commit, CommitCertificate, Digest, SecretKey, Signed, ValidatorIndex, ValidatorSet,
+    View,
 };
 
 use crate::block::Block;
 use crate::execute::{Execution, execute};
-use crate::storage::{GenesisState, Store, StorageError};
+use crate::storage::{GenesisState, StorageError, Store};
 use crate::tx::{Address, Tx, TxBody, TxKind, encode_payload};
 
 /// The key of test account `index` (deterministic).
@@ -41,11 +42,13 @@ impl TestChain {
         let genesis_hash = Digest::of(format!("testchain/{validators}/{accounts}/{balance}").as_bytes());
         let validator_keys: Vec<SecretKey> = (0..validators).map(validator_key).collect();
         let validator_set =
-            ValidatorSet::new(genesis_hash, validator_keys.iter().map(SecretKey::public_key).collect()).unwrap_or_else(|error| {
-                panic!("test validator set: {error}");
-            });
+            ValidatorSet::new(genesis_hash, validator_keys.iter().map(SecretKey::public_key).collect())
+                .unwrap_or_else(|error| {
+                    panic!("test validator set: {error}");
+                });
         let balances: Vec<(Address, u64)> = addresses.iter().map(|address| (*address, balance)).collect();
-        let (header, accounts, _) = crate::execute::genesis_state("tetrad-test", 1_700_000_000_000, &balances);
+        let (header, accounts, _) =
+            crate::execute::genesis_state("tetrad-test", 1_700_000_000_000, &balances);
         let genesis = GenesisState { genesis_hash, header, accounts };
         TestChain { genesis_hash, validator_keys, validator_set, addresses, genesis }
     }
@@ -65,7 +68,11 @@ impl TestChain {
     /// A transfer with an all-zero signature, for benchmarks that exclude signatures (execution
     /// never checks them; admission does).
     pub fn unsigned_transfer(&self, from: u64, nonce: u64, to: u64, amount: u64) -> Tx {
-        let body = TxBody { from: self.addresses[from as usize], nonce, kind: TxKind::Transfer { to: self.addresses[to as usize], amount } };
+        let body = TxBody {
+            from: self.addresses[from as usize],
+            nonce,
+            kind: TxKind::Transfer { to: self.addresses[to as usize], amount },
+        };
         Tx { body, signature: Default::default() }
     }
 
@@ -111,7 +118,10 @@ impl MemoryState {
         for (address, account) in &genesis.accounts {
             leaves[account.slot as usize] = account.leaf(address);
         }
-        MemoryState { accounts: genesis.accounts.clone(), tree: crate::state_tree::StateTree::from_leaves(leaves) }
+        MemoryState {
+            accounts: genesis.accounts.clone(),
+            tree: crate::state_tree::StateTree::from_leaves(leaves),
+        }
     }
 
     pub fn apply(&mut self, execution: &Execution) {

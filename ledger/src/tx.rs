@@ -116,7 +116,8 @@ pub fn check_all(txs: &[Tx], genesis_hash: &Digest) -> Vec<Result<(), TxError>> 
     let mut items = Vec::with_capacity(txs.len());
     let mut positions = Vec::with_capacity(txs.len());
     for (position, tx) in txs.iter().enumerate() {
-        let checked = tx.check_shape().and_then(|()| tx.body.from.verifying_key().map_err(TxError::BadSender));
+        let checked =
+            tx.check_shape().and_then(|()| tx.body.from.verifying_key().map_err(TxError::BadSender));
         match checked {
             Ok(key) => {
                 items.push((tx.body.signing_digest(genesis_hash), key, tx.signature));

@@ -6,10 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tetrad_consensus::Height;
+use tetrad_ledger::Store;
 use tetrad_ledger::scratch::ScratchDir;
 use tetrad_ledger::testkit::{TestChain, account_key};
 use tetrad_ledger::tx::Tx;
-use tetrad_ledger::Store;
 
 const CHILD_DIR_ENV: &str = "TETRAD_CRASH_CHILD_DIR";
 const ACCOUNTS: u64 = 40;
@@ -38,10 +38,15 @@ fn next_block(chain: &TestChain, store: &Store) -> Vec<Tx> {
             let r = mix(height * 1000 + k);
             let from = r % ACCOUNTS;
             let nonce = nonces.entry(from).or_insert_with(|| {
-                store.account(&account_key(from).public_key()).ok().flatten().map(|account| account.nonce).unwrap_or(0)
+                store
+                    .account(&account_key(from).public_key())
+                    .ok()
+                    .flatten()
+                    .map(|account| account.nonce)
+                    .unwrap_or(0)
             });
             // One in eight uses a stale nonce and fails; the rest execute.
-            let used = if r % 8 == 0 { nonce.saturating_sub(1) } else { *nonce };
+            let used = if r.is_multiple_of(8) { nonce.saturating_sub(1) } else { *nonce };
             if used == *nonce {
                 *nonce += 1;
             }
@@ -59,7 +64,8 @@ fn crash_child_writer() {
         return;
     };
     let chain = chain();
-    let store = Store::open_or_init(std::path::Path::new(&dir), &chain.genesis).expect("child opens the store");
+    let store =
+        Store::open_or_init(std::path::Path::new(&dir), &chain.genesis).expect("child opens the store");
     // Bounded: the parent kills the child long before this many blocks.
     for _ in 0..100_000 {
         let txs = next_block(&chain, &store);
@@ -93,9 +99,15 @@ fn sigkill_leaves_a_prefix_of_whole_blocks() {
         let head = store.head();
         assert!(head.height >= previous, "round {round}: head went back from {previous} to {}", head.height);
         previous = head.height;
-        assert!(store.block(head.height.next()).expect("read").is_none(), "round {round}: a block beyond the head");
+        assert!(
+            store.block(head.height.next()).expect("read").is_none(),
+            "round {round}: a block beyond the head"
+        );
         for height in 1..=head.height.0 {
-            assert!(store.block(Height(height)).expect("read").is_some(), "round {round}: block {height} missing");
+            assert!(
+                store.block(Height(height)).expect("read").is_some(),
+                "round {round}: block {height} missing"
+            );
         }
         // Every stored tx of the head block has a receipt; none of the next block's does.
         let head_block = store.block(head.height).expect("read");

@@ -57,7 +57,12 @@ fn realise(chain: &TestChain, state: &MemoryState, plans: &[TxPlan]) -> Vec<Tx> 
 }
 
 fn batch(parent: &Header, txs: &[Tx]) -> Batch {
-    Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: parent.timestamp_ms + 1, payload: encode_payload(txs) }
+    Batch {
+        view: View(0),
+        proposer: ValidatorIndex(0),
+        timestamp_ms: parent.timestamp_ms + 1,
+        payload: encode_payload(txs),
+    }
 }
 
 /// Executes all blocks on a memory state; returns the headers and the final state.
@@ -68,7 +73,8 @@ fn run(chain: &TestChain, blocks: &[Vec<TxPlan>]) -> (Vec<Header>, MemoryState, 
     let mut all_txs = Vec::new();
     for plans in blocks {
         let txs = realise(chain, &state, plans);
-        let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+        let execution =
+            execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
         state.apply(&execution);
         parent = execution.header.clone();
         headers.push(execution.header);
@@ -187,13 +193,15 @@ fn recipient_overflow_is_a_failed_receipt() {
     let state = MemoryState::from_genesis(&chain.genesis);
     let txs = vec![chain.transfer(0, 0, 1, 10)];
     let parent = chain.genesis.header.clone();
-    let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+    let execution =
+        execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
     assert_eq!(execution.receipts[0].outcome, Outcome::Success);
     // Overflowing u64: only possible here because the genesis was edited past a valid supply.
     let mut chain = chain;
     chain.genesis.accounts.get_mut(&b).expect("b").balance = u64::MAX - 5;
     let state = MemoryState::from_genesis(&chain.genesis);
-    let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
+    let execution =
+        execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
     assert_eq!(
         execution.receipts[0].outcome,
         Outcome::Failed { error: ExecutionError::BalanceOverflow { balance: u64::MAX - 5, amount: 10 } }
@@ -207,7 +215,12 @@ fn same_batches_give_the_same_root_after_reopening_the_store() {
     let plans: Vec<Vec<TxPlan>> = (0..12u64)
         .map(|round| {
             (0..5u64)
-                .map(|k| TxPlan { from: (round + k) % ACCOUNTS, to: (round * 3 + k) % (ACCOUNTS + 2), amount: 7 + k, nonce_offset: 0 })
+                .map(|k| TxPlan {
+                    from: (round + k) % ACCOUNTS,
+                    to: (round * 3 + k) % (ACCOUNTS + 2),
+                    amount: 7 + k,
+                    nonce_offset: 0,
+                })
                 .collect()
         })
         .collect();
@@ -254,7 +267,9 @@ fn account_proofs_verify_against_the_head_root() {
     let chain = TestChain::new(4, ACCOUNTS, 1000);
     let dir = ScratchDir::new("proofs").expect("scratch dir");
     let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
-    chain.commit(&store, &[chain.transfer(0, 0, ACCOUNTS + 1, 5), chain.transfer(1, 0, 2, 9)]).expect("commit");
+    chain
+        .commit(&store, &[chain.transfer(0, 0, ACCOUNTS + 1, 5), chain.transfer(1, 0, 2, 9)])
+        .expect("commit");
     let root = store.head().state_root;
     for index in (0..ACCOUNTS).chain([ACCOUNTS + 1]) {
         let address = account_key(index).public_key();

@@ -23,7 +23,10 @@ pub struct LedgerBench {
 }
 
 pub fn run(bench: &LedgerBench) -> Result<()> {
-    anyhow::ensure!(bench.accounts >= 2 && bench.block_txs >= 1, "need at least 2 accounts and 1 tx per block");
+    anyhow::ensure!(
+        bench.accounts >= 2 && bench.block_txs >= 1,
+        "need at least 2 accounts and 1 tx per block"
+    );
     let scratch = ScratchDir::new("bench-ledger").context("scratch directory")?;
     let path = bench.dir.clone().unwrap_or_else(|| scratch.join("db"));
     let chain = TestChain::new(4, bench.accounts, 1_000_000_000);
@@ -34,7 +37,10 @@ pub fn run(bench: &LedgerBench) -> Result<()> {
     let (mut execute_time, mut commit_time) = (Duration::ZERO, Duration::ZERO);
     let mut sent = 0u64;
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    println!("executing {} transfers among {} accounts in blocks of {}", bench.txs, bench.accounts, bench.block_txs);
+    println!(
+        "executing {} transfers among {} accounts in blocks of {}",
+        bench.txs, bench.accounts, bench.block_txs
+    );
     for block_index in 0..blocks {
         let count = bench.block_txs.min(bench.txs - sent);
         let txs: Vec<_> = (0..count)
@@ -75,7 +81,11 @@ pub fn run(bench: &LedgerBench) -> Result<()> {
     let total = execute_time + commit_time;
     println!("blocks           {blocks}");
     println!("execute          {:.2} s", execute_time.as_secs_f64());
-    println!("commit           {:.2} s ({})", commit_time.as_secs_f64(), if bench.sync { "fsync per block" } else { "no fsync" });
+    println!(
+        "commit           {:.2} s ({})",
+        commit_time.as_secs_f64(),
+        if bench.sync { "fsync per block" } else { "no fsync" }
+    );
     println!("throughput       {:.0} tx/s", sent as f64 / total.as_secs_f64());
     println!("final height     {}  state root {}", store.head().height, store.head().state_root);
     Ok(())

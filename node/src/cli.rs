@@ -151,7 +151,13 @@ pub fn run(cli: Cli) -> Result<()> {
 
 impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
     fn from(args: LedgerBenchArgs) -> Self {
-        crate::bench_ledger::LedgerBench { txs: args.txs, accounts: args.accounts, block_txs: args.block_txs, dir: args.dir, sync: !args.no_sync }
+        crate::bench_ledger::LedgerBench {
+            txs: args.txs,
+            accounts: args.accounts,
+            block_txs: args.block_txs,
+            dir: args.dir,
+            sync: !args.no_sync,
+        }
     }
 }
 
@@ -176,7 +182,8 @@ fn public_key_arg(flag: &str, value: &str) -> Result<PublicKey> {
     if Path::new(value).exists() {
         return Ok(KeyFile::read(Path::new(value))?.public_key());
     }
-    PublicKey::from_hex(value).map_err(|error| anyhow::anyhow!("{flag} {value:?}: not a key file, and not a public key: {error}"))
+    PublicKey::from_hex(value)
+        .map_err(|error| anyhow::anyhow!("{flag} {value:?}: not a key file, and not a public key: {error}"))
 }
 
 /// Saves a genesis under construction, refusing problems other than the ones that adding more
@@ -216,7 +223,9 @@ fn genesis(command: GenesisCommand) -> Result<()> {
             let peer_id = match (&args.network_key, &args.peer_id) {
                 (Some(file), _) => identity::peer_id(&KeyFile::read(file)?)?.to_string(),
                 (None, Some(peer_id)) => {
-                    peer_id.parse::<libp2p::PeerId>().with_context(|| format!("--peer-id {peer_id:?}: not a libp2p peer id"))?;
+                    peer_id
+                        .parse::<libp2p::PeerId>()
+                        .with_context(|| format!("--peer-id {peer_id:?}: not a libp2p peer id"))?;
                     peer_id.clone()
                 }
                 (None, None) => bail!("give --network-key or --peer-id"),
@@ -260,14 +269,12 @@ pub fn check_peer_ids(genesis: &Genesis, file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies a key file into the home (0600), or generates a new key there.
-fn install_key(source: Option<&Path>, target: &Path) -> Result<KeyFile> {
-    let key = match source {
-        Some(path) => KeyFile::read(path)?,
-        None => KeyFile::generate().context("reading the system's random source")?,
-    };
-    key.write_new(target)?;
-    Ok(key)
+/// A key file to copy into the home, or a new key.
+fn load_or_generate(source: Option<&Path>) -> Result<KeyFile> {
+    match source {
+        Some(path) => Ok(KeyFile::read(path)?),
+        None => KeyFile::generate().context("reading the system's random source"),
+    }
 }
 
 fn init(args: InitArgs) -> Result<()> {
@@ -277,23 +284,18 @@ fn init(args: InitArgs) -> Result<()> {
     if home.config().exists() || home.genesis().exists() {
         bail!("{}: already initialised (remove it first to start over)", args.home.display());
     }
-    std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("{}: cannot set mode 0700", home.dir.display()))?;
-    }
-    let consensus = install_key(args.consensus_key.as_deref(), &home.consensus_key())?;
-    let network = install_key(args.network_key.as_deref(), &home.network_key())?;
-    let validator = genesis.validators.iter().position(|validator| validator.consensus_key == consensus.public_key());
+    // Everything is checked before anything is written, so a refused init leaves no debris.
+    let consensus = load_or_generate(args.consensus_key.as_deref())?;
+    let network = load_or_generate(args.network_key.as_deref())?;
+    let validator =
+        genesis.validators.iter().position(|validator| validator.consensus_key == consensus.public_key());
     if let Some(index) = validator {
         let peer_id = identity::peer_id(&network)?.to_string();
         if genesis.validators[index].peer_id != peer_id {
             bail!(
-                "{}: validators[{index}].peer_id is {} but the network key {} has peer id {peer_id}",
+                "{}: validators[{index}].peer_id is {} but the network key has peer id {peer_id}",
                 args.genesis.display(),
                 genesis.validators[index].peer_id,
-                home.network_key().display()
             );
         }
     }
@@ -304,6 +306,14 @@ fn init(args: InitArgs) -> Result<()> {
         .unwrap_or_else(|| "full-node".to_string());
     let config = Config { name, p2p_listen: args.p2p_listen, rpc_listen: args.rpc_listen };
     config.validate().context("invalid --p2p-listen or --rpc-listen")?;
+    std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("{}: cannot set mode 0700", home.dir.display()))?;
+    }
+    consensus.write_new(&home.consensus_key())?;
+    network.write_new(&home.network_key())?;
     genesis.save(&home.genesis())?;
     config.save_new(&home.config())?;
     let store = Store::open_or_init(&home.data(), &genesis.ledger_state())?;

@@ -64,11 +64,12 @@ impl Home {
 }
 
 impl Config {
+    #[allow(dead_code, reason = "read by `tetrad run`, which arrives with the node issue")]
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let config: Config = toml::from_str(&text).map_err(|error| {
-            anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end())
-        })?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.to_string().trim_end()))?;
         config.validate().with_context(|| format!("{}: invalid", path.display()))?;
         Ok(config)
     }
@@ -88,12 +89,12 @@ impl Config {
         if self.name.is_empty() {
             bail!("name: must not be empty");
         }
-        self.rpc_listen
-            .parse::<std::net::SocketAddr>()
-            .with_context(|| format!("rpc_listen: {:?} is not an address like 127.0.0.1:8545", self.rpc_listen))?;
-        self.p2p_listen
-            .parse::<libp2p::Multiaddr>()
-            .with_context(|| format!("p2p_listen: {:?} is not a multiaddr like /ip4/0.0.0.0/tcp/26000", self.p2p_listen))?;
+        self.rpc_listen.parse::<std::net::SocketAddr>().with_context(|| {
+            format!("rpc_listen: {:?} is not an address like 127.0.0.1:8545", self.rpc_listen)
+        })?;
+        self.p2p_listen.parse::<libp2p::Multiaddr>().with_context(|| {
+            format!("p2p_listen: {:?} is not a multiaddr like /ip4/0.0.0.0/tcp/26000", self.p2p_listen)
+        })?;
         Ok(())
     }
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build Tetrad: clang and libclang (the rocksdb crate's
+# bindgen needs them). Debian/Ubuntu only; does nothing when they are already there.
+set -euo pipefail
+
+have_libclang() {
+    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' \
+        || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1
+}
+
+if command -v clang >/dev/null 2>&1 && have_libclang; then
+    exit 0
+fi
+
+echo "setup: installing clang and libclang-dev with apt-get" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to apt-get install clang libclang-dev" >&2; exit 1; }
+    sudo="sudo"
+fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang libclang-dev >/dev/null

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README): set up a fresh machine, then format check, clippy and every test.
+# Everything builds in the release profile only: one RocksDB build, shared by clippy, the tests
+# and the binaries the cluster tests start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+bash scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+
+echo "== cargo clippy (release, all targets, -D warnings)" >&2
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+
+echo "== tests (release)" >&2
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --release --workspace --locked --no-fail-fast
+else
+    cargo test --release --workspace --locked --no-fail-fast
+fi
