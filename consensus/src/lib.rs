@@ -28,3 +28,10 @@ pub use crypto::{CryptoError, Domain, PublicKey, SecretKey, Signature};
 pub use messages::{Batch, Checkpoint, Commit, PrePrepare, Prepare};
 pub use types::{Digest, Height, HexError, ValidatorIndex, View};
 pub use validators::{ValidatorSchedule, ValidatorSet, ValidatorSetError};
+pub mod replica;
+pub mod safety;
+pub mod view_messages;
+pub mod wire;
+
+pub use replica::{Actions, Committed, Counters, DropReason, FetchBlocks, Input, Outgoing, Recipient, Replica, ReplicaConfig, Timer, TimerAction};
+pub use wire::{Message, VerifiedBlock, VerifiedMessage, VerifyError};

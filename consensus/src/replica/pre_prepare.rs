@@ -1,0 +1,102 @@
+//! PBFT §4.2, first phase: the primary proposes; backups accept one digest per (view, height).
+
+use std::sync::Arc;
+
+use super::{DropReason, Replica, remember_batch};
+use crate::certificate::Signed;
+use crate::messages::{Batch, PrePrepare, Prepare};
+use crate::safety::SafetyRecord;
+use crate::wire::Message;
+
+impl Replica {
+    /// The primary assigns the next height to a new batch (PBFT §4.2: "the primary assigns a
+    /// sequence number n to the request, multicasts a pre-prepare").
+    pub(super) fn propose(&mut self, payload: Vec<u8>, timestamp_ms: u64) {
+        if !self.can_propose() {
+            self.drop_message(DropReason::Unexpected);
+            return;
+        }
+        let height = self.next_height;
+        let batch = Arc::new(Batch { view: self.view, proposer: self.me, timestamp_ms, payload });
+        let digest = batch.digest();
+        if self.safety.check_accept(self.view, height, digest).is_err() {
+            // Only after a restart can this replica have signed something at this height in
+            // this view; skip the height rather than sign twice (the view will change).
+            self.drop_message(DropReason::SafetyRule);
+            self.next_height = height.next();
+            return;
+        }
+        let pre_prepare =
+            Signed::sign(PrePrepare { view: self.view, height, digest }, self.me, &self.key, self.set_at(height));
+        self.safety.record_accept(self.view, height, digest);
+        self.next_height = height.next();
+        let now = self.now_ms;
+        let slot = self.log.entry(height).or_default();
+        slot.pre_prepare = Some(pre_prepare.clone());
+        slot.accepted_at_ms = now;
+        remember_batch(slot, digest, batch.clone());
+        self.persist_then_broadcast(
+            SafetyRecord::Accepted { pre_prepare: pre_prepare.clone(), batch: Some(batch.clone()) },
+            Message::PrePrepare { pre_prepare, batch },
+        );
+        self.update_view_change_timer();
+    }
+
+    /// A backup accepts a pre-prepare if it is the current view's primary's (checked by
+    /// verification), within the watermarks, and no other digest was accepted for its (view,
+    /// height). The layer above has checked the batch's transactions before handing it in.
+    pub(super) fn on_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Arc<Batch>) {
+        let PrePrepare { view, height, digest } = pre_prepare.body;
+        if view < self.view {
+            return self.drop_message(DropReason::OldView);
+        }
+        if view > self.view {
+            return self.drop_message(DropReason::FutureView);
+        }
+        if !self.view_active {
+            return self.drop_message(DropReason::ViewChanging);
+        }
+        if !self.in_window(height) {
+            return self.drop_message(DropReason::OutsideWindow);
+        }
+        if pre_prepare.signer != self.set_at(height).primary(view) || pre_prepare.signer == self.me {
+            return self.drop_message(DropReason::NotFromPrimary);
+        }
+        if let Some(existing) = self.log.get(&height).and_then(|slot| slot.pre_prepare.as_ref()) {
+            let reason =
+                if existing.body.digest == digest { DropReason::Duplicate } else { DropReason::ConflictingPrePrepare };
+            return self.drop_message(reason);
+        }
+        if self.safety.check_accept(view, height, digest).is_err() {
+            return self.drop_message(DropReason::SafetyRule);
+        }
+        self.accept_pre_prepare(pre_prepare, Some(batch));
+    }
+
+    /// Records an accepted pre-prepare and sends this replica's prepare after persisting it.
+    /// `batch` may be missing for a new view's re-proposal; it is fetched then.
+    pub(super) fn accept_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Option<Arc<Batch>>) {
+        let PrePrepare { view, height, digest } = pre_prepare.body;
+        self.safety.record_accept(view, height, digest);
+        let prepare = Signed::sign(Prepare { view, height, digest }, self.me, &self.key, self.set_at(height));
+        let now = self.now_ms;
+        let slot = self.log.entry(height).or_default();
+        slot.pre_prepare = Some(pre_prepare.clone());
+        slot.accepted_at_ms = now;
+        if let Some(batch) = &batch {
+            remember_batch(slot, digest, batch.clone());
+        }
+        let known = slot.batches.get(&digest).cloned();
+        slot.prepares.insert(self.me, prepare.clone());
+        self.persist_then_broadcast(
+            SafetyRecord::Accepted { pre_prepare, batch: known.clone() },
+            Message::Prepare(prepare),
+        );
+        if known.is_none() {
+            self.fetch_batch(height, digest);
+        }
+        self.check_prepared(height);
+        self.check_committed(height);
+        self.update_view_change_timer();
+    }
+}

@@ -1,0 +1,151 @@
+//! Status messages, retransmission, batch fetch and state transfer.
+//!
+//! The network may lose any message. Every status interval a replica tells its peers where it
+//! is, resends its own messages for work that has been stuck for a whole interval, and resends
+//! the current new-view to peers still in an older view. A replica that learns it is behind
+//! (a stable checkpoint above what it committed, f+1 checkpoints above its window, or a peer
+//! that has committed more while it stalled) asks one peer at a time for committed blocks and
+//! accepts only those whose certificates verify against the validator set of their height.
+
+use std::sync::Arc;
+
+use super::{DropReason, FETCH_HEIGHTS_MAX, FetchBlocks, Replica, TRANSFER_BUFFER_MAX, Timer, remember_batch};
+use crate::messages::Batch;
+use crate::types::{Digest, Height, ValidatorIndex};
+use crate::wire::{Message, Status, VerifiedBlock};
+
+impl Replica {
+    pub(super) fn on_status_tick(&mut self) {
+        self.set_timer(Timer::Status, self.now_ms + self.config.status_interval_ms);
+        self.broadcast(Message::Status(Status {
+            view: self.view,
+            view_active: self.view_active,
+            committed: self.committed,
+            stable: self.low,
+        }));
+        if self.view_active {
+            self.retransmit_stuck_votes();
+        } else if let Some(view_change) = self.my_view_change.clone() {
+            self.broadcast(Message::ViewChange(view_change));
+        }
+        // A peer committed more while this replica made no progress for a whole interval.
+        let stalled = self.committed == self.committed_at_last_tick;
+        self.committed_at_last_tick = self.committed;
+        let ahead = self.peers.values().map(|(_, committed)| *committed).max().unwrap_or(Height::GENESIS);
+        if stalled && ahead > self.committed {
+            self.request_blocks(ahead);
+        }
+    }
+
+    /// Resends this replica's own pre-prepare, prepare and commit for heights of the current
+    /// view that were accepted at least one interval ago and are not yet delivered.
+    fn retransmit_stuck_votes(&mut self) {
+        let cutoff = self.now_ms.saturating_sub(self.config.status_interval_ms);
+        let mut resend = Vec::new();
+        for (height, slot) in self.log.range(self.committed.next()..) {
+            let Some(pre_prepare) = &slot.pre_prepare else { continue };
+            if slot.accepted_at_ms > cutoff {
+                continue;
+            }
+            if pre_prepare.signer == self.me {
+                if let Some(batch) = slot.batches.get(&pre_prepare.body.digest) {
+                    resend.push(Message::PrePrepare { pre_prepare: pre_prepare.clone(), batch: batch.clone() });
+                }
+            } else if let Some(prepare) = slot.prepares.get(&self.me) {
+                resend.push(Message::Prepare(prepare.clone()));
+            }
+            if let Some(commit) = slot.commits.get(&self.me) {
+                resend.push(Message::Commit(commit.clone()));
+            }
+            if let Some(certificate) = &slot.certificate
+                && !slot.batches.contains_key(&certificate.statement.digest)
+            {
+                resend.push(Message::FetchBatch { height: *height, digest: certificate.statement.digest });
+            }
+        }
+        for message in resend {
+            self.broadcast(message);
+        }
+    }
+
+    pub(super) fn on_status(&mut self, from: ValidatorIndex, status: Status) {
+        if !self.set_at(self.low.next()).contains(from) || from == self.me {
+            return self.drop_message(DropReason::Unexpected);
+        }
+        self.peers.insert(from, (status.view, status.committed));
+        let behind_view = status.view < self.view || (status.view == self.view && !status.view_active);
+        if self.view_active && behind_view && let Some(new_view) = self.new_view.clone() {
+            self.send_to(from, Message::NewView(new_view));
+        }
+    }
+
+    /// Asks every peer for a batch this replica needs but never received.
+    pub(super) fn fetch_batch(&mut self, height: Height, digest: Digest) {
+        self.broadcast(Message::FetchBatch { height, digest });
+    }
+
+    pub(super) fn on_fetch_batch(&mut self, from: ValidatorIndex, height: Height, digest: Digest) {
+        let batch = self.log.get(&height).and_then(|slot| slot.batches.get(&digest)).cloned();
+        match batch {
+            Some(batch) => self.send_to(from, Message::Batch { height, batch }),
+            None => self.drop_message(DropReason::UnwantedBatch),
+        }
+    }
+
+    /// A batch is kept only if this replica has a use for its digest at that height: the
+    /// current pre-prepare, a commit certificate, or a prepared certificate.
+    pub(super) fn on_batch(&mut self, height: Height, batch: Arc<Batch>) {
+        let Some(slot) = self.log.get_mut(&height) else {
+            return self.drop_message(DropReason::UnwantedBatch);
+        };
+        let digest = batch.digest();
+        let wanted = slot.pre_prepare.as_ref().is_some_and(|pp| pp.body.digest == digest)
+            || slot.certificate.as_ref().is_some_and(|certificate| certificate.statement.digest == digest)
+            || slot.prepared.as_ref().is_some_and(|prepared| prepared.digest() == digest);
+        if !wanted || slot.batches.contains_key(&digest) {
+            return self.drop_message(DropReason::UnwantedBatch);
+        }
+        remember_batch(slot, digest, batch);
+        self.deliver();
+    }
+
+    /// Asks the next peer (in rotation) for the committed blocks after ours, up to `target`.
+    pub(super) fn request_blocks(&mut self, target: Height) {
+        if target <= self.committed {
+            return;
+        }
+        // Ask, in rotation, the peers that said they have more; failing that, any other peer.
+        let mut candidates: Vec<ValidatorIndex> =
+            self.peers.iter().filter(|(_, (_, committed))| *committed > self.committed).map(|(peer, _)| *peer).collect();
+        if candidates.is_empty() {
+            let n = self.set_at(self.low.next()).n() as u16;
+            candidates = (0..n).map(ValidatorIndex).filter(|peer| *peer != self.me).collect();
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let peer = candidates[usize::from(self.fetch_rotation) % candidates.len()];
+        self.fetch_rotation = self.fetch_rotation.wrapping_add(1);
+        let from = self.committed.next();
+        let to = Height(target.0.min(from.0 + FETCH_HEIGHTS_MAX - 1));
+        self.counters.state_transfers += 1;
+        self.actions.fetch_blocks.push(FetchBlocks { from, to, peer });
+    }
+
+    /// Committed blocks from a peer (certificates verified): delivered in order; blocks above
+    /// the next height wait in a bounded buffer.
+    pub(super) fn on_blocks(&mut self, blocks: Vec<VerifiedBlock>) {
+        for block in blocks {
+            let height = block.height();
+            if height <= self.committed {
+                continue;
+            }
+            if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX && !self.transfer_buffer.contains_key(&height) {
+                self.drop_message(DropReason::OutsideWindow);
+                continue;
+            }
+            self.transfer_buffer.insert(height, block);
+        }
+        self.deliver();
+    }
+}

@@ -1,0 +1,223 @@
+//! PBFT §4.4: view change and new view.
+//!
+//! A backup whose pending work waited too long moves to view v+1 and sends VIEW-CHANGE with its
+//! stable checkpoint and its prepared certificates above it. The new primary collects a quorum
+//! of them and sends NEW-VIEW with the pre-prepares they prescribe (each prepared digest keeps
+//! its height; gaps get the new view's empty batch). Every backup recomputes them (done in
+//! `wire::verify`) before it enters the view. A replica that sees f+1 view-changes for higher
+//! views joins the smallest of them (PBFT §4.5.2).
+
+use std::sync::Arc;
+
+use super::{DropReason, Replica, Timer, remember_batch};
+use crate::certificate::Signed;
+use crate::messages::{Batch, PrePrepare};
+use crate::safety::{SafetyRecord, SafetyWrite, view_change_digest};
+use crate::types::{Height, View};
+use crate::view_messages::{NewView, ViewChange, highest_checkpoint, reproposal_range, reproposals};
+use crate::wire::Message;
+
+impl Replica {
+    pub(super) fn on_view_change_timeout(&mut self) {
+        // PBFT §4.5.2: if the new view does not arrive (or make progress) in time, move on to
+        // the next view, waiting twice as long.
+        self.start_view_change(self.view.next());
+    }
+
+    /// Moves to `new_view` and sends a view-change for it.
+    pub(super) fn start_view_change(&mut self, new_view: View) {
+        if new_view <= self.view && !self.view_active {
+            return;
+        }
+        if new_view < self.view {
+            return;
+        }
+        self.counters.view_changes += 1;
+        self.consecutive_view_changes = self.consecutive_view_changes.saturating_add(1);
+        self.view = new_view;
+        self.view_active = false;
+        self.new_view = None;
+        let prepared = self
+            .log
+            .range(self.low.next()..)
+            .filter_map(|(_, slot)| slot.prepared.clone())
+            .collect();
+        let body = ViewChange { new_view, checkpoint: self.stable.clone(), prepared };
+        let signed = match self.safety.check_view_change(new_view, view_change_digest(&body)) {
+            Ok(()) => {
+                self.safety.record_view_change(new_view, view_change_digest(&body));
+                let signed = Signed::sign(body, self.me, &self.key, self.set_at(self.low.next()));
+                self.persist_then_broadcast(SafetyRecord::ViewChange(signed.clone()), Message::ViewChange(signed.clone()));
+                signed
+            }
+            // Already signed a different view-change for this view (before a restart): resend
+            // that one, never a second.
+            Err(_) => match self.my_view_change.clone().filter(|vc| vc.body.new_view == new_view) {
+                Some(previous) => {
+                    self.broadcast(Message::ViewChange(previous.clone()));
+                    previous
+                }
+                None => {
+                    self.drop_message(DropReason::SafetyRule);
+                    return;
+                }
+            },
+        };
+        self.view_changes.insert(self.me, signed.clone());
+        self.my_view_change = Some(signed);
+        self.cancel_timer(Timer::ViewChange);
+        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
+        self.try_new_view();
+    }
+
+    pub(super) fn on_view_change(&mut self, view_change: Signed<ViewChange>) {
+        let view = view_change.body.new_view;
+        let signer = view_change.signer;
+        if view <= self.view {
+            // The sender missed the new-view of a view this replica already leads: resend it.
+            if view == self.view && self.view_active && let Some(new_view) = self.new_view.clone() {
+                self.send_to(signer, Message::NewView(new_view));
+                return;
+            }
+            if view < self.view || self.view_active {
+                return self.drop_message(DropReason::OldView);
+            }
+        }
+        if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
+            return self.drop_message(DropReason::FutureView);
+        }
+        let newer = self.view_changes.get(&signer).is_none_or(|kept| kept.body.new_view < view);
+        if !newer {
+            return self.drop_message(DropReason::Duplicate);
+        }
+        self.view_changes.insert(signer, view_change);
+        self.join_if_f_plus_one_ahead();
+        self.try_new_view();
+    }
+
+    /// PBFT §4.5.2: f+1 view-changes for views above ours: join the smallest of them.
+    fn join_if_f_plus_one_ahead(&mut self) {
+        let current = self.view;
+        let ahead: Vec<View> = self
+            .view_changes
+            .iter()
+            .filter(|(signer, _)| **signer != self.me)
+            .map(|(_, vc)| vc.body.new_view)
+            .filter(|view| *view > current)
+            .collect();
+        if ahead.len() >= self.set_at(self.low.next()).weak_quorum()
+            && let Some(smallest) = ahead.iter().min().copied()
+        {
+            self.start_view_change(smallest);
+        }
+    }
+
+    /// The new primary: with a quorum of view-changes for its view, send the new-view.
+    fn try_new_view(&mut self) {
+        let view = self.view;
+        let set = self.set_at(self.low.next());
+        if self.view_active || set.primary(view) != self.me {
+            return;
+        }
+        let view_changes: Vec<Signed<ViewChange>> = self
+            .view_changes
+            .values()
+            .filter(|vc| vc.body.new_view == view)
+            .take(set.quorum())
+            .cloned()
+            .collect();
+        if view_changes.len() < set.quorum() {
+            return;
+        }
+        let pre_prepares: Vec<Signed<PrePrepare>> = reproposals(view, self.me, &view_changes)
+            .into_iter()
+            .map(|(height, digest)| Signed::sign(PrePrepare { view, height, digest }, self.me, &self.key, self.set_at(height)))
+            .collect();
+        let (min_s, _) = reproposal_range(&view_changes);
+        let new_view = Signed::sign(NewView { view, view_changes, pre_prepares }, self.me, &self.key, self.set_at(min_s.next()));
+        self.actions.persist.push(SafetyWrite::Put(SafetyRecord::View(view)));
+        self.actions.send_after_persist.push(super::Outgoing { to: super::Recipient::All, message: Message::NewView(new_view.clone()) });
+        self.enter_view(new_view);
+    }
+
+    pub(super) fn on_new_view(&mut self, new_view: Signed<NewView>) {
+        let view = new_view.body.view;
+        if view < self.view || (view == self.view && self.view_active) {
+            return self.drop_message(DropReason::OldView);
+        }
+        if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
+            return self.drop_message(DropReason::FutureView);
+        }
+        // Verified: a quorum of view-changes for `view`, and exactly the prescribed
+        // pre-prepares signed by its primary.
+        self.actions.persist.push(SafetyWrite::Put(SafetyRecord::View(view)));
+        self.enter_view(new_view);
+    }
+
+    /// Installs the view of a (verified or self-made) new-view: adopts its stable checkpoint,
+    /// resets the per-view votes, and accepts the re-proposals.
+    fn enter_view(&mut self, new_view: Signed<NewView>) {
+        let view = new_view.body.view;
+        let primary = self.set_at(self.low.next()).primary(view);
+        self.view = view;
+        self.view_active = true;
+        self.view_changes.retain(|_, vc| vc.body.new_view > view);
+        self.my_view_change = None;
+        self.actions.persist.push(SafetyWrite::ForgetViewChangesBelow(view));
+        if let Some(checkpoint) = highest_checkpoint(&new_view.body.view_changes).cloned() {
+            self.adopt_stable_checkpoint(checkpoint);
+        }
+        for slot in self.log.values_mut() {
+            slot.pre_prepare = None;
+            slot.prepares.clear();
+            slot.commits.clear();
+            slot.sent_commit = false;
+        }
+        let (_, max_s) = reproposal_range(&new_view.body.view_changes);
+        self.next_height = max_s.max(self.low).max(self.committed).next();
+        let empty = Arc::new(Batch::empty(view, primary));
+        let empty_digest = empty.digest();
+        for pre_prepare in new_view.body.pre_prepares.clone() {
+            let height = pre_prepare.body.height;
+            if !self.in_window(height) {
+                continue;
+            }
+            let digest = pre_prepare.body.digest;
+            if digest == empty_digest {
+                remember_batch(self.log.entry(height).or_default(), digest, empty.clone());
+            }
+            if primary == self.me {
+                self.accept_as_primary(pre_prepare);
+            } else if self.safety.check_accept(view, height, digest).is_ok() {
+                self.accept_pre_prepare(pre_prepare, None);
+            } else {
+                self.drop_message(DropReason::SafetyRule);
+            }
+        }
+        self.new_view = Some(new_view);
+        // PBFT §4.5.2: the timer now waits for progress in the new view.
+        self.cancel_timer(Timer::ViewChange);
+        self.update_view_change_timer();
+    }
+
+    /// The new primary's own re-proposals: recorded (persisted with the new-view) without a
+    /// prepare of its own.
+    fn accept_as_primary(&mut self, pre_prepare: Signed<PrePrepare>) {
+        let (view, height, digest) = (pre_prepare.body.view, pre_prepare.body.height, pre_prepare.body.digest);
+        self.safety.record_accept(view, height, digest);
+        let now = self.now_ms;
+        let slot = self.log.entry(height).or_default();
+        slot.pre_prepare = Some(pre_prepare.clone());
+        slot.accepted_at_ms = now;
+        let batch = slot.batches.get(&digest).cloned();
+        self.actions.persist.push(SafetyWrite::Put(SafetyRecord::Accepted { pre_prepare, batch: batch.clone() }));
+        if batch.is_none() {
+            self.fetch_batch(height, digest);
+        }
+    }
+
+    /// The height the new view's primary proposes next (for tests and the driver's logs).
+    pub fn next_height(&self) -> Height {
+        self.next_height
+    }
+}
