@@ -33,5 +33,8 @@ pub mod safety;
 pub mod view_messages;
 pub mod wire;
 
-pub use replica::{Actions, Committed, Counters, DropReason, FetchBlocks, Input, Outgoing, Recipient, Replica, ReplicaConfig, Timer, TimerAction};
+pub use replica::{
+    Actions, Committed, Counters, DropReason, FetchBlocks, Input, Outgoing, Recipient, Replica,
+    ReplicaConfig, Timer, TimerAction,
+};
 pub use wire::{Message, VerifiedBlock, VerifiedMessage, VerifyError};

@@ -52,9 +52,15 @@ pub enum SafetyWrite {
 /// A key-value operation for the store that holds safety records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyValueOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Deletes keys in `[from, to)`.
-    DeleteRange { from: Vec<u8>, to: Vec<u8> },
+    DeleteRange {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }
 
 const ACCEPTED: u8 = b'a';
@@ -78,7 +84,9 @@ impl SafetyRecord {
             SafetyRecord::Accepted { pre_prepare, .. } => {
                 height_view_key(ACCEPTED, pre_prepare.body.height, pre_prepare.body.view)
             }
-            SafetyRecord::Prepared(certificate) => height_view_key(PREPARED, certificate.height(), certificate.view()),
+            SafetyRecord::Prepared(certificate) => {
+                height_view_key(PREPARED, certificate.height(), certificate.view())
+            }
             SafetyRecord::ViewChange(view_change) => {
                 let mut key = vec![VIEW_CHANGE];
                 key.extend_from_slice(&view_change.body.new_view.0.to_be_bytes());
@@ -180,7 +188,9 @@ impl Safety {
     /// May the replica send a view-change for `view` whose body hashes to `body`?
     pub fn check_view_change(&self, view: View, body: Digest) -> Result<(), SafetyError> {
         match self.view_change {
-            Some((voted, _)) if voted > view => Err(SafetyError::ViewWentBack { height: Height(0), voted, refused: view }),
+            Some((voted, _)) if voted > view => {
+                Err(SafetyError::ViewWentBack { height: Height(0), voted, refused: view })
+            }
             Some((voted, previous)) if voted == view && previous != body => {
                 Err(SafetyError::ConflictingViewChange { view })
             }
@@ -219,8 +229,8 @@ pub struct Restored {
 pub fn restore<'a>(records: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Result<Restored, String> {
     let mut restored = Restored::default();
     for (key, value) in records {
-        let record: SafetyRecord =
-            borsh::from_slice(value).map_err(|error| format!("safety record {}: {error}", hex::encode(key)))?;
+        let record: SafetyRecord = borsh::from_slice(value)
+            .map_err(|error| format!("safety record {}: {error}", hex::encode(key)))?;
         match record {
             SafetyRecord::Accepted { pre_prepare, batch } => {
                 let body = &pre_prepare.body;
@@ -274,7 +284,12 @@ mod tests {
         assert_eq!(safety.check_accept(View(1), Height(5), digest(1)), Ok(()));
         assert_eq!(
             safety.check_accept(View(1), Height(5), digest(2)),
-            Err(SafetyError::ConflictingAccept { view: View(1), height: Height(5), accepted: digest(1), refused: digest(2) })
+            Err(SafetyError::ConflictingAccept {
+                view: View(1),
+                height: Height(5),
+                accepted: digest(1),
+                refused: digest(2)
+            })
         );
         // A later view may accept another digest (the new view re-proposes what is safe).
         assert_eq!(safety.check_accept(View(2), Height(5), digest(2)), Ok(()));
@@ -292,7 +307,10 @@ mod tests {
         let mut safety = Safety::default();
         safety.record_view_change(View(3), digest(1));
         assert_eq!(safety.check_view_change(View(3), digest(1)), Ok(()));
-        assert_eq!(safety.check_view_change(View(3), digest(2)), Err(SafetyError::ConflictingViewChange { view: View(3) }));
+        assert_eq!(
+            safety.check_view_change(View(3), digest(2)),
+            Err(SafetyError::ConflictingViewChange { view: View(3) })
+        );
         assert!(safety.check_view_change(View(2), digest(2)).is_err());
         assert_eq!(safety.check_view_change(View(4), digest(2)), Ok(()));
     }

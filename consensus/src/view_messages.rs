@@ -126,7 +126,10 @@ impl ViewChange {
                 return Err(CertificateError::OutsideWindow { height, low, high });
             }
             if certificate.view() >= self.new_view {
-                return Err(CertificateError::FutureCertificate { found: certificate.view(), new_view: self.new_view });
+                return Err(CertificateError::FutureCertificate {
+                    found: certificate.view(),
+                    new_view: self.new_view,
+                });
             }
             if !heights.insert(height) {
                 return Err(CertificateError::DuplicateHeight { height });
@@ -184,7 +187,11 @@ pub fn highest_checkpoint(view_changes: &[Signed<ViewChange>]) -> Option<&Checkp
 /// PBFT §4.4: the digests the new primary must re-propose for `(min_s, max_s]`: at each height
 /// the digest of the prepared certificate with the highest view (ties broken by the smaller
 /// digest, so every replica computes the same set), or the empty batch of the new view.
-pub fn reproposals(view: View, primary: ValidatorIndex, view_changes: &[Signed<ViewChange>]) -> Vec<(Height, Digest)> {
+pub fn reproposals(
+    view: View,
+    primary: ValidatorIndex,
+    view_changes: &[Signed<ViewChange>],
+) -> Vec<(Height, Digest)> {
     let (min_s, max_s) = reproposal_range(view_changes);
     let empty = Batch::empty(view, primary).digest();
     let mut best: std::collections::BTreeMap<Height, (View, std::cmp::Reverse<Digest>)> = Default::default();

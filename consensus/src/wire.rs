@@ -25,7 +25,10 @@ pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub enum Message {
     /// PBFT §4.2, with the batch it orders.
-    PrePrepare { pre_prepare: Signed<PrePrepare>, batch: Arc<Batch> },
+    PrePrepare {
+        pre_prepare: Signed<PrePrepare>,
+        batch: Arc<Batch>,
+    },
     Prepare(Signed<Prepare>),
     Commit(Signed<Commit>),
     /// PBFT §4.3.
@@ -37,9 +40,15 @@ pub enum Message {
     /// Unsigned: acting on a lie costs a bounded resend at most.
     Status(Status),
     /// Asks for the batch with `digest` (re-proposed by a new view, or otherwise missing).
-    FetchBatch { height: Height, digest: Digest },
+    FetchBatch {
+        height: Height,
+        digest: Digest,
+    },
     /// A batch; authenticated by its digest, which the receiver asked for.
-    Batch { height: Height, batch: Arc<Batch> },
+    Batch {
+        height: Height,
+        batch: Arc<Batch>,
+    },
 }
 
 /// A replica's position, sent periodically.
@@ -138,7 +147,10 @@ impl VerifiedBlock {
         }
         let digest = batch.digest();
         if digest != certificate.statement.digest {
-            return Err(VerifyError::DigestMismatch { expected: certificate.statement.digest, found: digest });
+            return Err(VerifyError::DigestMismatch {
+                expected: certificate.statement.digest,
+                found: digest,
+            });
         }
         certificate.verify(schedule.at(height))?;
         Ok(VerifiedBlock { batch, certificate })
@@ -159,7 +171,11 @@ impl VerifiedBlock {
 
 /// Checks every signature and digest in `message` against `schedule`. `window` is the genesis
 /// watermark window (bounds the certificates a view-change may carry).
-pub fn verify(message: Message, schedule: &ValidatorSchedule, window: u64) -> Result<VerifiedMessage, VerifyError> {
+pub fn verify(
+    message: Message,
+    schedule: &ValidatorSchedule,
+    window: u64,
+) -> Result<VerifiedMessage, VerifyError> {
     match &message {
         Message::PrePrepare { pre_prepare, batch } => {
             let body = &pre_prepare.body;
@@ -169,7 +185,11 @@ pub fn verify(message: Message, schedule: &ValidatorSchedule, window: u64) -> Re
             let set = schedule.at(body.height);
             let primary = set.primary(body.view);
             if pre_prepare.signer != primary {
-                return Err(VerifyError::NotThePrimary { view: body.view, signer: pre_prepare.signer, primary });
+                return Err(VerifyError::NotThePrimary {
+                    view: body.view,
+                    signer: pre_prepare.signer,
+                    primary,
+                });
             }
             pre_prepare.verify(set)?;
             let digest = batch.digest();
@@ -202,7 +222,10 @@ pub fn verify(message: Message, schedule: &ValidatorSchedule, window: u64) -> Re
             let mut seen = vec![false; set.n()];
             for view_change in &body.view_changes {
                 if view_change.body.new_view != body.view {
-                    return Err(VerifyError::MixedViews { view: body.view, found: view_change.body.new_view });
+                    return Err(VerifyError::MixedViews {
+                        view: body.view,
+                        found: view_change.body.new_view,
+                    });
                 }
                 let signer = view_change.signer;
                 if !set.contains(signer) {
@@ -214,7 +237,11 @@ pub fn verify(message: Message, schedule: &ValidatorSchedule, window: u64) -> Re
                 verify_view_change(view_change, schedule, window)?;
             }
             if body.view_changes.len() < set.quorum() {
-                return Err(CertificateError::TooFewViewChanges { found: body.view_changes.len(), needed: set.quorum() }.into());
+                return Err(CertificateError::TooFewViewChanges {
+                    found: body.view_changes.len(),
+                    needed: set.quorum(),
+                }
+                .into());
             }
             // PBFT §4.4: every backup recomputes O and checks it.
             let expected = reproposals(body.view, primary, &body.view_changes);
@@ -227,7 +254,11 @@ pub fn verify(message: Message, schedule: &ValidatorSchedule, window: u64) -> Re
                     return Err(CertificateError::WrongReProposals.into());
                 }
                 if pre_prepare.signer != primary {
-                    return Err(VerifyError::NotThePrimary { view: body.view, signer: pre_prepare.signer, primary });
+                    return Err(VerifyError::NotThePrimary {
+                        view: body.view,
+                        signer: pre_prepare.signer,
+                        primary,
+                    });
                 }
                 pre_prepare.verify(schedule.at(*height))?;
             }

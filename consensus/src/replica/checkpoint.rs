@@ -46,8 +46,12 @@ impl Replica {
         let signer = vote.signer;
         let height = vote.body.height;
         self.checkpoint_votes.entry(height).or_default().insert(signer, vote);
-        let mine: Vec<Height> =
-            self.checkpoint_votes.iter().filter(|(_, votes)| votes.contains_key(&signer)).map(|(h, _)| *h).collect();
+        let mine: Vec<Height> = self
+            .checkpoint_votes
+            .iter()
+            .filter(|(_, votes)| votes.contains_key(&signer))
+            .map(|(h, _)| *h)
+            .collect();
         if mine.len() > CHECKPOINT_VOTES_PER_SIGNER_MAX {
             // Forget the signer's lowest vote: the highest ones are what tell us we are behind.
             if let Some(votes) = self.checkpoint_votes.get_mut(&mine[0]) {

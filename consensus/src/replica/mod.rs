@@ -44,7 +44,12 @@ pub struct ReplicaConfig {
 
 impl ReplicaConfig {
     /// Derived from the genesis parameters; the status interval is a quarter of T.
-    pub fn new(checkpoint_interval: u64, watermark_window: u64, view_change_timeout_ms: u64, view_change_timeout_max_ms: u64) -> Self {
+    pub fn new(
+        checkpoint_interval: u64,
+        watermark_window: u64,
+        view_change_timeout_ms: u64,
+        view_change_timeout_max_ms: u64,
+    ) -> Self {
         ReplicaConfig {
             checkpoint_interval,
             watermark_window,
@@ -69,7 +74,10 @@ pub enum Timer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimerAction {
     /// Fire `timer` at `at_ms` (replacing an earlier setting).
-    Set { timer: Timer, at_ms: u64 },
+    Set {
+        timer: Timer,
+        at_ms: u64,
+    },
     Cancel(Timer),
 }
 
@@ -130,16 +138,26 @@ impl Actions {
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A message from validator `from` (the transport's authenticated sender).
-    Message { from: ValidatorIndex, message: VerifiedMessage },
+    Message {
+        from: ValidatorIndex,
+        message: VerifiedMessage,
+    },
     Timer(Timer),
     /// A new batch for the primary to propose (see [`Replica::can_propose`]). The layer above
     /// has already checked every transaction in it.
-    Propose { payload: Vec<u8>, timestamp_ms: u64 },
+    Propose {
+        payload: Vec<u8>,
+        timestamp_ms: u64,
+    },
     /// Whether client requests are waiting that no batch holds yet (keeps the view-change
     /// timer running against a primary that proposes nothing).
     RequestsPending(bool),
     /// The batch at `height` was executed (in order) with this header hash and state root.
-    Executed { height: Height, header_hash: Digest, state_root: Digest },
+    Executed {
+        height: Height,
+        header_hash: Digest,
+        state_root: Digest,
+    },
     /// Committed blocks from a peer, certificates verified.
     Blocks(Vec<VerifiedBlock>),
 }
@@ -321,7 +339,11 @@ impl Replica {
         replica
     }
 
-    fn restore_log(&mut self, accepted: Vec<(Signed<PrePrepare>, Option<Arc<Batch>>)>, prepared: Vec<PreparedCertificate>) {
+    fn restore_log(
+        &mut self,
+        accepted: Vec<(Signed<PrePrepare>, Option<Arc<Batch>>)>,
+        prepared: Vec<PreparedCertificate>,
+    ) {
         for (pre_prepare, batch) in accepted {
             let height = pre_prepare.body.height;
             if !self.in_window(height) {
@@ -371,7 +393,9 @@ impl Replica {
                 self.requests_pending = pending;
                 self.update_view_change_timer();
             }
-            Input::Executed { height, header_hash, state_root } => self.on_executed(height, header_hash, state_root),
+            Input::Executed { height, header_hash, state_root } => {
+                self.on_executed(height, header_hash, state_root)
+            }
             Input::Blocks(blocks) => self.on_blocks(blocks),
         }
         std::mem::take(&mut self.actions)
@@ -442,6 +466,40 @@ impl Replica {
 
     pub fn stable_checkpoint(&self) -> Option<&CheckpointCertificate> {
         self.stable.as_ref()
+    }
+
+    /// A one-line summary for logs and failing tests.
+    pub fn describe(&self) -> String {
+        let in_log: Vec<String> = self
+            .log
+            .iter()
+            .map(|(height, slot)| {
+                format!(
+                    "{height}:{}{}{}p{}c{}",
+                    if slot.pre_prepare.is_some() { "A" } else { "-" },
+                    if slot.prepared.is_some() { "P" } else { "-" },
+                    if slot.certificate.is_some() { "C" } else { "-" },
+                    slot.prepares.len(),
+                    slot.commits.len()
+                )
+            })
+            .collect();
+        let view_changes: Vec<String> =
+            self.view_changes.iter().map(|(signer, vc)| format!("{signer}->{}", vc.body.new_view)).collect();
+        format!(
+            "replica {} view {}{} committed {} executed {} low {} next {} timers {:?} vcs [{}] log [{}] peers {:?}",
+            self.me,
+            self.view,
+            if self.view_active { "" } else { " (changing)" },
+            self.committed,
+            self.executed,
+            self.low,
+            self.next_height,
+            self.timers,
+            view_changes.join(" "),
+            in_log.join(" "),
+            self.peers,
+        )
     }
 
     pub fn counters(&self) -> &Counters {
@@ -524,7 +582,10 @@ impl Replica {
     /// Pending work: an accepted pre-prepare not yet committed, or client requests waiting.
     fn has_pending_work(&self) -> bool {
         self.requests_pending
-            || self.log.range(self.committed.next()..).any(|(_, slot)| slot.pre_prepare.is_some() || slot.certificate.is_some())
+            || self
+                .log
+                .range(self.committed.next()..)
+                .any(|(_, slot)| slot.pre_prepare.is_some() || slot.certificate.is_some())
     }
 
     /// In an installed view, the view-change timer runs while there is pending work.
@@ -573,7 +634,11 @@ fn remember_batch(slot: &mut Slot, digest: Digest, batch: Arc<Batch>) {
 }
 
 /// The distinct signers among `votes` that voted for `digest`.
-fn signers_for<T>(votes: &BTreeMap<ValidatorIndex, Signed<T>>, digest: Digest, digest_of: impl Fn(&T) -> Digest) -> BTreeSet<ValidatorIndex> {
+fn signers_for<T>(
+    votes: &BTreeMap<ValidatorIndex, Signed<T>>,
+    digest: Digest,
+    digest_of: impl Fn(&T) -> Digest,
+) -> BTreeSet<ValidatorIndex> {
     votes.iter().filter(|(_, vote)| digest_of(&vote.body) == digest).map(|(signer, _)| *signer).collect()
 }
 

@@ -26,8 +26,12 @@ impl Replica {
             self.next_height = height.next();
             return;
         }
-        let pre_prepare =
-            Signed::sign(PrePrepare { view: self.view, height, digest }, self.me, &self.key, self.set_at(height));
+        let pre_prepare = Signed::sign(
+            PrePrepare { view: self.view, height, digest },
+            self.me,
+            &self.key,
+            self.set_at(height),
+        );
         self.safety.record_accept(self.view, height, digest);
         self.next_height = height.next();
         let now = self.now_ms;
@@ -63,8 +67,11 @@ impl Replica {
             return self.drop_message(DropReason::NotFromPrimary);
         }
         if let Some(existing) = self.log.get(&height).and_then(|slot| slot.pre_prepare.as_ref()) {
-            let reason =
-                if existing.body.digest == digest { DropReason::Duplicate } else { DropReason::ConflictingPrePrepare };
+            let reason = if existing.body.digest == digest {
+                DropReason::Duplicate
+            } else {
+                DropReason::ConflictingPrePrepare
+            };
             return self.drop_message(reason);
         }
         if self.safety.check_accept(view, height, digest).is_err() {

@@ -23,8 +23,9 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let keys: Vec<SecretKey> = (0..N).map(|i| SecretKey::from_seed([i as u8 + 1; 32])).collect();
-    let set = ValidatorSet::new(Digest::of(b"handler tests"), keys.iter().map(SecretKey::public_key).collect())
-        .expect("valid set");
+    let set =
+        ValidatorSet::new(Digest::of(b"handler tests"), keys.iter().map(SecretKey::public_key).collect())
+            .expect("valid set");
     Fixture { keys, schedule: ValidatorSchedule::new(set) }
 }
 
@@ -62,9 +63,15 @@ impl Fixture {
 
     fn pre_prepare(&self, view: u64, height: u64, payload: &[u8]) -> (Message, Digest, Arc<Batch>) {
         let primary = self.set().primary(View(view));
-        let batch = Arc::new(Batch { view: View(view), proposer: primary, timestamp_ms: 5, payload: payload.to_vec() });
+        let batch = Arc::new(Batch {
+            view: View(view),
+            proposer: primary,
+            timestamp_ms: 5,
+            payload: payload.to_vec(),
+        });
         let digest = batch.digest();
-        let pre_prepare = self.sign(primary.0, PrePrepare { view: View(view), height: Height(height), digest });
+        let pre_prepare =
+            self.sign(primary.0, PrePrepare { view: View(view), height: Height(height), digest });
         (Message::PrePrepare { pre_prepare, batch: batch.clone() }, digest, batch)
     }
 }
@@ -121,14 +128,20 @@ fn pre_prepare_rejections() {
     assert!(fixture.deliver(&mut backup, 0, first).is_empty());
     assert_eq!(dropped(&backup, DropReason::Duplicate), 1);
     // Signed by a backup: refused by verification before the replica sees it.
-    let batch = Arc::new(Batch { view: View(0), proposer: ValidatorIndex(2), timestamp_ms: 1, payload: vec![] });
+    let batch =
+        Arc::new(Batch { view: View(0), proposer: ValidatorIndex(2), timestamp_ms: 1, payload: vec![] });
     let forged = fixture.sign(2, PrePrepare { view: View(0), height: Height(2), digest: batch.digest() });
     let result = verify(Message::PrePrepare { pre_prepare: forged, batch }, &fixture.schedule, WINDOW);
     assert!(matches!(result, Err(crate::wire::VerifyError::NotThePrimary { .. })));
     // A batch that does not match the signed digest.
     let (message, _, _) = fixture.pre_prepare(0, 3, b"tx");
     let Message::PrePrepare { pre_prepare, .. } = message else { unreachable!() };
-    let other = Arc::new(Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: 5, payload: b"other".to_vec() });
+    let other = Arc::new(Batch {
+        view: View(0),
+        proposer: ValidatorIndex(0),
+        timestamp_ms: 5,
+        payload: b"other".to_vec(),
+    });
     let result = verify(Message::PrePrepare { pre_prepare, batch: other }, &fixture.schedule, WINDOW);
     assert!(matches!(result, Err(crate::wire::VerifyError::DigestMismatch { .. })));
 }
@@ -212,15 +225,30 @@ fn checkpoint_becomes_stable_with_a_quorum_and_moves_the_window() {
     }
     let header = Digest::of(b"header 2");
     let root = Digest::of(b"root 2");
-    let _ = backup.handle(20, Input::Executed { height: Height(1), header_hash: Digest::of(b"h1"), state_root: root });
-    let actions = backup.handle(20, Input::Executed { height: Height(K), header_hash: header, state_root: root });
+    let _ = backup
+        .handle(20, Input::Executed { height: Height(1), header_hash: Digest::of(b"h1"), state_root: root });
+    let actions =
+        backup.handle(20, Input::Executed { height: Height(K), header_hash: header, state_root: root });
     let statement = Checkpoint { height: Height(K), header_hash: header, state_root: root };
     let own = fixture.sign(1, statement.clone());
-    assert_eq!(actions.send, vec![Outgoing { to: Recipient::All, message: Message::Checkpoint(own.clone()) }]);
-    assert!(fixture.deliver(&mut backup, 0, Message::Checkpoint(fixture.sign(0, statement.clone()))).stable_checkpoints.is_empty());
+    assert_eq!(
+        actions.send,
+        vec![Outgoing { to: Recipient::All, message: Message::Checkpoint(own.clone()) }]
+    );
+    assert!(
+        fixture
+            .deliver(&mut backup, 0, Message::Checkpoint(fixture.sign(0, statement.clone())))
+            .stable_checkpoints
+            .is_empty()
+    );
     // A vote for another header does not count towards this one.
     let wrong = Checkpoint { height: Height(K), header_hash: Digest::of(b"fork"), state_root: root };
-    assert!(fixture.deliver(&mut backup, 2, Message::Checkpoint(fixture.sign(2, wrong))).stable_checkpoints.is_empty());
+    assert!(
+        fixture
+            .deliver(&mut backup, 2, Message::Checkpoint(fixture.sign(2, wrong)))
+            .stable_checkpoints
+            .is_empty()
+    );
     let actions = fixture.deliver(&mut backup, 3, Message::Checkpoint(fixture.sign(3, statement.clone())));
     assert_eq!(actions.stable_checkpoints.len(), 1);
     let certificate = &actions.stable_checkpoints[0];
@@ -262,16 +290,33 @@ fn view_change_on_timeout_carries_the_prepared_certificate() {
     assert_eq!(view_change.body.checkpoint, None);
     assert_eq!(view_change.body.prepared.len(), 1);
     assert_eq!(view_change.body.prepared[0].digest(), digest);
-    assert_eq!(actions.send_after_persist, vec![Outgoing { to: Recipient::All, message: Message::ViewChange(view_change.clone()) }]);
+    assert_eq!(
+        actions.send_after_persist,
+        vec![Outgoing { to: Recipient::All, message: Message::ViewChange(view_change.clone()) }]
+    );
     assert!(actions.timers.contains(&TimerAction::Set { timer: Timer::ViewChange, at_ms: 10 + T + T }));
     // While changing views, normal-case messages are dropped.
     let (message, _, _) = fixture.pre_prepare(0, 2, b"late");
     assert!(fixture.deliver(&mut backup, 0, message).is_empty());
     assert_eq!(dropped(&backup, DropReason::OldView), 1);
-    // The next timeout moves on to view 2 and doubles the wait.
+    // Without a quorum asking for view 1, the next timeout asks for view 1 again.
     let actions = backup.handle(10 + 2 * T, Input::Timer(Timer::ViewChange));
+    assert_eq!(backup.view(), View(1));
+    assert_eq!(
+        actions.send,
+        vec![Outgoing { to: Recipient::All, message: Message::ViewChange(view_change.clone()) }]
+    );
+    // Once a quorum asked for view 1 and its primary still sent no new-view, the next timeout
+    // moves on to view 2 and doubles the wait.
+    for signer in [2, 3] {
+        let body = ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] };
+        let _ = fixture.deliver(&mut backup, signer, Message::ViewChange(fixture.sign(signer, body)));
+    }
+    let actions = backup.handle(10 + 3 * T, Input::Timer(Timer::ViewChange));
     assert_eq!(backup.view(), View(2));
-    assert!(actions.timers.contains(&TimerAction::Set { timer: Timer::ViewChange, at_ms: 10 + 2 * T + 2 * T }));
+    assert!(
+        actions.timers.contains(&TimerAction::Set { timer: Timer::ViewChange, at_ms: 10 + 3 * T + 2 * T })
+    );
 }
 
 #[test]
@@ -303,7 +348,9 @@ fn new_primary_sends_new_view_and_backups_reprepare() {
     for (from, message, _) in &view_changes[1..] {
         primary_actions = fixture.deliver(&mut replicas[1], *from, message.clone());
     }
-    let Some(Outgoing { message: Message::NewView(new_view), .. }) = primary_actions.send_after_persist.first() else {
+    let Some(Outgoing { message: Message::NewView(new_view), .. }) =
+        primary_actions.send_after_persist.first()
+    else {
         panic!("primary sends a new-view: {primary_actions:?}")
     };
     assert_eq!(new_view.body.view, View(1));
@@ -320,7 +367,12 @@ fn new_primary_sends_new_view_and_backups_reprepare() {
     assert_eq!(prepares.len(), 1);
     // Validator 0 (no view-change sent) enters view 1 too; it never saw the batch, so it asks.
     let actions = fixture.deliver(&mut replicas[0], 1, Message::NewView(new_view.clone()));
-    assert!(actions.send.iter().any(|out| matches!(out.message, Message::FetchBatch { digest: d, .. } if d == digest)));
+    assert!(
+        actions
+            .send
+            .iter()
+            .any(|out| matches!(out.message, Message::FetchBatch { digest: d, .. } if d == digest))
+    );
     // A new-view whose re-proposals differ from what the view-changes prescribe is refused.
     let mut forged = new_view.body.clone();
     forged.pre_prepares[0] =
@@ -328,7 +380,10 @@ fn new_primary_sends_new_view_and_backups_reprepare() {
     let forged = fixture.sign(1, forged);
     assert!(verify(Message::NewView(forged), &fixture.schedule, WINDOW).is_err());
     // The prescribed set is exactly what `reproposals` computes.
-    assert_eq!(reproposals(View(1), ValidatorIndex(1), &new_view.body.view_changes), vec![(Height(1), digest)]);
+    assert_eq!(
+        reproposals(View(1), ValidatorIndex(1), &new_view.body.view_changes),
+        vec![(Height(1), digest)]
+    );
     let _: &NewView = &new_view.body;
 }
 
@@ -348,7 +403,14 @@ fn safety_state_survives_a_restart() {
         }
     }
     let restored = restore(store.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("restores");
-    let mut restarted = Replica::new(config(), ValidatorIndex(1), fixture.keys[1].clone(), fixture.schedule.clone(), Height(0), restored);
+    let mut restarted = Replica::new(
+        config(),
+        ValidatorIndex(1),
+        fixture.keys[1].clone(),
+        fixture.schedule.clone(),
+        Height(0),
+        restored,
+    );
     let _ = restarted.start(100);
     // The (equivocating) primary sends another digest for the same (view, height): refused.
     let (second, _, _) = fixture.pre_prepare(0, 1, b"second");

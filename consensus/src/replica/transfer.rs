@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use super::{DropReason, FETCH_HEIGHTS_MAX, FetchBlocks, Replica, TRANSFER_BUFFER_MAX, Timer, remember_batch};
+use super::{
+    DropReason, FETCH_HEIGHTS_MAX, FetchBlocks, Replica, TRANSFER_BUFFER_MAX, Timer, remember_batch,
+};
 use crate::messages::Batch;
 use crate::types::{Digest, Height, ValidatorIndex};
 use crate::wire::{Message, Status, VerifiedBlock};
@@ -49,7 +51,8 @@ impl Replica {
             }
             if pre_prepare.signer == self.me {
                 if let Some(batch) = slot.batches.get(&pre_prepare.body.digest) {
-                    resend.push(Message::PrePrepare { pre_prepare: pre_prepare.clone(), batch: batch.clone() });
+                    resend
+                        .push(Message::PrePrepare { pre_prepare: pre_prepare.clone(), batch: batch.clone() });
                 }
             } else if let Some(prepare) = slot.prepares.get(&self.me) {
                 resend.push(Message::Prepare(prepare.clone()));
@@ -74,7 +77,10 @@ impl Replica {
         }
         self.peers.insert(from, (status.view, status.committed));
         let behind_view = status.view < self.view || (status.view == self.view && !status.view_active);
-        if self.view_active && behind_view && let Some(new_view) = self.new_view.clone() {
+        if self.view_active
+            && behind_view
+            && let Some(new_view) = self.new_view.clone()
+        {
             self.send_to(from, Message::NewView(new_view));
         }
     }
@@ -115,8 +121,12 @@ impl Replica {
             return;
         }
         // Ask, in rotation, the peers that said they have more; failing that, any other peer.
-        let mut candidates: Vec<ValidatorIndex> =
-            self.peers.iter().filter(|(_, (_, committed))| *committed > self.committed).map(|(peer, _)| *peer).collect();
+        let mut candidates: Vec<ValidatorIndex> = self
+            .peers
+            .iter()
+            .filter(|(_, (_, committed))| *committed > self.committed)
+            .map(|(peer, _)| *peer)
+            .collect();
         if candidates.is_empty() {
             let n = self.set_at(self.low.next()).n() as u16;
             candidates = (0..n).map(ValidatorIndex).filter(|peer| *peer != self.me).collect();
@@ -140,7 +150,9 @@ impl Replica {
             if height <= self.committed {
                 continue;
             }
-            if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX && !self.transfer_buffer.contains_key(&height) {
+            if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX
+                && !self.transfer_buffer.contains_key(&height)
+            {
                 self.drop_message(DropReason::OutsideWindow);
                 continue;
             }

@@ -19,9 +19,25 @@ use crate::wire::Message;
 
 impl Replica {
     pub(super) fn on_view_change_timeout(&mut self) {
-        // PBFT §4.5.2: if the new view does not arrive (or make progress) in time, move on to
-        // the next view, waiting twice as long.
-        self.start_view_change(self.view.next());
+        if self.view_active {
+            return self.start_view_change(self.view.next());
+        }
+        // PBFT §4.5.2 moves on to the next view whenever the new view does not arrive in time.
+        // With a capped timeout that lets a replica that was cut off run ahead alone and stay
+        // ahead forever: everyone advances at the same capped rate, fewer than f+1 are ahead,
+        // and no view ever gathers a quorum. So a replica moves past a view only once a quorum
+        // has asked for it (the view change happened and its primary failed); until then it
+        // keeps asking for the same view. Honest replicas therefore never drift apart by more
+        // than one view without f+1 of them pulling the rest along.
+        let view = self.view;
+        let support = self.view_changes.values().filter(|vc| vc.body.new_view >= view).count();
+        if support >= self.set_at(self.low.next()).quorum() {
+            return self.start_view_change(view.next());
+        }
+        if let Some(view_change) = self.my_view_change.clone() {
+            self.broadcast(Message::ViewChange(view_change));
+        }
+        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
     }
 
     /// Moves to `new_view` and sends a view-change for it.
@@ -37,17 +53,17 @@ impl Replica {
         self.view = new_view;
         self.view_active = false;
         self.new_view = None;
-        let prepared = self
-            .log
-            .range(self.low.next()..)
-            .filter_map(|(_, slot)| slot.prepared.clone())
-            .collect();
+        let prepared =
+            self.log.range(self.low.next()..).filter_map(|(_, slot)| slot.prepared.clone()).collect();
         let body = ViewChange { new_view, checkpoint: self.stable.clone(), prepared };
         let signed = match self.safety.check_view_change(new_view, view_change_digest(&body)) {
             Ok(()) => {
                 self.safety.record_view_change(new_view, view_change_digest(&body));
                 let signed = Signed::sign(body, self.me, &self.key, self.set_at(self.low.next()));
-                self.persist_then_broadcast(SafetyRecord::ViewChange(signed.clone()), Message::ViewChange(signed.clone()));
+                self.persist_then_broadcast(
+                    SafetyRecord::ViewChange(signed.clone()),
+                    Message::ViewChange(signed.clone()),
+                );
                 signed
             }
             // Already signed a different view-change for this view (before a restart): resend
@@ -75,7 +91,10 @@ impl Replica {
         let signer = view_change.signer;
         if view <= self.view {
             // The sender missed the new-view of a view this replica already leads: resend it.
-            if view == self.view && self.view_active && let Some(new_view) = self.new_view.clone() {
+            if view == self.view
+                && self.view_active
+                && let Some(new_view) = self.new_view.clone()
+            {
                 self.send_to(signer, Message::NewView(new_view));
                 return;
             }
@@ -131,12 +150,21 @@ impl Replica {
         }
         let pre_prepares: Vec<Signed<PrePrepare>> = reproposals(view, self.me, &view_changes)
             .into_iter()
-            .map(|(height, digest)| Signed::sign(PrePrepare { view, height, digest }, self.me, &self.key, self.set_at(height)))
+            .map(|(height, digest)| {
+                Signed::sign(PrePrepare { view, height, digest }, self.me, &self.key, self.set_at(height))
+            })
             .collect();
         let (min_s, _) = reproposal_range(&view_changes);
-        let new_view = Signed::sign(NewView { view, view_changes, pre_prepares }, self.me, &self.key, self.set_at(min_s.next()));
+        let new_view = Signed::sign(
+            NewView { view, view_changes, pre_prepares },
+            self.me,
+            &self.key,
+            self.set_at(min_s.next()),
+        );
         self.actions.persist.push(SafetyWrite::Put(SafetyRecord::View(view)));
-        self.actions.send_after_persist.push(super::Outgoing { to: super::Recipient::All, message: Message::NewView(new_view.clone()) });
+        self.actions
+            .send_after_persist
+            .push(super::Outgoing { to: super::Recipient::All, message: Message::NewView(new_view.clone()) });
         self.enter_view(new_view);
     }
 
@@ -203,14 +231,17 @@ impl Replica {
     /// The new primary's own re-proposals: recorded (persisted with the new-view) without a
     /// prepare of its own.
     fn accept_as_primary(&mut self, pre_prepare: Signed<PrePrepare>) {
-        let (view, height, digest) = (pre_prepare.body.view, pre_prepare.body.height, pre_prepare.body.digest);
+        let (view, height, digest) =
+            (pre_prepare.body.view, pre_prepare.body.height, pre_prepare.body.digest);
         self.safety.record_accept(view, height, digest);
         let now = self.now_ms;
         let slot = self.log.entry(height).or_default();
         slot.pre_prepare = Some(pre_prepare.clone());
         slot.accepted_at_ms = now;
         let batch = slot.batches.get(&digest).cloned();
-        self.actions.persist.push(SafetyWrite::Put(SafetyRecord::Accepted { pre_prepare, batch: batch.clone() }));
+        self.actions
+            .persist
+            .push(SafetyWrite::Put(SafetyRecord::Accepted { pre_prepare, batch: batch.clone() }));
         if batch.is_none() {
             self.fetch_batch(height, digest);
         }

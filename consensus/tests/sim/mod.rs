@@ -1,0 +1,823 @@
+//! A deterministic simulator for the PBFT replica.
+//!
+//! All replicas run in one thread on a simulated clock, driven by one seeded generator. The
+//! network drops, duplicates, delays and reorders messages, partitions the replicas (random
+//! splits, an isolated primary, one-way cuts) and heals; replicas crash and restart from their
+//! persisted safety records and committed prefix. Byzantine replicas run an honest replica
+//! inside and corrupt what it sends: an equivocating primary, double votes, forged signatures
+//! and garbage bytes, replays, fabricated view-changes, silence. Twins are two honest copies of
+//! one validator placed in different partitions.
+//!
+//! The [`checker`] watches every step: agreement, certificate validity, no conflicting
+//! signatures from honest replicas, validity of committed batches, and liveness after healing.
+//! The same seed gives the same trace hash.
+
+pub mod checker;
+pub mod rng;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tetrad_consensus::certificate::Signed;
+use tetrad_consensus::safety::{KeyValueOp, restore};
+use tetrad_consensus::view_messages::{PreparedCertificate, ViewChange};
+use tetrad_consensus::wire::{Message, VerifiedBlock, VerifiedMessage, verify};
+use tetrad_consensus::{
+    Actions, Batch, CommitCertificate, Digest, Height, Input, PrePrepare, Prepare, Recipient, Replica,
+    ReplicaConfig, SecretKey, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, ValidatorSet, View,
+};
+
+use checker::Checker;
+use rng::Rng;
+
+/// How a Byzantine replica corrupts what its inner honest replica sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// As primary, sends different batches to different backups.
+    Equivocate,
+    /// Sends a second prepare and commit for another digest to some peers.
+    DoubleVote,
+    /// Sends garbage bytes, broken signatures and impersonations; serves tampered blocks.
+    Forge,
+    /// Resends old messages it received.
+    Replay,
+    /// Sends view-changes with fabricated prepared certificates.
+    FakeViewChange,
+    /// Sends nothing.
+    Silent,
+}
+
+/// One simulation setup; a seed picks the concrete rates and schedule.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub n: u16,
+    /// Faults are active in `[0, chaos_ms)`; then the network heals, crashed replicas restart,
+    /// and the run continues until `chaos_ms + heal_ms`.
+    pub chaos_ms: u64,
+    pub heal_ms: u64,
+    /// After healing, every honest replica must commit a new height within this much
+    /// simulated time.
+    pub liveness_bound_ms: u64,
+    pub drop_max: f64,
+    pub duplicate_max: f64,
+    pub delay_max_ms: u64,
+    pub partitions: bool,
+    pub crashes: bool,
+    pub byzantine: Vec<(u16, Behavior)>,
+    pub twins: Vec<u16>,
+}
+
+pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
+pub const VIEW_CHANGE_TIMEOUT_MAX_MS: u64 = 1600;
+pub const CHECKPOINT_INTERVAL: u64 = 4;
+pub const WINDOW: u64 = 16;
+const CLIENT_TICK_MS: u64 = 10;
+const FAULT_TICK_MS: u64 = 250;
+const REQUESTS_PER_BATCH_MAX: usize = 16;
+const REPLAY_MEMORY: usize = 64;
+const VERIFY_CACHE_MAX: usize = 200_000;
+
+/// The outcome of one seed.
+#[derive(Debug)]
+pub struct Report {
+    pub trace_hash: Digest,
+    /// The first invariant broken, if any.
+    pub violation: Option<String>,
+    /// Heights committed by the slowest honest replica.
+    pub min_honest_height: u64,
+    pub max_height: u64,
+    pub view_changes: u64,
+    pub events: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    batch: Arc<Batch>,
+    certificate: CommitCertificate,
+}
+
+struct Instance {
+    index: ValidatorIndex,
+    key: SecretKey,
+    replica: Option<Replica>,
+    /// Incremented on every crash, so timers of an earlier life are ignored.
+    epoch: u64,
+    store: BTreeMap<Vec<u8>, Vec<u8>>,
+    chain: Vec<Block>,
+    header: Digest,
+    state: Digest,
+    behavior: Option<Behavior>,
+    twin: bool,
+    group: u8,
+    committed_requests: HashSet<u64>,
+    /// Lowest request id this instance has not seen committed (scans start here).
+    first_uncommitted: u64,
+    in_flight: HashMap<u64, u64>,
+    replay_memory: Vec<Arc<Vec<u8>>>,
+}
+
+impl Instance {
+    fn honest(&self) -> bool {
+        self.behavior.is_none() && !self.twin
+    }
+
+    fn height(&self) -> u64 {
+        self.chain.len() as u64
+    }
+}
+
+enum Event {
+    Deliver { to: usize, from: usize, bytes: Arc<Vec<u8>> },
+    Timer { instance: usize, epoch: u64, timer: Timer },
+    Blocks { to: usize, epoch: u64, blocks: Vec<Block> },
+    ClientTick,
+    FaultTick,
+    Restart { instance: usize },
+    Heal,
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest event first, then the first queued.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+pub struct World {
+    scenario: Scenario,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Queued>,
+    instances: Vec<Instance>,
+    schedule: ValidatorSchedule,
+    config: ReplicaConfig,
+    drop_rate: f64,
+    duplicate_rate: f64,
+    one_way: Option<(u8, u8)>,
+    healed: bool,
+    issued: u64,
+    checker: Checker,
+    trace: blake3::Hasher,
+    verify_cache: HashMap<[u8; 32], Option<VerifiedMessage>>,
+    events: u64,
+}
+
+fn validator_key(index: u16) -> SecretKey {
+    let mut seed = [0u8; 32];
+    seed[..2].copy_from_slice(&index.to_le_bytes());
+    seed[2] = 0x51;
+    SecretKey::from_seed(seed)
+}
+
+/// The "application": a batch is valid if its payload lists client requests that were issued
+/// and its proposer is the primary of its view, or if it is a new view's empty batch.
+pub fn valid_batch(batch: &Batch, set: &ValidatorSet, issued: u64) -> bool {
+    if batch.proposer != set.primary(batch.view) {
+        return false;
+    }
+    if batch.payload.is_empty() {
+        return *batch == Batch::empty(batch.view, batch.proposer);
+    }
+    match borsh::from_slice::<Vec<u64>>(&batch.payload) {
+        Ok(ids) => !ids.is_empty() && ids.iter().all(|id| *id < issued),
+        Err(_) => false,
+    }
+}
+
+impl World {
+    pub fn new(scenario: Scenario, seed: u64) -> World {
+        let mut rng = Rng::new(seed);
+        let n = scenario.n;
+        let genesis = Digest::of(format!("simulator/{n}").as_bytes());
+        let keys: Vec<SecretKey> = (0..n).map(validator_key).collect();
+        let set =
+            ValidatorSet::new(genesis, keys.iter().map(SecretKey::public_key).collect()).expect("valid set");
+        let schedule = ValidatorSchedule::new(set);
+        let config = ReplicaConfig::new(
+            CHECKPOINT_INTERVAL,
+            WINDOW,
+            VIEW_CHANGE_TIMEOUT_MS,
+            VIEW_CHANGE_TIMEOUT_MAX_MS,
+        );
+        let drop_rate = scenario.drop_max * (rng.range(0, 100) as f64 / 100.0);
+        let duplicate_rate = scenario.duplicate_max * (rng.range(0, 100) as f64 / 100.0);
+        let mut instances = Vec::new();
+        for index in 0..n {
+            let behavior = scenario.byzantine.iter().find(|(i, _)| *i == index).map(|(_, b)| *b);
+            let copies = if scenario.twins.contains(&index) { 2 } else { 1 };
+            for copy in 0..copies {
+                instances.push(Instance {
+                    index: ValidatorIndex(index),
+                    key: keys[usize::from(index)].clone(),
+                    replica: None,
+                    epoch: 0,
+                    store: BTreeMap::new(),
+                    chain: Vec::new(),
+                    header: genesis,
+                    state: genesis,
+                    behavior,
+                    twin: copies == 2,
+                    group: copy,
+                    committed_requests: HashSet::new(),
+                    first_uncommitted: 0,
+                    in_flight: HashMap::new(),
+                    replay_memory: Vec::new(),
+                });
+            }
+        }
+        let checker = Checker::new(schedule.clone(), instances.iter().map(Instance::honest).collect());
+        let mut world = World {
+            scenario,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            instances,
+            schedule,
+            config,
+            drop_rate,
+            duplicate_rate,
+            one_way: None,
+            healed: false,
+            issued: 0,
+            checker,
+            trace: blake3::Hasher::new(),
+            verify_cache: HashMap::new(),
+            events: 0,
+        };
+        for id in 0..world.instances.len() {
+            world.boot(id);
+        }
+        world.push(0, Event::ClientTick);
+        world.push(FAULT_TICK_MS, Event::FaultTick);
+        world.push(world.scenario.chaos_ms, Event::Heal);
+        world
+    }
+
+    fn push(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Queued { at, seq: self.seq, event });
+    }
+
+    /// Starts (or restarts) an instance from its persisted safety records and chain.
+    fn boot(&mut self, id: usize) {
+        let instance = &self.instances[id];
+        let restored = restore(instance.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .expect("records decode");
+        let mut replica = Replica::new(
+            self.config.clone(),
+            instance.index,
+            instance.key.clone(),
+            self.schedule.clone(),
+            Height(instance.height()),
+            restored,
+        );
+        let actions = replica.start(self.now);
+        self.instances[id].replica = Some(replica);
+        self.apply(id, actions);
+    }
+
+    fn crash(&mut self, id: usize) {
+        let instance = &mut self.instances[id];
+        if instance.replica.take().is_some() {
+            instance.epoch += 1;
+            instance.in_flight.clear();
+            let at = self.now + self.rng.range(50, 800);
+            self.push(at, Event::Restart { instance: id });
+        }
+    }
+
+    /// Runs until the end of the scenario or the first violation.
+    pub fn run(mut self) -> Report {
+        let end = self.scenario.chaos_ms + self.scenario.heal_ms;
+        while let Some(Queued { at, event, .. }) = self.queue.pop() {
+            if at > end || self.checker.violation().is_some() {
+                break;
+            }
+            self.now = at;
+            self.events += 1;
+            self.step(event);
+        }
+        self.checker.check_liveness(self.now, &self.heights());
+        if self.checker.violation().is_some() && std::env::var_os("TETRAD_SIM_TRACE").is_some() {
+            for (id, instance) in self.instances.iter().enumerate() {
+                let state =
+                    instance.replica.as_ref().map(Replica::describe).unwrap_or_else(|| "crashed".into());
+                eprintln!("instance {id} (height {}): {state}", instance.height());
+            }
+        }
+        let honest: Vec<u64> = self.instances.iter().filter(|i| i.honest()).map(Instance::height).collect();
+        Report {
+            trace_hash: Digest(*self.trace.finalize().as_bytes()),
+            violation: self.checker.violation().map(str::to_string),
+            min_honest_height: honest.iter().copied().min().unwrap_or(0),
+            max_height: self.instances.iter().map(Instance::height).max().unwrap_or(0),
+            view_changes: self
+                .instances
+                .iter()
+                .filter_map(|i| i.replica.as_ref())
+                .map(|r| r.counters().view_changes)
+                .sum(),
+            events: self.events,
+        }
+    }
+
+    fn heights(&self) -> Vec<u64> {
+        self.instances.iter().map(Instance::height).collect()
+    }
+
+    fn step(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, from, bytes } => {
+                self.trace.update(&[1]);
+                self.trace.update(&self.now.to_le_bytes());
+                self.trace.update(&(to as u64).to_le_bytes());
+                self.trace.update(blake3::hash(&bytes).as_bytes());
+                self.deliver(to, from, bytes);
+            }
+            Event::Timer { instance, epoch, timer } => {
+                if self.instances[instance].epoch != epoch || self.instances[instance].replica.is_none() {
+                    return;
+                }
+                self.trace.update(&[2]);
+                self.trace.update(&(instance as u64).to_le_bytes());
+                self.handle(instance, Input::Timer(timer));
+            }
+            Event::Blocks { to, epoch, blocks } => {
+                if self.instances[to].epoch != epoch || self.instances[to].replica.is_none() {
+                    return;
+                }
+                let verified: Vec<VerifiedBlock> = blocks
+                    .into_iter()
+                    .filter_map(|block| {
+                        VerifiedBlock::verify(block.batch, block.certificate, &self.schedule).ok()
+                    })
+                    .collect();
+                self.trace.update(&[3]);
+                self.trace.update(&(verified.len() as u64).to_le_bytes());
+                self.handle(to, Input::Blocks(verified));
+            }
+            Event::ClientTick => self.client_tick(),
+            Event::FaultTick => self.fault_tick(),
+            Event::Restart { instance } => {
+                if self.instances[instance].replica.is_none() {
+                    self.trace.update(&[4]);
+                    self.boot(instance);
+                }
+            }
+            Event::Heal => self.heal(),
+        }
+    }
+
+    fn handle(&mut self, id: usize, input: Input) {
+        let now = self.now;
+        let Some(replica) = self.instances[id].replica.as_mut() else { return };
+        let actions = replica.handle(now, input);
+        self.apply(id, actions);
+    }
+
+    /// Carries out a replica's actions the way the node's driver does.
+    fn apply(&mut self, id: usize, actions: Actions) {
+        let Actions {
+            persist,
+            send_after_persist,
+            send,
+            committed,
+            stable_checkpoints,
+            timers,
+            fetch_blocks,
+        } = actions;
+        for write in &persist {
+            for op in write.to_ops() {
+                match op {
+                    KeyValueOp::Put { key, value } => {
+                        self.instances[id].store.insert(key, value);
+                    }
+                    KeyValueOp::DeleteRange { from, to } => {
+                        let doomed: Vec<Vec<u8>> =
+                            self.instances[id].store.range(from..to).map(|(k, _)| k.clone()).collect();
+                        for key in doomed {
+                            self.instances[id].store.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        // A crash right after the records are durable, before the messages leave.
+        if self.scenario.crashes && !self.healed && !persist.is_empty() && self.rng.chance(0.002) {
+            self.crash(id);
+            return;
+        }
+        for outgoing in send_after_persist.into_iter().chain(send) {
+            if self.instances[id].honest() {
+                self.checker.observe_sent(id, self.instances[id].index.0, &outgoing.message);
+            }
+            self.send(id, outgoing.to, outgoing.message);
+        }
+        let epoch = self.instances[id].epoch;
+        for timer in timers {
+            if let TimerAction::Set { timer, at_ms } = timer {
+                self.push(at_ms.max(self.now), Event::Timer { instance: id, epoch, timer });
+            }
+        }
+        for certificate in &stable_checkpoints {
+            self.checker.check_checkpoint(id, certificate);
+        }
+        for fetch in fetch_blocks {
+            self.serve_blocks(id, fetch.peer, fetch.from, fetch.to);
+        }
+        for block in committed {
+            if self.instances[id].replica.is_none() {
+                break;
+            }
+            self.execute(id, block);
+        }
+    }
+
+    /// Appends a committed block to the instance's chain and "executes" it.
+    fn execute(&mut self, id: usize, block: tetrad_consensus::Committed) {
+        let set = self.schedule.at(block.height).clone();
+        let issued = self.issued;
+        self.checker.check_committed(self.now, id, &block, valid_batch(&block.batch, &set, issued));
+        let instance = &mut self.instances[id];
+        assert_eq!(block.height.0, instance.height() + 1, "delivery out of order");
+        instance.header = Digest::of(
+            &[instance.header.0.as_slice(), &block.height.0.to_le_bytes(), block.batch.digest().as_bytes()]
+                .concat(),
+        );
+        instance.state = Digest::of(&[instance.state.0.as_slice(), &block.batch.payload].concat());
+        if let Ok(ids) = borsh::from_slice::<Vec<u64>>(&block.batch.payload) {
+            for request in ids {
+                instance.committed_requests.insert(request);
+                instance.in_flight.remove(&request);
+            }
+        }
+        while instance.committed_requests.contains(&instance.first_uncommitted) {
+            instance.first_uncommitted += 1;
+        }
+        let (header_hash, state_root) = (instance.header, instance.state);
+        instance.chain.push(Block { batch: block.batch, certificate: block.certificate });
+        self.trace.update(&[5]);
+        self.trace.update(header_hash.as_bytes());
+        self.handle(id, Input::Executed { height: block.height, header_hash, state_root });
+    }
+
+    fn reachable(&self, from: usize, to: usize) -> bool {
+        if self.healed || !self.scenario.partitions && self.scenario.twins.is_empty() {
+            return true;
+        }
+        let (a, b) = (self.instances[from].group, self.instances[to].group);
+        if let Some((cut_from, cut_to)) = self.one_way {
+            return !(a == cut_from && b == cut_to);
+        }
+        a == b
+    }
+
+    fn send(&mut self, from: usize, to: Recipient, message: Message) {
+        let targets: Vec<usize> = (0..self.instances.len())
+            .filter(|&target| {
+                let index = self.instances[target].index;
+                index != self.instances[from].index
+                    && match to {
+                        Recipient::All => true,
+                        Recipient::One(one) => one == index,
+                    }
+            })
+            .collect();
+        let behavior = self.instances[from].behavior;
+        for target in targets {
+            let message = match behavior {
+                Some(behavior) => match self.corrupt(from, target, behavior, &message) {
+                    Some(message) => message,
+                    None => continue,
+                },
+                None => message.clone(),
+            };
+            let bytes = Arc::new(message.encode());
+            self.transmit(from, target, bytes);
+            if let Some(behavior) = behavior {
+                self.misbehave(from, target, behavior);
+            }
+        }
+    }
+
+    /// Puts bytes on the wire: maybe dropped, maybe duplicated, always delayed.
+    fn transmit(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>) {
+        if !self.reachable(from, to) {
+            return;
+        }
+        if !self.healed && self.rng.chance(self.drop_rate) {
+            return;
+        }
+        let copies = if !self.healed && self.rng.chance(self.duplicate_rate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let delay = self.rng.range(1, self.scenario.delay_max_ms);
+            self.push(self.now + delay, Event::Deliver { to, from, bytes: bytes.clone() });
+        }
+    }
+
+    fn deliver(&mut self, to: usize, from: usize, bytes: Arc<Vec<u8>>) {
+        if self.instances[to].replica.is_none() {
+            return;
+        }
+        if self.instances[to].behavior == Some(Behavior::Replay)
+            && self.instances[to].replay_memory.len() < REPLAY_MEMORY
+        {
+            self.instances[to].replay_memory.push(bytes.clone());
+        }
+        let key = *blake3::hash(&bytes).as_bytes();
+        let verified = match self.verify_cache.get(&key) {
+            Some(cached) => cached.clone(),
+            None => {
+                let verified = Message::decode(&bytes)
+                    .ok()
+                    .and_then(|message| verify(message, &self.schedule, WINDOW).ok());
+                if self.verify_cache.len() >= VERIFY_CACHE_MAX {
+                    self.verify_cache.clear();
+                }
+                self.verify_cache.insert(key, verified.clone());
+                verified
+            }
+        };
+        let Some(verified) = verified else {
+            self.checker.count_rejected();
+            return;
+        };
+        // The node's check of a proposal's transactions, before the replica sees it.
+        if let Message::PrePrepare { batch, pre_prepare } = verified.message() {
+            let set = self.schedule.at(pre_prepare.body.height);
+            if !valid_batch(batch, set, self.issued) {
+                self.checker.count_rejected();
+                return;
+            }
+        }
+        let from = self.instances[from].index;
+        self.handle(to, Input::Message { from, message: verified });
+    }
+
+    /// A state-transfer request: the first live, reachable instance of `peer` answers from
+    /// its chain after a network delay. A forging peer tampers with what it serves.
+    fn serve_blocks(&mut self, id: usize, peer: ValidatorIndex, from: Height, to: Height) {
+        let server = (0..self.instances.len()).find(|&s| {
+            self.instances[s].index == peer
+                && self.instances[s].replica.is_some()
+                && self.reachable(id, s)
+                && self.reachable(s, id)
+        });
+        let Some(server) = server else { return };
+        if !self.healed && self.rng.chance(self.drop_rate) {
+            return;
+        }
+        let chain = &self.instances[server].chain;
+        let start = (from.0.max(1) - 1) as usize;
+        let end = (to.0 as usize).min(chain.len());
+        let mut blocks: Vec<Block> = if start < end { chain[start..end].to_vec() } else { Vec::new() };
+        if self.instances[server].behavior == Some(Behavior::Forge) {
+            for block in &mut blocks {
+                let mut batch = (*block.batch).clone();
+                batch.timestamp_ms ^= 1;
+                block.batch = Arc::new(batch);
+            }
+        }
+        let epoch = self.instances[id].epoch;
+        let delay = self.rng.range(1, self.scenario.delay_max_ms * 2);
+        self.push(self.now + delay, Event::Blocks { to: id, epoch, blocks });
+    }
+
+    fn client_tick(&mut self) {
+        self.push(self.now + CLIENT_TICK_MS, Event::ClientTick);
+        // New requests arrive throughout the run, so progress is always possible.
+        let arrivals = self.rng.range(1, 3);
+        self.issued += arrivals;
+        for id in 0..self.instances.len() {
+            let Some(replica) = self.instances[id].replica.as_ref() else { continue };
+            let instance = &self.instances[id];
+            let pending: Vec<u64> = (instance.first_uncommitted..self.issued)
+                .filter(|request| !instance.committed_requests.contains(request))
+                .collect();
+            let waiting = !pending.is_empty();
+            let can_propose = replica.can_propose();
+            self.handle(id, Input::RequestsPending(waiting));
+            if !can_propose {
+                continue;
+            }
+            let now = self.now;
+            let instance = &mut self.instances[id];
+            instance.in_flight.retain(|_, at| now.saturating_sub(*at) < 4 * VIEW_CHANGE_TIMEOUT_MS);
+            let batch: Vec<u64> = pending
+                .into_iter()
+                .filter(|request| !instance.in_flight.contains_key(request))
+                .take(REQUESTS_PER_BATCH_MAX)
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            for request in &batch {
+                instance.in_flight.insert(*request, now);
+            }
+            let payload = borsh::to_vec(&batch).expect("encode");
+            // Twins and distinct instances propose with distinct timestamps, so their batches differ.
+            self.handle(id, Input::Propose { payload, timestamp_ms: now * 16 + id as u64 });
+        }
+    }
+
+    fn fault_tick(&mut self) {
+        if self.healed {
+            return;
+        }
+        let next = self.now + FAULT_TICK_MS + self.rng.range(0, FAULT_TICK_MS);
+        self.push(next, Event::FaultTick);
+        if self.scenario.partitions || !self.scenario.twins.is_empty() {
+            self.repartition();
+        }
+        if self.scenario.crashes && self.rng.chance(0.3) {
+            let alive: Vec<usize> = (0..self.instances.len())
+                .filter(|&id| self.instances[id].replica.is_some() && self.instances[id].behavior.is_none())
+                .collect();
+            if let Some(victim) = self.rng.pick(&alive) {
+                self.crash(victim);
+            }
+        }
+    }
+
+    /// Random split, isolated primary, one-way cut, or healed; twins always apart.
+    fn repartition(&mut self) {
+        self.one_way = None;
+        let count = self.instances.len();
+        let choice = self.rng.range(0, 4);
+        let primary = self
+            .instances
+            .iter()
+            .filter_map(|i| i.replica.as_ref())
+            .map(|r| r.primary())
+            .max_by_key(|p| p.0)
+            .unwrap_or(ValidatorIndex(0));
+        for id in 0..count {
+            let group = match choice {
+                0 => 0,
+                1 => u8::from(self.instances[id].index == primary),
+                _ => (self.rng.next_u64() % 2) as u8,
+            };
+            self.instances[id].group = group;
+        }
+        if choice == 3 {
+            self.one_way = Some((0, 1));
+        }
+        // Twins: the two copies of a validator always sit in different partitions.
+        let mut seen = HashSet::new();
+        for id in 0..count {
+            if self.instances[id].twin {
+                let index = self.instances[id].index;
+                let first = seen.insert(index);
+                self.instances[id].group = if first { 0 } else { 1 };
+                self.one_way = None;
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.one_way = None;
+        for id in 0..self.instances.len() {
+            self.instances[id].group = 0;
+            if self.instances[id].replica.is_none() {
+                self.boot(id);
+            }
+        }
+        let heights = self.heights();
+        self.checker.healed(self.now, self.scenario.liveness_bound_ms, &heights);
+    }
+
+    /// Rewrites (or suppresses) a message on its way from a Byzantine instance.
+    fn corrupt(&mut self, from: usize, to: usize, behavior: Behavior, message: &Message) -> Option<Message> {
+        let key = self.instances[from].key.clone();
+        let me = self.instances[from].index;
+        match (behavior, message) {
+            (Behavior::Silent, _) => None,
+            (Behavior::Equivocate, Message::PrePrepare { pre_prepare, batch }) if to % 2 == 1 => {
+                let mut other = (**batch).clone();
+                other.timestamp_ms = other.timestamp_ms.wrapping_add(1 + to as u64);
+                let other = Arc::new(other);
+                let body = PrePrepare { digest: other.digest(), ..pre_prepare.body.clone() };
+                let set = self.schedule.at(body.height);
+                Some(Message::PrePrepare { pre_prepare: Signed::sign(body, me, &key, set), batch: other })
+            }
+            (Behavior::DoubleVote, Message::Prepare(prepare)) if self.rng.chance(0.5) => {
+                let body = Prepare {
+                    digest: Digest::of(&self.rng.next_u64().to_le_bytes()),
+                    ..prepare.body.clone()
+                };
+                let set = self.schedule.at(body.height);
+                Some(Message::Prepare(Signed::sign(body, me, &key, set)))
+            }
+            (Behavior::DoubleVote, Message::Commit(commit)) if self.rng.chance(0.5) => {
+                let mut body = commit.body.clone();
+                body.digest = Digest::of(&self.rng.next_u64().to_le_bytes());
+                let set = self.schedule.at(body.height);
+                Some(Message::Commit(Signed::sign(body, me, &key, set)))
+            }
+            _ => Some(message.clone()),
+        }
+    }
+
+    /// Extra traffic from a Byzantine instance, alongside what it sends.
+    fn misbehave(&mut self, from: usize, to: usize, behavior: Behavior) {
+        match behavior {
+            Behavior::Forge if self.rng.chance(0.2) => {
+                let choice = self.rng.range(0, 2);
+                let bytes = match choice {
+                    0 => (0..self.rng.range(0, 300)).map(|_| self.rng.next_u64() as u8).collect(),
+                    1 => self.forged_commit(from, true),
+                    _ => self.forged_commit(from, false),
+                };
+                self.transmit(from, to, Arc::new(bytes));
+            }
+            Behavior::Replay if self.rng.chance(0.3) => {
+                let memory = &self.instances[from].replay_memory;
+                if !memory.is_empty() {
+                    let pick = (self.rng.next_u64() % memory.len() as u64) as usize;
+                    let bytes = memory[pick].clone();
+                    self.transmit(from, to, bytes);
+                }
+            }
+            Behavior::FakeViewChange if self.rng.chance(0.05) => {
+                let message = self.fabricated_view_change(from);
+                self.transmit(from, to, Arc::new(message.encode()));
+            }
+            Behavior::DoubleVote if self.rng.chance(0.1) => {
+                // A second commit vote for a made-up digest at some height in the window.
+                let bytes = self.forged_commit(from, true);
+                self.transmit(from, to, Arc::new(bytes));
+            }
+            _ => {}
+        }
+    }
+
+    /// A commit for a random digest: validly signed by the forger (`valid`), or claiming to be
+    /// another validator with the forger's signature.
+    fn forged_commit(&mut self, from: usize, valid: bool) -> Vec<u8> {
+        let me = self.instances[from].index;
+        let key = self.instances[from].key.clone();
+        let view = self.instances[from].replica.as_ref().map(|r| r.view()).unwrap_or_default();
+        let height = Height(self.rng.range(1, self.instances[from].height() + WINDOW));
+        let body =
+            tetrad_consensus::Commit { view, height, digest: Digest::of(&self.rng.next_u64().to_le_bytes()) };
+        let set = self.schedule.at(height);
+        let mut signed = Signed::sign(body, me, &key, set);
+        if !valid {
+            signed.signer = ValidatorIndex(((me.0 as u64 + 1) % self.scenario.n as u64) as u16);
+        }
+        Message::Commit(signed).encode()
+    }
+
+    /// A view-change for the next view whose prepared certificate is made up: the forger signs
+    /// the pre-prepare and every prepare itself.
+    fn fabricated_view_change(&mut self, from: usize) -> Message {
+        let me = self.instances[from].index;
+        let key = self.instances[from].key.clone();
+        let view = self.instances[from].replica.as_ref().map(|r| r.view()).unwrap_or_default();
+        let low = self.instances[from].replica.as_ref().map(|r| r.low_watermark()).unwrap_or_default();
+        let height = low.next();
+        let set = self.schedule.at(height).clone();
+        let digest = Digest::of(&self.rng.next_u64().to_le_bytes());
+        let pre_prepare = Signed::sign(PrePrepare { view, height, digest }, set.primary(view), &key, &set);
+        let prepare = Signed::sign(Prepare { view, height, digest }, me, &key, &set);
+        let prepares = (0..set.n() as u16)
+            .map(ValidatorIndex)
+            .filter(|i| *i != set.primary(view))
+            .take(set.quorum() - 1)
+            .map(|i| (i, prepare.signature))
+            .collect();
+        let body = ViewChange {
+            new_view: View(view.0 + 1),
+            checkpoint: None,
+            prepared: vec![PreparedCertificate { pre_prepare, prepares }],
+        };
+        Message::ViewChange(Signed::sign(body, me, &key, &set))
+    }
+}
+
+/// Runs one seed of a scenario.
+pub fn run(scenario: &Scenario, seed: u64) -> Report {
+    World::new(scenario.clone(), seed).run()
+}
