@@ -29,4 +29,4 @@ pub mod tx;
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 pub use execute::{Execution, StateReader, execute, genesis_state};
 pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
-pub use tx::{Address, Tx, TxBody, TxError, TxKind};
+pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};

@@ -495,16 +495,34 @@ impl Store {
         }
     }
 
-    /// Durable key-value records for the consensus safety state, written with a synced WAL
-    /// before any message that depends on them leaves the node.
-    pub fn put_safety(&self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+    /// Writes consensus safety records in one synced batch: durable before the messages that
+    /// depend on them leave the node. `puts` are key-value pairs; `deletes` are `[from, to)`
+    /// ranges.
+    pub fn write_safety(&self, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_SAFETY);
+        for (from, to) in deletes {
+            batch.delete_range_cf(cf, from, to);
+        }
+        for (key, value) in puts {
+            batch.put_cf(cf, key, value);
+        }
         let mut write = WriteOptions::default();
         write.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_SAFETY), key, value, &write).map_err(|source| self.rocks(source))
+        self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))
     }
 
-    pub fn safety(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.get_raw(CF_SAFETY, key)
+    /// Every safety record, for restoring the replica after a restart.
+    pub fn safety_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut records = Vec::new();
+        for entry in self.db.iterator_cf(self.cf(CF_SAFETY), IteratorMode::Start) {
+            let (key, value) = entry.map_err(|source| self.rocks(source))?;
+            records.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(records)
     }
 }
 

@@ -61,7 +61,12 @@ impl TestChain {
 
     pub fn transfer_to(&self, from: u64, nonce: u64, to: Address, amount: u64) -> Tx {
         let key = account_key(from);
-        let body = TxBody { from: key.public_key(), nonce, kind: TxKind::Transfer { to, amount } };
+        let body = TxBody {
+            chain: crate::tx::chain_tag(&self.genesis_hash),
+            from: key.public_key(),
+            nonce,
+            kind: TxKind::Transfer { to, amount },
+        };
         Tx::sign(body, &key, &self.genesis_hash)
     }
 
@@ -69,6 +74,7 @@ impl TestChain {
     /// never checks them; admission does).
     pub fn unsigned_transfer(&self, from: u64, nonce: u64, to: u64, amount: u64) -> Tx {
         let body = TxBody {
+            chain: crate::tx::chain_tag(&self.genesis_hash),
             from: self.addresses[from as usize],
             nonce,
             kind: TxKind::Transfer { to: self.addresses[to as usize], amount },

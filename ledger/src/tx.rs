@@ -22,6 +22,10 @@ pub enum TxKind {
 /// The part of a transaction that its sender signs.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct TxBody {
+    /// The chain this transaction is for: the first four bytes of the genesis hash. It lets a
+    /// node tell a transaction meant for another chain from one with a bad signature; the
+    /// signature itself binds the full genesis hash.
+    pub chain: u32,
     pub from: Address,
     /// Must equal the sender's account nonce when the transaction executes (the lecture's
     /// per-client timestamp rule): a replay or an out-of-order transaction never executes.
@@ -44,6 +48,8 @@ pub enum TxError {
     TooLarge { size: usize, max: usize },
     #[error("transaction does not decode: {0}")]
     Malformed(String),
+    #[error("transaction is for chain {found:08x}, this chain is {expected:08x}")]
+    WrongChain { expected: u32, found: u32 },
     #[error("amount must be greater than zero")]
     ZeroAmount,
     #[error("sender address is not a valid ed25519 public key: {0}")]
@@ -80,6 +86,14 @@ impl Tx {
         borsh::from_slice(bytes).map_err(|error| TxError::Malformed(error.to_string()))
     }
 
+    pub fn check_chain(&self, genesis_hash: &Digest) -> Result<(), TxError> {
+        let expected = chain_tag(genesis_hash);
+        if self.body.chain != expected {
+            return Err(TxError::WrongChain { expected, found: self.body.chain });
+        }
+        Ok(())
+    }
+
     /// Checks everything that does not depend on state, except the signature (which callers
     /// verify in batches with [`verify_signatures`]).
     pub fn check_shape(&self) -> Result<(), TxError> {
@@ -93,13 +107,20 @@ impl Tx {
         }
     }
 
-    /// All static checks: shape and signature.
+    /// All static checks: shape, chain and signature.
     pub fn check(&self, genesis_hash: &Digest) -> Result<(), TxError> {
         self.check_shape()?;
+        self.check_chain(genesis_hash)?;
         let key = self.body.from.verifying_key().map_err(TxError::BadSender)?;
         crypto::verify_with(&key, &self.body.signing_digest(genesis_hash), &self.signature)
             .map_err(|_| TxError::BadSignature { from: self.body.from })
     }
+}
+
+/// The chain tag of a genesis hash (see [`TxBody::chain`]).
+pub fn chain_tag(genesis_hash: &Digest) -> u32 {
+    let bytes = genesis_hash.as_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
 impl TxBody {
@@ -156,6 +177,7 @@ mod tests {
 
     fn transfer(key: &SecretKey, nonce: u64, amount: u64, chain: &Digest) -> Tx {
         let body = TxBody {
+            chain: chain_tag(chain),
             from: key.public_key(),
             nonce,
             kind: TxKind::Transfer { to: SecretKey::from_seed([7; 32]).public_key(), amount },
@@ -169,7 +191,11 @@ mod tests {
         let key = SecretKey::from_seed([1; 32]);
         let tx = transfer(&key, 0, 5, &chain);
         assert_eq!(tx.check(&chain), Ok(()));
-        assert_eq!(tx.check(&Digest::of(b"other")), Err(TxError::BadSignature { from: key.public_key() }));
+        let other = Digest::of(b"other");
+        assert_eq!(tx.check(&other), Err(TxError::WrongChain { expected: chain_tag(&other), found: chain_tag(&chain) }));
+        let mut relabelled = tx.clone();
+        relabelled.body.chain = chain_tag(&other);
+        assert_eq!(relabelled.check(&other), Err(TxError::BadSignature { from: key.public_key() }));
         assert_eq!(transfer(&key, 0, 0, &chain).check(&chain), Err(TxError::ZeroAmount));
         let mut tampered = tx.clone();
         tampered.body.nonce = 1;

@@ -28,9 +28,38 @@ enum Command {
     Genesis(GenesisCommand),
     /// Create a node home: config, genesis, keys and an initialised database.
     Init(InitArgs),
+    /// Run a node from its home directory (logs go to stderr; RUST_LOG is honoured).
+    Run {
+        #[arg(long)]
+        home: PathBuf,
+    },
+    /// Create a local network: keys, genesis, one home per validator, funded accounts.
+    Testnet(TestnetArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+struct TestnetArgs {
+    #[arg(long, default_value_t = 4)]
+    validators: u16,
+    /// Funded accounts; their keys go to DIR/accounts/.
+    #[arg(long, default_value_t = 10)]
+    accounts: u64,
+    /// Balance of each funded account.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    balance: u64,
+    #[arg(long)]
+    dir: PathBuf,
+    /// Validator i listens on base+2i (p2p) and base+2i+1 (RPC).
+    #[arg(long, default_value_t = 26600)]
+    base_port: u16,
+    #[arg(long, default_value = "tetrad-local")]
+    chain_id: String,
+    /// Also start every validator and stop them all on Ctrl-C.
+    #[arg(long)]
+    start: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +174,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Keys(KeysCommand::Show { file }) => keys_show(&file),
         Command::Genesis(command) => genesis(command),
         Command::Init(args) => init(args),
+        Command::Run { home } => run_node(&home),
+        Command::Testnet(args) => testnet(args),
         Command::Bench(BenchCommand::Ledger(args)) => crate::bench_ledger::run(&args.into()),
     }
 }
@@ -159,6 +190,39 @@ impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
             sync: !args.no_sync,
         }
     }
+}
+
+fn run_node(home: &Path) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    runtime.block_on(crate::node::run(home))
+}
+
+fn testnet(args: TestnetArgs) -> Result<()> {
+    let plan = crate::testnet::TestnetPlan {
+        validators: args.validators,
+        accounts: args.accounts,
+        balance: args.balance,
+        dir: args.dir.clone(),
+        base_port: args.base_port,
+        chain_id: args.chain_id,
+    };
+    let file = crate::testnet::create(&plan)?;
+    println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display());
+    println!("chain id      {}", file.chain_id);
+    println!("genesis hash  {}", file.genesis_hash);
+    println!("accounts      {} keys in {}", file.accounts, file.accounts_dir.display());
+    for node in &file.nodes {
+        println!("  {}  rpc {}  p2p {}  home {}", node.name, node.rpc_url, node.p2p_address, node.home.display());
+    }
+    if args.start {
+        crate::testnet::start(&file)?;
+    } else {
+        println!("start each with: tetrad run --home <home>   (or pass --start)");
+    }
+    Ok(())
 }
 
 fn keys_generate(out: &Path) -> Result<()> {

@@ -64,7 +64,6 @@ impl Home {
 }
 
 impl Config {
-    #[allow(dead_code, reason = "read by `tetrad run`, which arrives with the node issue")]
     pub fn load(path: &Path) -> Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;

@@ -1,9 +1,17 @@
 //! `tetrad`: the Tetrad node and its command-line tools.
 
+mod api;
 mod bench_ledger;
 mod cli;
 mod config;
+mod driver;
+mod executor;
 mod identity;
+mod mempool;
+mod metrics;
+mod network;
+mod node;
+mod testnet;
 
 use std::process::ExitCode;
 

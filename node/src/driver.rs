@@ -1,0 +1,412 @@
+//! The driver: one task that owns the replica and carries out every action it returns.
+//!
+//! Loop: wait for an input (a verified message, an executed block, a timer, a batch to
+//! propose), drain whatever else is ready, hand each input to the replica, then carry out the
+//! merged actions in the order the replica requires: make the safety records durable (one
+//! synced RocksDB write for all of them), then send the messages that depended on them and the
+//! rest, hand committed batches to the executor, set timers, request blocks.
+//!
+//! Signatures are verified off this task (`spawn_blocking`), and a pre-prepare's transactions
+//! are checked there too; transactions already in the mempool were verified at admission and
+//! are not verified again. A node whose consensus key is not a validator's runs the same loop
+//! without a replica and follows the chain by block sync.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tetrad_consensus::safety::KeyValueOp;
+use tetrad_consensus::wire::{Message, VerifiedBlock, verify};
+use tetrad_consensus::{
+    Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, View,
+};
+use tetrad_genesis::ConsensusParams;
+use tetrad_ledger::Store;
+use tetrad_ledger::tx::{Tx, check_all};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::executor::{Executed, Job};
+use crate::mempool::Mempool;
+use crate::metrics;
+use crate::network::{Command, Event, SYNC_BLOCKS_MAX, SyncBlock};
+
+/// What `/status` shows of consensus, updated by the driver.
+#[derive(Clone, Debug, Default)]
+pub struct ConsensusStatus {
+    pub validator: Option<ValidatorIndex>,
+    pub view: View,
+    pub view_active: bool,
+    pub primary: ValidatorIndex,
+    pub stable_checkpoint: Height,
+    pub syncing: bool,
+}
+
+pub struct Driver {
+    pub replica: Option<Replica>,
+    pub store: Arc<Store>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub schedule: ValidatorSchedule,
+    pub params: ConsensusParams,
+    pub genesis_hash: Digest,
+    pub network: mpsc::Sender<Command>,
+    pub events: mpsc::Receiver<Event>,
+    pub executor: mpsc::Sender<Job>,
+    pub executed: mpsc::Receiver<Executed>,
+    pub status: Arc<RwLock<ConsensusStatus>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Most inputs handled before the actions are carried out (and synced) together.
+const INPUTS_PER_ROUND: usize = 512;
+
+struct State {
+    started: Instant,
+    timers: BTreeMap<Timer, u64>,
+    /// Highest height handed to the executor.
+    delivered: Height,
+    /// When the mempool first had something to propose while nothing was proposed.
+    batch_waiting_since: Option<Instant>,
+    /// Follower mode: a block-sync request is out.
+    fetching: bool,
+    /// Whether the mempool holds proposable work, and when that was last computed.
+    requests_pending: bool,
+    requests_checked: Option<Instant>,
+    fetch_peer: u16,
+}
+
+impl State {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+impl Driver {
+    pub async fn run(mut self) {
+        let mut state = State {
+            started: Instant::now(),
+            timers: BTreeMap::new(),
+            delivered: self.store.head().height,
+            batch_waiting_since: None,
+            fetching: false,
+            fetch_peer: 0,
+            requests_pending: false,
+            requests_checked: None,
+        };
+        let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::network::INBOUND_QUEUE);
+        if let Some(replica) = self.replica.as_mut() {
+            let actions = replica.start(state.now_ms());
+            self.carry_out(&mut state, actions).await;
+        }
+        let tick = Duration::from_millis(self.params.batch_timeout_ms.clamp(1, 1000) / 2 + 1);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut follow = tokio::time::interval(Duration::from_millis(250));
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let mut inputs: Vec<Input> = Vec::new();
+            let next_timer = state.timers.values().min().copied();
+            let sleep = match next_timer {
+                Some(at) => Duration::from_millis(at.saturating_sub(state.now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_network_event(&mut state, event, &verified_tx),
+                    None => break,
+                },
+                Some(input) = verified_rx.recv() => inputs.push(input),
+                Some(done) = self.executed.recv() => inputs.push(executed_input(done)),
+                _ = tokio::time::sleep(sleep) => {}
+                _ = ticker.tick() => {}
+                _ = follow.tick(), if self.replica.is_none() => self.follow(&mut state),
+                _ = self.shutdown.changed() => break,
+            }
+            // Drain what else is ready, so one synced write covers many inputs.
+            while inputs.len() < INPUTS_PER_ROUND {
+                if let Ok(input) = verified_rx.try_recv() {
+                    inputs.push(input);
+                } else if let Ok(done) = self.executed.try_recv() {
+                    inputs.push(executed_input(done));
+                } else {
+                    break;
+                }
+            }
+            let now = state.now_ms();
+            let expired: Vec<Timer> = state.timers.iter().filter(|(_, at)| **at <= now).map(|(timer, _)| *timer).collect();
+            for timer in expired {
+                state.timers.remove(&timer);
+                inputs.push(Input::Timer(timer));
+            }
+            let Some(replica) = self.replica.as_mut() else {
+                // Follower: executed notices only update the delivered mark.
+                continue;
+            };
+            let mut actions = Actions::default();
+            for input in inputs {
+                merge(&mut actions, replica.handle(now, input));
+            }
+            self.propose(&mut state, &mut actions);
+            self.carry_out(&mut state, actions).await;
+        }
+        info!("driver stopped");
+    }
+
+    fn on_network_event(&mut self, state: &mut State, event: Event, verified: &mpsc::Sender<Input>) {
+        match event {
+            Event::Consensus { from, bytes } => {
+                if self.replica.is_none() {
+                    return;
+                }
+                let schedule = self.schedule.clone();
+                let window = self.params.watermark_window;
+                let mempool = self.mempool.clone();
+                let genesis_hash = self.genesis_hash;
+                let params = self.params.clone();
+                let verified = verified.clone();
+                tokio::task::spawn_blocking(move || {
+                    match check_message(&bytes, &schedule, window, &mempool, &genesis_hash, &params) {
+                        Ok(message) => {
+                            if verified.try_send(Input::Message { from, message }).is_err() {
+                                metrics::dropped("verified_queue_full", 1);
+                            }
+                        }
+                        Err(reason) => {
+                            debug!(%from, reason, "dropped consensus message");
+                            metrics::dropped(reason, 1);
+                        }
+                    }
+                });
+            }
+            Event::Blocks { from, blocks } => {
+                let schedule = self.schedule.clone();
+                let verified = verified.clone();
+                let follower = self.replica.is_none();
+                let jobs = self.executor.clone();
+                let expected = state.delivered.next();
+                if follower {
+                    state.fetching = false;
+                }
+                let handle = tokio::task::spawn_blocking(move || verify_blocks(blocks, &schedule, from));
+                let delivered = if follower { Some(expected) } else { None };
+                tokio::spawn(async move {
+                    let Ok(blocks) = handle.await else { return };
+                    match delivered {
+                        None => {
+                            let _ = verified.send(Input::Blocks(blocks)).await;
+                        }
+                        Some(mut next) => {
+                            for block in blocks {
+                                if block.height() != next {
+                                    continue;
+                                }
+                                let committed = tetrad_consensus::Committed {
+                                    height: block.height(),
+                                    batch: block.batch().clone(),
+                                    certificate: block.certificate().clone(),
+                                };
+                                if jobs.send(Job::Block(committed)).await.is_err() {
+                                    return;
+                                }
+                                next = next.next();
+                            }
+                        }
+                    }
+                });
+            }
+            Event::FetchFailed { .. } => state.fetching = false,
+        }
+    }
+
+    /// Follower mode: ask the next validator for the blocks after what was executed.
+    fn follow(&mut self, state: &mut State) {
+        let head = self.store.head().height;
+        state.delivered = head;
+        self.status_mut().syncing = true;
+        if state.fetching {
+            return;
+        }
+        let n = self.schedule.latest().n() as u16;
+        let peer = ValidatorIndex(state.fetch_peer % n);
+        state.fetch_peer = state.fetch_peer.wrapping_add(1);
+        state.fetching = true;
+        let command = Command::Fetch { peer, from: head.next(), to: Height(head.0 + SYNC_BLOCKS_MAX) };
+        if self.network.try_send(command).is_err() {
+            state.fetching = false;
+        }
+    }
+
+    fn status_mut(&self) -> std::sync::RwLockWriteGuard<'_, ConsensusStatus> {
+        self.status.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The primary cuts a batch when the mempool has work: at once if nothing is in flight
+    /// (low latency under light load), otherwise when the batch is full or has waited the
+    /// batch timeout (large batches under heavy load).
+    fn propose(&mut self, state: &mut State, actions: &mut Actions) {
+        let Some(replica) = self.replica.as_mut() else { return };
+        let now = state.now_ms();
+        let mut mempool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let store = &self.store;
+        let nonce_of = |address: &tetrad_ledger::Address| store.account(address).ok().flatten().map(|a| a.nonce).unwrap_or(0);
+        // Scanning every sender is not free: at most every 100 ms.
+        if state.requests_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
+            state.requests_checked = Some(Instant::now());
+            let pending = mempool.has_ready(nonce_of);
+            if pending != state.requests_pending {
+                state.requests_pending = pending;
+                merge(actions, replica.handle(now, Input::RequestsPending(pending)));
+            }
+        }
+        if !replica.can_propose() || !mempool.has_unproposed() {
+            state.batch_waiting_since = None;
+            return;
+        }
+        let waiting_since = *state.batch_waiting_since.get_or_insert_with(Instant::now);
+        let full = mempool.len() >= self.params.batch_txs_max as usize;
+        let timed_out = waiting_since.elapsed() >= Duration::from_millis(self.params.batch_timeout_ms);
+        if replica.in_flight() > 0 && !full && !timed_out {
+            return;
+        }
+        let cut = mempool.cut(self.params.batch_txs_max as usize, self.params.batch_bytes_max as usize, Instant::now(), nonce_of);
+        drop(mempool);
+        state.batch_waiting_since = None;
+        if cut.txs.is_empty() {
+            return;
+        }
+        let payload = borsh::to_vec(&cut.txs).unwrap_or_default();
+        let timestamp_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        merge(actions, replica.handle(now, Input::Propose { payload, timestamp_ms }));
+    }
+
+    async fn carry_out(&mut self, state: &mut State, actions: Actions) {
+        let Actions { persist, send_after_persist, send, committed, stable_checkpoints, timers, fetch_blocks } = actions;
+        if !persist.is_empty() {
+            let mut puts = Vec::new();
+            let mut deletes = Vec::new();
+            for write in &persist {
+                for op in write.to_ops() {
+                    match op {
+                        KeyValueOp::Put { key, value } => puts.push((key, value)),
+                        KeyValueOp::DeleteRange { from, to } => deletes.push((from, to)),
+                    }
+                }
+            }
+            let store = self.store.clone();
+            let result = tokio::task::block_in_place(|| store.write_safety(&puts, &deletes));
+            if let Err(error) = result {
+                // Sending without the record on disk could make this node sign twice after a
+                // crash. Better to stop.
+                tracing::error!(%error, "cannot persist consensus safety records; stopping");
+                std::process::exit(71);
+            }
+        }
+        for outgoing in send_after_persist.into_iter().chain(send) {
+            let to = match outgoing.to {
+                Recipient::All => None,
+                Recipient::One(index) => Some(index),
+            };
+            let bytes = Arc::new(outgoing.message.encode());
+            if self.network.try_send(Command::Send { to, bytes }).is_err() {
+                metrics::dropped("outbound_queue_full", 1);
+            }
+        }
+        for block in committed {
+            state.delivered = block.height;
+            if self.executor.send(Job::Block(block)).await.is_err() {
+                return;
+            }
+        }
+        for certificate in stable_checkpoints {
+            let _ = self.executor.send(Job::Checkpoint(certificate)).await;
+        }
+        for timer in timers {
+            match timer {
+                TimerAction::Set { timer, at_ms } => {
+                    state.timers.insert(timer, at_ms);
+                }
+                TimerAction::Cancel(timer) => {
+                    state.timers.remove(&timer);
+                }
+            }
+        }
+        for fetch in fetch_blocks {
+            metrics::count("tetrad_state_transfers_total", 1);
+            let _ = self.network.try_send(Command::Fetch { peer: fetch.peer, from: fetch.from, to: fetch.to });
+        }
+        if let Some(replica) = self.replica.as_ref() {
+            let counters = replica.counters();
+            metrics::gauge("tetrad_view", replica.view().0 as f64);
+            metrics::gauge("tetrad_view_changes_total", counters.view_changes as f64);
+            let mut status = self.status_mut();
+            status.view = replica.view();
+            status.view_active = replica.view_active();
+            status.primary = replica.primary();
+            status.stable_checkpoint = replica.low_watermark();
+            status.syncing = replica.committed() > replica.executed().next();
+        }
+    }
+}
+
+fn executed_input(done: Executed) -> Input {
+    Input::Executed { height: done.height, header_hash: done.header_hash, state_root: done.state_root }
+}
+
+fn merge(into: &mut Actions, from: Actions) {
+    into.persist.extend(from.persist);
+    into.send_after_persist.extend(from.send_after_persist);
+    into.send.extend(from.send);
+    into.committed.extend(from.committed);
+    into.stable_checkpoints.extend(from.stable_checkpoints);
+    into.timers.extend(from.timers);
+    into.fetch_blocks.extend(from.fetch_blocks);
+}
+
+/// Decodes and verifies one consensus message; for a pre-prepare also checks every
+/// transaction of its batch (those in the mempool were verified at admission).
+fn check_message(
+    bytes: &[u8],
+    schedule: &ValidatorSchedule,
+    window: u64,
+    mempool: &Mutex<Mempool>,
+    genesis_hash: &Digest,
+    params: &ConsensusParams,
+) -> Result<tetrad_consensus::VerifiedMessage, &'static str> {
+    let message = Message::decode(bytes).map_err(|_| "malformed_message")?;
+    let verified = verify(message, schedule, window).map_err(|_| "bad_message_signature")?;
+    if let Message::PrePrepare { batch, .. } = verified.message()
+        && !batch.payload.is_empty()
+    {
+        if batch.payload.len() > params.batch_bytes_max as usize {
+            return Err("oversized_batch");
+        }
+        let txs: Vec<Tx> = borsh::from_slice(&batch.payload).map_err(|_| "malformed_batch")?;
+        if txs.is_empty() || txs.len() > params.batch_txs_max as usize {
+            return Err("oversized_batch");
+        }
+        let unknown: Vec<Tx> = {
+            let pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+            txs.into_iter().filter(|tx| !pool.contains(&tx.hash())).collect()
+        };
+        if check_all(&unknown, genesis_hash).iter().any(Result::is_err) {
+            return Err("invalid_tx_in_batch");
+        }
+    }
+    Ok(verified)
+}
+
+/// Verifies the certificates of fetched blocks; drops (and counts) the ones that fail.
+fn verify_blocks(blocks: Vec<SyncBlock>, schedule: &ValidatorSchedule, from: ValidatorIndex) -> Vec<VerifiedBlock> {
+    let mut verified = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        match VerifiedBlock::verify(Arc::new(block.batch), block.certificate, schedule) {
+            Ok(block) => verified.push(block),
+            Err(error) => {
+                warn!(peer = %from, %error, "block from state transfer refused");
+                metrics::dropped("bad_sync_block", 1);
+            }
+        }
+    }
+    verified
+}

@@ -1,0 +1,129 @@
+//! The executor: one thread that executes committed batches in height order and writes each
+//! block (header, batch, certificate, receipts, accounts, head) to RocksDB in one synced write.
+//!
+//! Blocks arrive from the driver already committed (by consensus or by verified state
+//! transfer); their transactions are not verified again: a commit certificate means a quorum
+//! checked them. After each block the mempool drops what it committed, waiters for its
+//! transactions are woken, the event stream hears of it, and the driver is told the header
+//! hash and state root (which checkpoints sign).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tetrad_consensus::{CheckpointCertificate, Committed, Digest, Height};
+use tetrad_ledger::tx::decode_payload;
+use tetrad_ledger::{Block, Store, execute};
+use tetrad_rpc::api::BlockEvent;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::mempool::Mempool;
+use crate::metrics;
+
+pub enum Job {
+    Block(Committed),
+    Checkpoint(CheckpointCertificate),
+}
+
+/// A block this node executed.
+#[derive(Clone, Copy, Debug)]
+pub struct Executed {
+    pub height: Height,
+    pub header_hash: Digest,
+    pub state_root: Digest,
+}
+
+/// Clients waiting for a transaction to be committed.
+pub type Waiters = Arc<Mutex<HashMap<Digest, Vec<oneshot::Sender<()>>>>>;
+
+pub struct Executor {
+    pub store: Arc<Store>,
+    pub mempool: Arc<Mutex<Mempool>>,
+    pub waiters: Waiters,
+    pub blocks: broadcast::Sender<BlockEvent>,
+}
+
+/// Jobs waiting for the executor.
+pub const EXECUTOR_QUEUE: usize = 1024;
+
+impl Executor {
+    /// Starts the executor thread.
+    pub fn spawn(self, executed: mpsc::Sender<Executed>) -> std::io::Result<mpsc::Sender<Job>> {
+        let (jobs_tx, mut jobs) = mpsc::channel::<Job>(EXECUTOR_QUEUE);
+        std::thread::Builder::new().name("executor".into()).spawn(move || {
+            while let Some(job) = jobs.blocking_recv() {
+                match job {
+                    Job::Block(committed) => match self.execute(committed) {
+                        Ok(done) => {
+                            if executed.blocking_send(done).is_err() {
+                                break;
+                            }
+                        }
+                        Err(message) => {
+                            // The store refused a block consensus committed: continuing would
+                            // fork this node from the others. Stop loudly.
+                            error!("{message}; stopping");
+                            std::process::exit(70);
+                        }
+                    },
+                    Job::Checkpoint(certificate) => {
+                        if let Err(error) = self.store.put_checkpoint(&certificate) {
+                            warn!(%error, "writing a stable checkpoint");
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(jobs_tx)
+    }
+
+    fn execute(&self, committed: Committed) -> Result<Executed, String> {
+        let Committed { height, batch, certificate } = committed;
+        let head = self.store.head();
+        if height != head.height.next() {
+            return Err(format!("executor got height {height} after {}", head.height));
+        }
+        let txs = decode_payload(&batch.payload).unwrap_or_else(|error| {
+            // Every honest replica decodes the same bytes the same way: an undecodable payload
+            // is an empty block everywhere.
+            warn!(%height, %error, "committed payload does not decode; executing it as empty");
+            Vec::new()
+        });
+        let started = Instant::now();
+        let execution = self
+            .store
+            .with_state(|head, state| execute(state, head, &batch, &txs))
+            .map_err(|error| format!("executing block {height}: {error}"))?;
+        let block = Block { header: execution.header.clone(), batch: (*batch).clone(), certificate };
+        self.store.commit(&block, &execution).map_err(|error| format!("committing block {height}: {error}"))?;
+        metrics::observe("tetrad_storage_write_seconds", started.elapsed().as_secs_f64());
+        metrics::gauge("tetrad_height", height.0 as f64);
+        metrics::count("tetrad_committed_txs_total", txs.len() as u64);
+        metrics::observe("tetrad_batch_txs", txs.len() as f64);
+
+        let nonces: Vec<_> = execution.changes.iter().map(|(address, account)| (*address, account.nonce)).collect();
+        self.mempool.lock().unwrap_or_else(|p| p.into_inner()).on_committed(&execution.tx_hashes, &nonces);
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            if !waiters.is_empty() {
+                for hash in &execution.tx_hashes {
+                    for waiter in waiters.remove(hash).unwrap_or_default() {
+                        let _ = waiter.send(());
+                    }
+                }
+            }
+        }
+        let header = &execution.header;
+        let header_hash = header.hash();
+        let _ = self.blocks.send(BlockEvent {
+            height,
+            hash: header_hash,
+            tx_count: header.tx_count,
+            timestamp_ms: header.timestamp_ms,
+            view: header.view,
+            proposer: header.proposer,
+        });
+        Ok(Executed { height, header_hash, state_root: header.state_root })
+    }
+}

@@ -1,0 +1,62 @@
+//! Node metrics, exported in Prometheus text format at `/metrics`.
+//!
+//! | name | kind | meaning |
+//! | --- | --- | --- |
+//! | `tetrad_height` | gauge | last executed height |
+//! | `tetrad_view` | gauge | current view |
+//! | `tetrad_view_changes_total` | counter | view changes this node started |
+//! | `tetrad_committed_txs_total` | counter | transactions in executed blocks |
+//! | `tetrad_batch_txs` | histogram | transactions per block |
+//! | `tetrad_mempool_txs` | gauge | transactions in the mempool |
+//! | `tetrad_peers` | gauge | connected peers |
+//! | `tetrad_messages_dropped_total{reason}` | counter | messages and transactions dropped, by reason |
+//! | `tetrad_rpc_requests_total{method,outcome}` | counter | RPC requests |
+//! | `tetrad_storage_write_seconds` | histogram | time to commit one block to RocksDB (synced) |
+//! | `tetrad_state_transfers_total` | counter | block-sync requests made |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder (once per process).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0, 100.0, 1000.0, 5000.0])
+                .map(|builder| builder.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub fn render() -> String {
+    HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+pub fn dropped(reason: &'static str, count: u64) {
+    metrics::counter!("tetrad_messages_dropped_total", "reason" => reason).increment(count);
+}
+
+pub fn gauge(name: &'static str, value: f64) {
+    metrics::gauge!(name).set(value);
+}
+
+pub fn count(name: &'static str, value: u64) {
+    metrics::counter!(name).increment(value);
+}
+
+pub fn observe(name: &'static str, value: f64) {
+    metrics::histogram!(name).record(value);
+}
+
+pub fn rpc_request(method: &str, outcome: &str) {
+    metrics::counter!("tetrad_rpc_requests_total", "method" => method.to_string(), "outcome" => outcome.to_string())
+        .increment(1);
+}

@@ -1,0 +1,209 @@
+//! `tetrad run`: assembles a node from its home directory and runs it until SIGINT/SIGTERM.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result, bail};
+use tetrad_consensus::safety::restore;
+use tetrad_consensus::{Replica, ReplicaConfig, ValidatorIndex, ValidatorSchedule};
+use tetrad_genesis::{Genesis, KeyFile};
+use tetrad_ledger::Store;
+use tetrad_rpc::Limits;
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::api::Api;
+use crate::config::{Config, Home};
+use crate::driver::{ConsensusStatus, Driver};
+use crate::executor::Executor;
+use crate::mempool::{Mempool, MempoolConfig};
+use crate::network::{self, GossipValidator, NetworkConfig};
+use crate::{identity, metrics};
+
+/// Runs the node in `home` until a shutdown signal.
+pub async fn run(home_dir: &Path) -> Result<()> {
+    let home = Home::new(home_dir);
+    if !home.config().exists() {
+        bail!("{}: not a node home (no config.toml); create one with `tetrad init`", home_dir.display());
+    }
+    let config = Config::load(&home.config())?;
+    let genesis = Genesis::load(&home.genesis())?;
+    crate::cli::check_peer_ids(&genesis, &home.genesis())?;
+    let consensus_key = KeyFile::read(&home.consensus_key())?;
+    let network_key = KeyFile::read(&home.network_key())?;
+    let genesis_hash = genesis.hash();
+    let set = genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
+    let schedule = ValidatorSchedule::new(set);
+    let me = schedule.latest().index_of(&consensus_key.public_key());
+    if let Some(index) = me {
+        let peer_id = identity::peer_id(&network_key)?.to_string();
+        let expected = &genesis.validators[index.as_usize()].peer_id;
+        if &peer_id != expected {
+            bail!(
+                "{}: peer id {peer_id} is not validators[{index}].peer_id {expected} of {}",
+                home.network_key().display(),
+                home.genesis().display()
+            );
+        }
+    }
+    metrics::install();
+
+    let store = Arc::new(
+        Store::open_or_init(&home.data(), &genesis.ledger_state())
+            .with_context(|| format!("opening the database in {}", home.data().display()))?,
+    );
+    let head = store.head();
+    info!(
+        node = %config.name,
+        chain = %genesis.chain_id,
+        genesis = %genesis_hash,
+        height = %head.height,
+        role = if me.is_some() { "validator" } else { "full node" },
+        "starting"
+    );
+
+    // Bind the RPC port first: a port conflict is reported before anything else starts.
+    let rpc_listener = tokio::net::TcpListener::bind(&config.rpc_listen)
+        .await
+        .with_context(|| format!("cannot bind the RPC address {} (rpc_listen in {})", config.rpc_listen, home.config().display()))?;
+
+    let mempool = Arc::new(Mutex::new(Mempool::new(MempoolConfig::default())));
+    let validator = gossip_validator(store.clone(), mempool.clone(), genesis_hash);
+    let validators = genesis
+        .validators
+        .iter()
+        .map(|validator| Ok((validator.peer_id.parse()?, validator.p2p_address.parse()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let network = network::start(
+        NetworkConfig {
+            keypair: identity::network_keypair(&network_key)?,
+            listen: config.p2p_listen.parse().with_context(|| format!("p2p_listen in {}", home.config().display()))?,
+            chain_id: genesis.chain_id.clone(),
+            genesis_hash,
+            validators,
+            me,
+        },
+        store.clone(),
+        validator,
+    )
+    .await
+    .with_context(|| format!("p2p_listen {} in {}", config.p2p_listen, home.config().display()))?;
+
+    let waiters = Arc::new(Mutex::new(Default::default()));
+    let (blocks, _) = broadcast::channel(1024);
+    let (executed_tx, executed_rx) = mpsc::channel(network::INBOUND_QUEUE);
+    let executor = Executor { store: store.clone(), mempool: mempool.clone(), waiters: Arc::clone(&waiters), blocks: blocks.clone() }
+        .spawn(executed_tx)
+        .context("starting the executor thread")?;
+
+    let params = genesis.consensus.clone();
+    let replica = match me {
+        Some(index) => Some(make_replica(&store, &params, index, consensus_key, schedule.clone())?),
+        None => None,
+    };
+    let status = Arc::new(RwLock::new(ConsensusStatus { validator: me, ..ConsensusStatus::default() }));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let api = Api {
+        name: config.name.clone(),
+        genesis: Arc::new(genesis.clone()),
+        genesis_hash,
+        schedule: schedule.clone(),
+        store: store.clone(),
+        mempool: mempool.clone(),
+        status: status.clone(),
+        peers: network.peers.clone(),
+        waiters,
+        blocks,
+        gossip: network.gossip.clone(),
+    };
+    let driver = Driver {
+        replica,
+        store: store.clone(),
+        mempool,
+        schedule,
+        params,
+        genesis_hash,
+        network: network.commands.clone(),
+        events: network.events,
+        executor,
+        executed: executed_rx,
+        status,
+        shutdown: shutdown_rx.clone(),
+    };
+    let driver = tokio::spawn(driver.run());
+
+    let mut rpc_shutdown = shutdown_rx.clone();
+    let rpc_address = rpc_listener.local_addr()?;
+    let rpc = tokio::spawn(tetrad_rpc::serve(rpc_listener, api, Limits::default(), async move {
+        let _ = rpc_shutdown.changed().await;
+    }));
+    info!(rpc = %rpc_address, p2p = %config.p2p_listen, "node is up");
+
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = driver.await;
+    if let Ok(Err(error)) = rpc.await {
+        warn!(%error, "rpc server");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn make_replica(
+    store: &Store,
+    params: &tetrad_genesis::ConsensusParams,
+    index: ValidatorIndex,
+    key: KeyFile,
+    schedule: ValidatorSchedule,
+) -> Result<Replica> {
+    let records = store.safety_records()?;
+    let restored = restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        .map_err(|error| anyhow::anyhow!("consensus safety records are unreadable: {error}"))?;
+    let config = ReplicaConfig::new(
+        params.checkpoint_interval,
+        params.watermark_window,
+        params.view_change_timeout_ms,
+        params.view_change_timeout_max_ms,
+    );
+    Ok(Replica::new(config, index, key.secret, schedule, store.head().height, restored))
+}
+
+/// Gossip messages: every transaction must pass its static checks (a batch with a forged one
+/// is rejected, which penalises the peer that forwarded it); valid ones are admitted.
+fn gossip_validator(store: Arc<Store>, mempool: Arc<Mutex<Mempool>>, genesis_hash: tetrad_consensus::Digest) -> GossipValidator {
+    Arc::new(move |txs| {
+        let results = tetrad_ledger::tx::check_all(&txs, &genesis_hash);
+        if results.iter().any(Result::is_err) {
+            return false;
+        }
+        let mut pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+        for tx in txs {
+            let hash = tx.hash();
+            let sender = store.account(&tx.body.from).ok().flatten();
+            // Stale or duplicate here is normal (it was committed or we had it already).
+            if pool.admit(tx, hash, sender).is_err() {
+                metrics::dropped("gossip_tx_not_admitted", 1);
+            }
+        }
+        true
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+}

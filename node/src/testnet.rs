@@ -1,0 +1,213 @@
+//! `tetrad testnet`: a local network in one directory, optionally started.
+//!
+//! ```text
+//! DIR/testnet.json          every node's name, home, RPC URL, p2p address and peer id
+//! DIR/genesis.json
+//! DIR/v0 … DIR/v{N-1}       validator homes (config, genesis, keys, data, node.log)
+//! DIR/accounts/account-K.json   funded account keys
+//! ```
+//! Ports: validator i listens for p2p on `base + 2i` and for RPC on `base + 2i + 1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tetrad_genesis::{Genesis, GenesisAccount, GenesisValidator, KeyFile};
+use tetrad_ledger::Store;
+
+use crate::config::{Config, Home};
+use crate::identity;
+
+pub struct TestnetPlan {
+    pub validators: u16,
+    pub accounts: u64,
+    pub balance: u64,
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub chain_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestnetNode {
+    pub name: String,
+    pub home: PathBuf,
+    pub rpc_url: String,
+    pub p2p_address: String,
+    pub peer_id: String,
+    pub consensus_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestnetFile {
+    pub chain_id: String,
+    pub genesis_hash: String,
+    pub genesis: PathBuf,
+    pub accounts_dir: PathBuf,
+    pub accounts: u64,
+    pub nodes: Vec<TestnetNode>,
+}
+
+/// Generates keys, genesis and one initialised home per validator.
+pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
+    if plan.validators == 0 {
+        bail!("--validators must be at least 1");
+    }
+    let highest = u32::from(plan.base_port) + 2 * u32::from(plan.validators);
+    if highest > u32::from(u16::MAX) {
+        bail!("--base-port {} leaves no room for {} validators (needs ports up to {highest})", plan.base_port, plan.validators);
+    }
+    if plan.dir.exists() && std::fs::read_dir(&plan.dir).map(|mut entries| entries.next().is_some()).unwrap_or(true) {
+        bail!("{}: exists and is not empty; choose another --dir or remove it", plan.dir.display());
+    }
+    let accounts_dir = plan.dir.join("accounts");
+    std::fs::create_dir_all(&accounts_dir).with_context(|| format!("{}: cannot create", accounts_dir.display()))?;
+    let genesis_time_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let mut genesis = Genesis::new(&plan.chain_id, genesis_time_ms);
+    let mut keys = Vec::new();
+    for index in 0..plan.validators {
+        let consensus = KeyFile::generate()?;
+        let network = KeyFile::generate()?;
+        let p2p_port = plan.base_port + 2 * index;
+        genesis.validators.push(GenesisValidator {
+            name: format!("v{index}"),
+            consensus_key: consensus.public_key(),
+            peer_id: identity::peer_id(&network)?.to_string(),
+            p2p_address: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+        });
+        keys.push((consensus, network));
+    }
+    for index in 0..plan.accounts {
+        let key = KeyFile::generate()?;
+        key.write_new(&accounts_dir.join(format!("account-{index}.json")))?;
+        genesis.accounts.push(GenesisAccount { address: key.public_key(), balance: plan.balance });
+    }
+    genesis.validate().map_err(|problem| anyhow::anyhow!("generated genesis is invalid: {problem}"))?;
+    let genesis_path = plan.dir.join("genesis.json");
+    genesis.save(&genesis_path)?;
+    let state = genesis.ledger_state();
+    let mut nodes = Vec::new();
+    for (index, (consensus, network)) in keys.into_iter().enumerate() {
+        let home = Home::new(&plan.dir.join(format!("v{index}")));
+        std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
+        consensus.write_new(&home.consensus_key())?;
+        network.write_new(&home.network_key())?;
+        genesis.save(&home.genesis())?;
+        let p2p_port = plan.base_port + 2 * index as u16;
+        let rpc_port = p2p_port + 1;
+        let config = Config {
+            name: format!("v{index}"),
+            p2p_listen: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+            rpc_listen: format!("127.0.0.1:{rpc_port}"),
+        };
+        config.save_new(&home.config())?;
+        Store::open_or_init(&home.data(), &state)?;
+        nodes.push(TestnetNode {
+            name: config.name,
+            home: home.dir.clone(),
+            rpc_url: format!("http://127.0.0.1:{rpc_port}"),
+            p2p_address: genesis.validators[index].p2p_address.clone(),
+            peer_id: genesis.validators[index].peer_id.clone(),
+            consensus_key: consensus.public_key().to_hex(),
+        });
+    }
+    let file = TestnetFile {
+        chain_id: plan.chain_id.clone(),
+        genesis_hash: genesis.hash().to_hex(),
+        genesis: genesis_path,
+        accounts_dir,
+        accounts: plan.accounts,
+        nodes,
+    };
+    let path = plan.dir.join("testnet.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(file)
+}
+
+/// Starts every node of a testnet as a child process (logs in `HOME/node.log`), prints the RPC
+/// URLs, and stops them all on SIGINT/SIGTERM.
+pub fn start(file: &TestnetFile) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the tetrad binary")?;
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for node in &file.nodes {
+        match spawn_node(&exe, &node.home) {
+            Ok(child) => children.push((node.name.clone(), child)),
+            Err(error) => {
+                stop_all(&mut children);
+                return Err(error);
+            }
+        }
+    }
+    println!("started {} validators of chain {}:", file.nodes.len(), file.chain_id);
+    for node in &file.nodes {
+        println!("  {}  {}  (log {})", node.name, node.rpc_url, node.home.join("node.log").display());
+    }
+    println!("press Ctrl-C to stop them all");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => break,
+                _ = poll.tick() => {
+                    for (name, child) in &mut children {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            eprintln!("{name} exited ({status}); see its node.log");
+                        }
+                    }
+                    children.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
+                    if children.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    stop_all(&mut children);
+    println!("stopped");
+    Ok(())
+}
+
+fn spawn_node(exe: &Path, home: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("node.log"))
+        .with_context(|| format!("{}: cannot open node.log", home.display()))?;
+    let log_err = log.try_clone()?;
+    Command::new(exe)
+        .arg("run")
+        .arg("--home")
+        .arg(home)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .with_context(|| format!("starting {} run --home {}", exe.display(), home.display()))
+}
+
+/// SIGTERM to every child, then waits (SIGKILL after five seconds).
+fn stop_all(children: &mut Vec<(String, Child)>) {
+    for (_, child) in children.iter() {
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for (name, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                _ => {
+                    eprintln!("{name} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+    children.clear();
+}

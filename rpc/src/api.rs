@@ -1,0 +1,190 @@
+//! What the RPC server needs from the node: the [`NodeApi`] trait, and the JSON views it
+//! returns. The node implements the trait; the server knows nothing else about the node.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tetrad_consensus::{CheckpointCertificate, CommitCertificate, Digest, Height, PublicKey, ValidatorIndex, View};
+use tetrad_ledger::{AccountProof, Address, Header, Receipt, Tx};
+
+/// Which block a query means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockRef {
+    Latest,
+    Height(Height),
+    Hash(Digest),
+}
+
+/// `/status` and `get_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub chain_id: String,
+    pub genesis_hash: Digest,
+    pub node: String,
+    /// The validator index of this node, if it validates.
+    pub validator: Option<ValidatorIndex>,
+    pub validating: bool,
+    pub height: Height,
+    pub latest_block_hash: Digest,
+    pub latest_block_time_ms: u64,
+    pub view: View,
+    pub view_active: bool,
+    pub primary: ValidatorIndex,
+    /// Height of the last stable checkpoint (0 before the first).
+    pub stable_checkpoint: Height,
+    pub peers: usize,
+    pub mempool_txs: usize,
+    pub mempool_bytes: usize,
+    /// True while the node is fetching blocks it is missing.
+    pub syncing: bool,
+}
+
+/// A committed block: header, its hash, the transaction hashes and the commit certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub hash: Digest,
+    pub header: Header,
+    pub txs: Vec<Digest>,
+    /// Absent only for the genesis header (height 0).
+    pub certificate: Option<CommitCertificate>,
+}
+
+/// The status of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxStatus {
+    /// In this node's mempool, not yet in a block.
+    Pending,
+    /// In a block and executed successfully.
+    Committed,
+    /// In a block, but execution refused it (the receipt says why); it changed nothing.
+    Failed,
+}
+
+/// `/txs/{hash}` and `get_transaction`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxView {
+    pub hash: Digest,
+    pub status: TxStatus,
+    pub tx: Tx,
+    /// Present once committed.
+    pub height: Option<Height>,
+    pub index: Option<u32>,
+    pub receipt: Option<Receipt>,
+}
+
+/// `/accounts/{address}` and `get_account`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub address: Address,
+    pub balance: u64,
+    /// The nonce the account's next transaction must carry.
+    pub nonce: u64,
+    /// The height whose state this is, and a proof against that header's state root.
+    pub height: Height,
+    pub state_root: Digest,
+    pub proof: AccountProof,
+}
+
+/// `/checkpoints/…` and `get_checkpoint`: a finalized header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    pub height: Height,
+    pub header_hash: Digest,
+    pub state_root: Digest,
+    pub certificate: CheckpointCertificate,
+}
+
+/// One validator as `/validators` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorView {
+    pub index: ValidatorIndex,
+    pub name: String,
+    pub consensus_key: PublicKey,
+    pub peer_id: String,
+    pub p2p_address: String,
+}
+
+/// `/validators` and `get_validators`: the validator set that signs `height`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidatorsView {
+    pub height: Height,
+    pub n: usize,
+    pub f: usize,
+    pub quorum: usize,
+    pub validators: Vec<ValidatorView>,
+}
+
+/// Why a submitted transaction was refused. Each maps to a documented JSON-RPC error code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("transaction is malformed: {0}")]
+    Malformed(String),
+    #[error("transaction is {size} bytes, the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("amount must be greater than zero")]
+    ZeroAmount,
+    #[error("transaction is for chain {found:08x}, this chain is {expected:08x}")]
+    WrongChain { expected: u32, found: u32 },
+    #[error("signature does not verify for sender {from}")]
+    BadSignature { from: Address },
+    #[error("nonce {found} was already used; the account's next nonce is {expected}")]
+    StaleNonce { expected: u64, found: u64 },
+    #[error("nonce {found} is more than {max_ahead} ahead of the account's next nonce {expected}")]
+    NonceTooFarAhead { expected: u64, found: u64, max_ahead: u64 },
+    #[error("balance {balance} (after pending transfers) is less than the amount {amount}")]
+    InsufficientBalance { balance: u64, amount: u64 },
+    #[error("the same transaction is already pending")]
+    Duplicate,
+    #[error("mempool is full ({txs} transactions, {bytes} bytes); try again later")]
+    MempoolFull { txs: usize, bytes: usize },
+    #[error("node is shutting down")]
+    Unavailable,
+}
+
+/// Errors of queries that are not the caller's fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InternalError(pub String);
+
+/// A new block, as the event stream reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEvent {
+    pub height: Height,
+    pub hash: Digest,
+    pub tx_count: u32,
+    pub timestamp_ms: u64,
+    pub view: View,
+    pub proposer: ValidatorIndex,
+}
+
+/// The node, as the RPC server sees it. Reads are synchronous (they are served from memory
+/// or RocksDB, in microseconds); submission and waiting are asynchronous.
+pub trait NodeApi: Clone + Send + Sync + 'static {
+    fn status(&self) -> StatusView;
+
+    /// Admits a transaction to the mempool (and gossips it). Returns its hash.
+    fn submit(&self, tx: Tx) -> impl Future<Output = Result<Digest, SubmitError>> + Send;
+
+    /// Waits until `hash` is in a block (or `timeout` passes); `None` on timeout.
+    fn wait_committed(&self, hash: Digest, timeout: Duration) -> impl Future<Output = Option<TxView>> + Send;
+
+    fn block(&self, at: BlockRef) -> Result<Option<BlockView>, InternalError>;
+    fn tx(&self, hash: &Digest) -> Result<Option<TxView>, InternalError>;
+    fn account(&self, address: &Address) -> Result<Option<AccountView>, InternalError>;
+    /// The stable checkpoint at `height`, or the latest one.
+    fn checkpoint(&self, height: Option<Height>) -> Result<Option<CheckpointView>, InternalError>;
+    /// The validator set of `height` (default: the next height to be committed). `None` for a
+    /// height above the chain's head.
+    fn validators(&self, height: Option<Height>) -> Result<Option<ValidatorsView>, InternalError>;
+
+    /// New blocks as they are committed.
+    fn subscribe_blocks(&self) -> tokio::sync::broadcast::Receiver<BlockEvent>;
+
+    /// Prometheus text exposition of the node's metrics.
+    fn metrics(&self) -> String;
+
+    /// Counts an RPC request (method or route, and outcome) in the node's metrics.
+    fn record_request(&self, method: &str, outcome: &str);
+}

@@ -1,0 +1,93 @@
+//! The server's limits: body size, requests in flight, time per request, how long a submission
+//! may wait for its commit, and JSON-RPC batch size. Every one is enforced before the node sees
+//! the request.
+
+use std::time::Duration;
+
+use axum::BoxError;
+use tower::load_shed::error::Overloaded;
+use tower::timeout::error::Elapsed;
+
+use crate::errors::{ErrorCode, RpcError};
+
+/// Default largest request body: 1 MiB.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Default number of requests served at once; more are refused with 503 (`overloaded`).
+pub const CONCURRENCY_MAX_DEFAULT: usize = 256;
+/// Default time a request may take (a waiting submission gets `wait_timeout_max_ms` more).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default longest wait for a commit that `wait: true` may ask for.
+pub const WAIT_TIMEOUT_MAX_MS_DEFAULT: u64 = 30_000;
+/// Default largest JSON-RPC batch.
+pub const BATCH_MAX_DEFAULT: usize = 100;
+/// How often an idle `/events` stream sends a keep-alive comment.
+pub const EVENTS_KEEP_ALIVE_MS: u64 = 15_000;
+
+/// Limits on what one client may ask of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body; larger bodies get 413 (`body_too_large`).
+    pub body_bytes_max: usize,
+    /// Requests in flight at once (and, separately, open `/events` streams); more get 503
+    /// (`overloaded`) at once rather than waiting in a queue.
+    pub concurrency_max: usize,
+    /// Time a request may take before it gets 408 (`request_timeout`). `POST /` and `POST /txs`
+    /// get `wait_timeout_max_ms` on top, so a waiting submission is never cut short; `/events`
+    /// has no limit.
+    pub request_timeout_ms: u64,
+    /// Longest wait for a commit; a longer `timeout_ms` is shortened to this.
+    pub wait_timeout_max_ms: u64,
+    /// Most calls in one JSON-RPC batch.
+    pub batch_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            concurrency_max: CONCURRENCY_MAX_DEFAULT,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            wait_timeout_max_ms: WAIT_TIMEOUT_MAX_MS_DEFAULT,
+            batch_max: BATCH_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Limits {
+    /// Permits of the in-flight semaphores: at least one, and no more than tokio allows.
+    pub(crate) fn permits(&self) -> usize {
+        self.concurrency_max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
+    /// The time limit of a request that cannot wait for a commit.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The time limit of a request that may wait for a commit.
+    pub(crate) fn waiting_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.saturating_add(self.wait_timeout_max_ms))
+    }
+
+    /// How long a submission waits, given what the caller asked for.
+    pub(crate) fn wait_timeout(&self, timeout_ms: Option<u64>) -> Duration {
+        let wanted = timeout_ms.unwrap_or(self.wait_timeout_max_ms);
+        Duration::from_millis(wanted.min(self.wait_timeout_max_ms))
+    }
+}
+
+/// Turns the errors of the tower layers (timeout, load shedding) into JSON errors.
+pub(crate) fn layer_error(error: BoxError, limits: &Limits) -> RpcError {
+    if error.is::<Elapsed>() {
+        RpcError::new(ErrorCode::RequestTimeout, "the request took longer than the server's time limit")
+            .with_data(serde_json::json!({ "request_timeout_ms": limits.request_timeout_ms }))
+    } else if error.is::<Overloaded>() {
+        RpcError::new(
+            ErrorCode::Overloaded,
+            format!("the server is busy ({} requests in flight); try again later", limits.permits()),
+        )
+    } else {
+        tracing::warn!(%error, "rpc middleware failed");
+        RpcError::internal(format!("internal error: {error}"))
+    }
+}
