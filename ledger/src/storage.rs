@@ -72,6 +72,9 @@ pub enum StorageError {
     NotNext { head: Height, found: Height, detail: String },
 }
 
+/// A raw key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The location of a committed transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct TxLocation {
@@ -498,7 +501,7 @@ impl Store {
     /// Writes consensus safety records in one synced batch: durable before the messages that
     /// depend on them leave the node. `puts` are key-value pairs; `deletes` are `[from, to)`
     /// ranges.
-    pub fn write_safety(&self, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StorageError> {
+    pub fn write_safety(&self, puts: &[KeyValue], deletes: &[KeyValue]) -> Result<(), StorageError> {
         if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
@@ -516,7 +519,7 @@ impl Store {
     }
 
     /// Every safety record, for restoring the replica after a restart.
-    pub fn safety_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn safety_records(&self) -> Result<Vec<KeyValue>, StorageError> {
         let mut records = Vec::new();
         for entry in self.db.iterator_cf(self.cf(CF_SAFETY), IteratorMode::Start) {
             let (key, value) = entry.map_err(|source| self.rocks(source))?;

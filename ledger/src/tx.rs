@@ -192,7 +192,10 @@ mod tests {
         let tx = transfer(&key, 0, 5, &chain);
         assert_eq!(tx.check(&chain), Ok(()));
         let other = Digest::of(b"other");
-        assert_eq!(tx.check(&other), Err(TxError::WrongChain { expected: chain_tag(&other), found: chain_tag(&chain) }));
+        assert_eq!(
+            tx.check(&other),
+            Err(TxError::WrongChain { expected: chain_tag(&other), found: chain_tag(&chain) })
+        );
         let mut relabelled = tx.clone();
         relabelled.body.chain = chain_tag(&other);
         assert_eq!(relabelled.check(&other), Err(TxError::BadSignature { from: key.public_key() }));

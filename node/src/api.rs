@@ -9,8 +9,8 @@ use tetrad_genesis::Genesis;
 use tetrad_ledger::tx::{Tx, TxError};
 use tetrad_ledger::{Address, Outcome, Store};
 use tetrad_rpc::api::{
-    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, InternalError, NodeApi, StatusView, SubmitError, TxStatus,
-    TxView, ValidatorView, ValidatorsView,
+    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, InternalError, NodeApi, StatusView,
+    SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -55,7 +55,8 @@ impl Api {
     pub fn admit(&self, tx: Tx) -> Result<Digest, SubmitError> {
         tx.check(&self.genesis_hash).map_err(submit_error)?;
         let hash = tx.hash();
-        let sender = self.store.account(&tx.body.from).map_err(|error| SubmitError::Malformed(error.to_string()))?;
+        let sender =
+            self.store.account(&tx.body.from).map_err(|error| SubmitError::Malformed(error.to_string()))?;
         self.mempool.lock().unwrap_or_else(|p| p.into_inner()).admit(tx.clone(), hash, sender)?;
         if self.gossip.try_send(tx).is_err() {
             metrics::dropped("gossip_queue_full", 1);
@@ -70,7 +71,12 @@ impl Api {
         }
         let Some(block) = self.store.block(height).map_err(internal)? else { return Ok(None) };
         let txs = block.txs().map(|txs| txs.iter().map(Tx::hash).collect()).unwrap_or_default();
-        Ok(Some(BlockView { hash: block.header.hash(), header: block.header, txs, certificate: Some(block.certificate) }))
+        Ok(Some(BlockView {
+            hash: block.header.hash(),
+            header: block.header,
+            txs,
+            certificate: Some(block.certificate),
+        }))
     }
 }
 
@@ -162,11 +168,20 @@ impl NodeApi for Api {
             }));
         }
         let pending = self.mempool.lock().unwrap_or_else(|p| p.into_inner()).get(hash);
-        Ok(pending.map(|tx| TxView { hash: *hash, status: TxStatus::Pending, tx: (*tx).clone(), height: None, index: None, receipt: None }))
+        Ok(pending.map(|tx| TxView {
+            hash: *hash,
+            status: TxStatus::Pending,
+            tx: (*tx).clone(),
+            height: None,
+            index: None,
+            receipt: None,
+        }))
     }
 
     fn account(&self, address: &Address) -> Result<Option<AccountView>, InternalError> {
-        let Some((proof, header)) = self.store.prove_account(address).map_err(internal)? else { return Ok(None) };
+        let Some((proof, header)) = self.store.prove_account(address).map_err(internal)? else {
+            return Ok(None);
+        };
         Ok(Some(AccountView {
             address: *address,
             balance: proof.account.balance,
@@ -219,7 +234,10 @@ impl NodeApi for Api {
     }
 
     fn metrics(&self) -> String {
-        metrics::gauge("tetrad_mempool_txs", self.mempool.lock().unwrap_or_else(|p| p.into_inner()).len() as f64);
+        metrics::gauge(
+            "tetrad_mempool_txs",
+            self.mempool.lock().unwrap_or_else(|p| p.into_inner()).len() as f64,
+        );
         metrics::render()
     }
 

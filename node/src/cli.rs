@@ -195,12 +195,28 @@ impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
 fn run_node(home: &Path) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     runtime.block_on(crate::node::run(home))
 }
 
 fn testnet(args: TestnetArgs) -> Result<()> {
+    let existing = args.dir.join("testnet.json");
+    if args.start && existing.exists() {
+        let text = std::fs::read_to_string(&existing)
+            .with_context(|| format!("{}: cannot read", existing.display()))?;
+        let file: crate::testnet::TestnetFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a testnet file", existing.display()))?;
+        println!(
+            "starting the existing testnet in {} (remove the directory for a fresh one)",
+            args.dir.display()
+        );
+        return crate::testnet::start(&file);
+    }
     let plan = crate::testnet::TestnetPlan {
         validators: args.validators,
         accounts: args.accounts,
@@ -215,7 +231,13 @@ fn testnet(args: TestnetArgs) -> Result<()> {
     println!("genesis hash  {}", file.genesis_hash);
     println!("accounts      {} keys in {}", file.accounts, file.accounts_dir.display());
     for node in &file.nodes {
-        println!("  {}  rpc {}  p2p {}  home {}", node.name, node.rpc_url, node.p2p_address, node.home.display());
+        println!(
+            "  {}  rpc {}  p2p {}  home {}",
+            node.name,
+            node.rpc_url,
+            node.p2p_address,
+            node.home.display()
+        );
     }
     if args.start {
         crate::testnet::start(&file)?;

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use tetrad_consensus::safety::KeyValueOp;
 use tetrad_consensus::wire::{Message, VerifiedBlock, verify};
 use tetrad_consensus::{
-    Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, View,
+    Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex,
+    ValidatorSchedule, View,
 };
 use tetrad_genesis::ConsensusParams;
 use tetrad_ledger::Store;
@@ -133,7 +134,8 @@ impl Driver {
                 }
             }
             let now = state.now_ms();
-            let expired: Vec<Timer> = state.timers.iter().filter(|(_, at)| **at <= now).map(|(timer, _)| *timer).collect();
+            let expired: Vec<Timer> =
+                state.timers.iter().filter(|(_, at)| **at <= now).map(|(timer, _)| *timer).collect();
             for timer in expired {
                 state.timers.remove(&timer);
                 inputs.push(Input::Timer(timer));
@@ -214,7 +216,7 @@ impl Driver {
                     }
                 });
             }
-            Event::FetchFailed { .. } => state.fetching = false,
+            Event::FetchFailed => state.fetching = false,
         }
     }
 
@@ -248,7 +250,9 @@ impl Driver {
         let now = state.now_ms();
         let mut mempool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
         let store = &self.store;
-        let nonce_of = |address: &tetrad_ledger::Address| store.account(address).ok().flatten().map(|a| a.nonce).unwrap_or(0);
+        let nonce_of = |address: &tetrad_ledger::Address| {
+            store.account(address).ok().flatten().map(|a| a.nonce).unwrap_or(0)
+        };
         // Scanning every sender is not free: at most every 100 ms.
         if state.requests_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
             state.requests_checked = Some(Instant::now());
@@ -268,20 +272,35 @@ impl Driver {
         if replica.in_flight() > 0 && !full && !timed_out {
             return;
         }
-        let cut = mempool.cut(self.params.batch_txs_max as usize, self.params.batch_bytes_max as usize, Instant::now(), nonce_of);
+        let cut = mempool.cut(
+            self.params.batch_txs_max as usize,
+            self.params.batch_bytes_max as usize,
+            Instant::now(),
+            nonce_of,
+        );
         drop(mempool);
         state.batch_waiting_since = None;
         if cut.txs.is_empty() {
             return;
         }
         let payload = borsh::to_vec(&cut.txs).unwrap_or_default();
-        let timestamp_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         merge(actions, replica.handle(now, Input::Propose { payload, timestamp_ms }));
     }
 
     async fn carry_out(&mut self, state: &mut State, actions: Actions) {
-        let Actions { persist, send_after_persist, send, committed, stable_checkpoints, timers, fetch_blocks } = actions;
+        let Actions {
+            persist,
+            send_after_persist,
+            send,
+            committed,
+            stable_checkpoints,
+            timers,
+            fetch_blocks,
+        } = actions;
         if !persist.is_empty() {
             let mut puts = Vec::new();
             let mut deletes = Vec::new();
@@ -333,7 +352,8 @@ impl Driver {
         }
         for fetch in fetch_blocks {
             metrics::count("tetrad_state_transfers_total", 1);
-            let _ = self.network.try_send(Command::Fetch { peer: fetch.peer, from: fetch.from, to: fetch.to });
+            let _ =
+                self.network.try_send(Command::Fetch { peer: fetch.peer, from: fetch.from, to: fetch.to });
         }
         if let Some(replica) = self.replica.as_ref() {
             let counters = replica.counters();
@@ -397,7 +417,11 @@ fn check_message(
 }
 
 /// Verifies the certificates of fetched blocks; drops (and counts) the ones that fail.
-fn verify_blocks(blocks: Vec<SyncBlock>, schedule: &ValidatorSchedule, from: ValidatorIndex) -> Vec<VerifiedBlock> {
+fn verify_blocks(
+    blocks: Vec<SyncBlock>,
+    schedule: &ValidatorSchedule,
+    from: ValidatorIndex,
+) -> Vec<VerifiedBlock> {
     let mut verified = Vec::with_capacity(blocks.len());
     for block in blocks {
         match VerifiedBlock::verify(Arc::new(block.batch), block.certificate, schedule) {

@@ -55,11 +55,12 @@ impl Executor {
             while let Some(job) = jobs.blocking_recv() {
                 match job {
                     Job::Block(committed) => match self.execute(committed) {
-                        Ok(done) => {
+                        Ok(Some(done)) => {
                             if executed.blocking_send(done).is_err() {
                                 break;
                             }
                         }
+                        Ok(None) => {}
                         Err(message) => {
                             // The store refused a block consensus committed: continuing would
                             // fork this node from the others. Stop loudly.
@@ -78,11 +79,16 @@ impl Executor {
         Ok(jobs_tx)
     }
 
-    fn execute(&self, committed: Committed) -> Result<Executed, String> {
+    /// Executes the next block. A block at or below the head (a follower fetched it twice)
+    /// or above the next height (a follower's fetch had a gap) is skipped.
+    fn execute(&self, committed: Committed) -> Result<Option<Executed>, String> {
         let Committed { height, batch, certificate } = committed;
         let head = self.store.head();
         if height != head.height.next() {
-            return Err(format!("executor got height {height} after {}", head.height));
+            if height > head.height.next() {
+                warn!(%height, head = %head.height, "skipping a block above the next height");
+            }
+            return Ok(None);
         }
         let txs = decode_payload(&batch.payload).unwrap_or_else(|error| {
             // Every honest replica decodes the same bytes the same way: an undecodable payload
@@ -96,13 +102,16 @@ impl Executor {
             .with_state(|head, state| execute(state, head, &batch, &txs))
             .map_err(|error| format!("executing block {height}: {error}"))?;
         let block = Block { header: execution.header.clone(), batch: (*batch).clone(), certificate };
-        self.store.commit(&block, &execution).map_err(|error| format!("committing block {height}: {error}"))?;
+        self.store
+            .commit(&block, &execution)
+            .map_err(|error| format!("committing block {height}: {error}"))?;
         metrics::observe("tetrad_storage_write_seconds", started.elapsed().as_secs_f64());
         metrics::gauge("tetrad_height", height.0 as f64);
         metrics::count("tetrad_committed_txs_total", txs.len() as u64);
         metrics::observe("tetrad_batch_txs", txs.len() as f64);
 
-        let nonces: Vec<_> = execution.changes.iter().map(|(address, account)| (*address, account.nonce)).collect();
+        let nonces: Vec<_> =
+            execution.changes.iter().map(|(address, account)| (*address, account.nonce)).collect();
         self.mempool.lock().unwrap_or_else(|p| p.into_inner()).on_committed(&execution.tx_hashes, &nonces);
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,6 +133,6 @@ impl Executor {
             view: header.view,
             proposer: header.proposer,
         });
-        Ok(Executed { height, header_hash, state_root: header.state_root })
+        Ok(Some(Executed { height, header_hash, state_root: header.state_root }))
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tetrad_consensus::Digest;
-use tetrad_ledger::tx::{Address, Tx, TxKind};
 use tetrad_ledger::Account;
+use tetrad_ledger::tx::{Address, Tx, TxKind};
 use tetrad_rpc::api::SubmitError;
 
 #[derive(Clone, Debug)]
@@ -48,7 +48,6 @@ struct Entry {
 /// What a batch cut returns.
 pub struct Cut {
     pub txs: Vec<Arc<Tx>>,
-    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -110,7 +109,11 @@ impl Mempool {
             return Err(SubmitError::StaleNonce { expected, found: nonce });
         }
         if nonce - expected > self.config.nonce_ahead_max {
-            return Err(SubmitError::NonceTooFarAhead { expected, found: nonce, max_ahead: self.config.nonce_ahead_max });
+            return Err(SubmitError::NonceTooFarAhead {
+                expected,
+                found: nonce,
+                max_ahead: self.config.nonce_ahead_max,
+            });
         }
         let pending = self.by_sender.get(&from);
         if pending.is_some_and(|nonces| nonces.contains_key(&nonce)) {
@@ -148,7 +151,13 @@ impl Mempool {
 
     /// Cuts the next batch: transactions in arrival order, each only if its nonce is the next
     /// one its sender can execute after what is committed (`nonce_of`) and already proposed.
-    pub fn cut(&mut self, txs_max: usize, bytes_max: usize, now: Instant, nonce_of: impl Fn(&Address) -> u64) -> Cut {
+    pub fn cut(
+        &mut self,
+        txs_max: usize,
+        bytes_max: usize,
+        now: Instant,
+        nonce_of: impl Fn(&Address) -> u64,
+    ) -> Cut {
         self.release_stale_proposals(now);
         let mut next_nonce: HashMap<Address, u64> = HashMap::new();
         let mut picked = Vec::new();
@@ -158,7 +167,8 @@ impl Mempool {
         for (&seq, hash) in self.unproposed.iter().take(scan_max) {
             let Some(entry) = self.entries.get(hash) else { continue };
             let from = entry.tx.body.from;
-            let next = *next_nonce.entry(from).or_insert_with(|| self.next_proposable_nonce(&from, nonce_of(&from)));
+            let next =
+                *next_nonce.entry(from).or_insert_with(|| self.next_proposable_nonce(&from, nonce_of(&from)));
             if entry.tx.body.nonce != next {
                 continue;
             }
@@ -178,7 +188,7 @@ impl Mempool {
                 self.proposed.push_back((now, hash));
             }
         }
-        Cut { txs, bytes }
+        Cut { txs }
     }
 
     /// The sender's next nonce after the committed one and its proposed transactions.
@@ -256,7 +266,12 @@ mod tests {
     }
 
     fn pool(txs_max: usize) -> Mempool {
-        Mempool::new(MempoolConfig { txs_max, bytes_max: 1 << 20, nonce_ahead_max: 4, repropose_after: Duration::from_secs(5) })
+        Mempool::new(MempoolConfig {
+            txs_max,
+            bytes_max: 1 << 20,
+            nonce_ahead_max: 4,
+            repropose_after: Duration::from_secs(5),
+        })
     }
 
     #[test]
@@ -264,7 +279,10 @@ mod tests {
         let chain = TestChain::new(4, 3, 1000);
         let mut pool = pool(3);
         let tx = chain.transfer(0, 2, 1, 10);
-        assert_eq!(pool.admit(tx.clone(), tx.hash(), account(1000, 3)), Err(SubmitError::StaleNonce { expected: 3, found: 2 }));
+        assert_eq!(
+            pool.admit(tx.clone(), tx.hash(), account(1000, 3)),
+            Err(SubmitError::StaleNonce { expected: 3, found: 2 })
+        );
         let far = chain.transfer(0, 8, 1, 10);
         assert_eq!(
             pool.admit(far.clone(), far.hash(), account(1000, 3)),
@@ -287,7 +305,10 @@ mod tests {
             assert_eq!(pool.admit(tx.clone(), tx.hash(), account(10, 0)), Ok(()));
         }
         let full = chain.transfer(1, 1, 0, 1);
-        assert!(matches!(pool.admit(full.clone(), full.hash(), account(10, 0)), Err(SubmitError::MempoolFull { txs: 3, .. })));
+        assert!(matches!(
+            pool.admit(full.clone(), full.hash(), account(10, 0)),
+            Err(SubmitError::MempoolFull { txs: 3, .. })
+        ));
     }
 
     #[test]

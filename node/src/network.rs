@@ -70,10 +70,16 @@ pub enum Command {
 /// What the network tells the node.
 #[derive(Debug)]
 pub enum Event {
-    Consensus { from: ValidatorIndex, bytes: Vec<u8> },
-    Blocks { from: ValidatorIndex, blocks: Vec<SyncBlock> },
+    Consensus {
+        from: ValidatorIndex,
+        bytes: Vec<u8>,
+    },
+    Blocks {
+        from: ValidatorIndex,
+        blocks: Vec<SyncBlock>,
+    },
     /// A sync request failed or returned nothing.
-    FetchFailed { from: ValidatorIndex },
+    FetchFailed,
 }
 
 /// Checks and admits the transactions of a gossip message; true if the message is acceptable
@@ -94,19 +100,28 @@ impl<Req, Resp> BorshCodec<Req, Resp> {
     }
 }
 
-async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(io: &mut T, max: usize) -> io::Result<V> {
+async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<V> {
     let mut length = [0u8; 4];
     io.read_exact(&mut length).await?;
     let length = u32::from_le_bytes(length) as usize;
     if length > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {length} bytes exceeds {max}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes exceeds {max}"),
+        ));
     }
     let mut bytes = vec![0u8; length];
     io.read_exact(&mut bytes).await?;
     borsh::from_slice(&bytes).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
-async fn write_framed<T: AsyncWrite + Unpin + Send, V: BorshSerialize>(io: &mut T, value: &V) -> io::Result<()> {
+async fn write_framed<T: AsyncWrite + Unpin + Send, V: BorshSerialize>(
+    io: &mut T,
+    value: &V,
+) -> io::Result<()> {
     let bytes = borsh::to_vec(value)?;
     io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
     io.write_all(&bytes).await?;
@@ -115,26 +130,44 @@ async fn write_framed<T: AsyncWrite + Unpin + Send, V: BorshSerialize>(io: &mut 
 
 impl<Req, Resp> request_response::Codec for BorshCodec<Req, Resp>
 where
-    Req: BorshSerialize + BorshDeserialize + Send + 'static,
-    Resp: BorshSerialize + BorshDeserialize + Send + 'static,
+    Req: BorshSerialize + BorshDeserialize + Send + Sync + 'static,
+    Resp: BorshSerialize + BorshDeserialize + Send + Sync + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;
     type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Req> {
         read_framed(io, self.request_max).await
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Resp> {
         read_framed(io, self.response_max).await
     }
 
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, request: Req) -> io::Result<()> {
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Req,
+    ) -> io::Result<()> {
         write_framed(io, &request).await
     }
 
-    async fn write_response<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, response: Resp) -> io::Result<()> {
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Resp,
+    ) -> io::Result<()> {
         write_framed(io, &response).await
     }
 }
@@ -175,11 +208,16 @@ pub struct Network {
 fn protocol(genesis_hash: &Digest, name: &str) -> StreamProtocol {
     let short = &genesis_hash.to_hex()[..16];
     // Only ASCII hex and fixed names: always a valid protocol string.
-    StreamProtocol::try_from_owned(format!("/tetrad/{short}/{name}/1")).unwrap_or(StreamProtocol::new("/tetrad/invalid/1"))
+    StreamProtocol::try_from_owned(format!("/tetrad/{short}/{name}/1"))
+        .unwrap_or(StreamProtocol::new("/tetrad/invalid/1"))
 }
 
 /// Binds the listen address and starts the network task.
-pub async fn start(config: NetworkConfig, store: Arc<Store>, validator: GossipValidator) -> anyhow::Result<Network> {
+pub async fn start(
+    config: NetworkConfig,
+    store: Arc<Store>,
+    validator: GossipValidator,
+) -> anyhow::Result<Network> {
     let genesis_hash = config.genesis_hash;
     let consensus = request_response::Behaviour::with_codec(
         ConsensusCodec::new(MESSAGE_BYTES_MAX, 16),
@@ -197,13 +235,19 @@ pub async fn start(config: NetworkConfig, store: Arc<Store>, validator: GossipVa
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(GOSSIP_BYTES_MAX + 1024)
-        .message_id_fn(|message: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec()))
+        .message_id_fn(|message: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
+        })
         .heartbeat_interval(Duration::from_millis(500))
         .build()
         .map_err(|error| anyhow::anyhow!("gossipsub config: {error}"))?;
     let mut gossip = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
         .map_err(|error| anyhow::anyhow!("gossipsub: {error}"))?;
-    let topic = gossipsub::IdentTopic::new(format!("/tetrad/{}/{}/txs", config.chain_id, &genesis_hash.to_hex()[..16]));
+    let topic = gossipsub::IdentTopic::new(format!(
+        "/tetrad/{}/{}/txs",
+        config.chain_id,
+        &genesis_hash.to_hex()[..16]
+    ));
     gossip.subscribe(&topic)?;
     let identify = identify::Behaviour::new(
         identify::Config::new(format!("tetrad/{genesis_hash}"), config.keypair.public())
@@ -212,7 +256,11 @@ pub async fn start(config: NetworkConfig, store: Arc<Store>, validator: GossipVa
     let behaviour = Behaviour { consensus, sync, gossip, identify, ping: ping::Behaviour::default() };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(libp2p::tcp::Config::default().nodelay(true), libp2p::noise::Config::new, libp2p::yamux::Config::default)?
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )?
         .with_behaviour(|_| behaviour)?
         .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
@@ -226,7 +274,8 @@ pub async fn start(config: NetworkConfig, store: Arc<Store>, validator: GossipVa
                 info!(%address, "p2p listening");
                 break;
             }
-            SwarmEvent::ListenerError { error, .. } | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
                 anyhow::bail!("cannot listen on {}: {error}", config.listen);
             }
             _ => {}
@@ -365,7 +414,9 @@ impl Task {
             if let Some(index) = self.index_of.get(&peer)
                 && let Some((_, address)) = self.validators.get(index.as_usize())
             {
-                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![address.clone()]).build();
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(vec![address.clone()])
+                    .build();
                 if let Err(error) = self.swarm.dial(opts) {
                     debug!(%peer, %error, "dial");
                 }
@@ -383,7 +434,9 @@ impl Task {
         match command {
             Command::Send { to, bytes } => {
                 let targets: Vec<PeerId> = match to {
-                    Some(index) => self.validators.get(index.as_usize()).map(|(peer, _)| *peer).into_iter().collect(),
+                    Some(index) => {
+                        self.validators.get(index.as_usize()).map(|(peer, _)| *peer).into_iter().collect()
+                    }
                     None => self
                         .validators
                         .iter()
@@ -404,7 +457,7 @@ impl Task {
             Command::Fetch { peer, from, to } => {
                 let Some((peer_id, _)) = self.validators.get(peer.as_usize()).cloned() else { return };
                 if !self.swarm.is_connected(&peer_id) {
-                    let _ = self.events.try_send(Event::FetchFailed { from: peer });
+                    let _ = self.events.try_send(Event::FetchFailed);
                     return;
                 }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer_id, SyncRequest { from, to });
@@ -417,10 +470,18 @@ impl Task {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Consensus(event)) => self.on_consensus(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message { propagation_source, message_id, message })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => {
                 self.on_gossip(propagation_source, message_id, message.data);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 let expected = format!("tetrad/{}", self.genesis_hash);
                 if info.protocol_version != expected {
                     warn!(
@@ -451,7 +512,12 @@ impl Task {
     }
 
     fn on_consensus(&mut self, event: request_response::Event<Vec<u8>, u8>) {
-        if let request_response::Event::Message { peer, message: request_response::Message::Request { request, channel, .. }, .. } = event {
+        if let request_response::Event::Message {
+            peer,
+            message: request_response::Message::Request { request, channel, .. },
+            ..
+        } = event
+        {
             let _ = self.swarm.behaviour_mut().consensus.send_response(channel, 1);
             let Some(&from) = self.index_of.get(&peer) else {
                 metrics::dropped("consensus_from_non_validator", 1);
@@ -465,16 +531,23 @@ impl Task {
 
     fn on_sync(&mut self, event: request_response::Event<SyncRequest, Vec<SyncBlock>>) {
         match event {
-            request_response::Event::Message { message: request_response::Message::Request { request, channel, .. }, .. } => {
+            request_response::Event::Message {
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            } => {
                 let blocks = serve_blocks(&self.store, &request);
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, blocks);
             }
             request_response::Event::Message {
-                message: request_response::Message::Response { request_id, response }, ..
+                message: request_response::Message::Response { request_id, response },
+                ..
             } => {
                 if let Some(from) = self.fetches.remove(&request_id) {
-                    let event =
-                        if response.is_empty() { Event::FetchFailed { from } } else { Event::Blocks { from, blocks: response } };
+                    let event = if response.is_empty() {
+                        Event::FetchFailed
+                    } else {
+                        Event::Blocks { from, blocks: response }
+                    };
                     if self.events.try_send(event).is_err() {
                         metrics::dropped("inbound_queue_full", 1);
                     }
@@ -483,7 +556,7 @@ impl Task {
             request_response::Event::OutboundFailure { request_id, error, .. } => {
                 if let Some(from) = self.fetches.remove(&request_id) {
                     debug!(%error, peer = %from, "block sync request failed");
-                    let _ = self.events.try_send(Event::FetchFailed { from });
+                    let _ = self.events.try_send(Event::FetchFailed);
                 }
             }
             _ => {}

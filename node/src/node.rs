@@ -32,7 +32,8 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let consensus_key = KeyFile::read(&home.consensus_key())?;
     let network_key = KeyFile::read(&home.network_key())?;
     let genesis_hash = genesis.hash();
-    let set = genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
+    let set =
+        genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
     let schedule = ValidatorSchedule::new(set);
     let me = schedule.latest().index_of(&consensus_key.public_key());
     if let Some(index) = me {
@@ -63,9 +64,13 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     );
 
     // Bind the RPC port first: a port conflict is reported before anything else starts.
-    let rpc_listener = tokio::net::TcpListener::bind(&config.rpc_listen)
-        .await
-        .with_context(|| format!("cannot bind the RPC address {} (rpc_listen in {})", config.rpc_listen, home.config().display()))?;
+    let rpc_listener = tokio::net::TcpListener::bind(&config.rpc_listen).await.with_context(|| {
+        format!(
+            "cannot bind the RPC address {} (rpc_listen in {})",
+            config.rpc_listen,
+            home.config().display()
+        )
+    })?;
 
     let mempool = Arc::new(Mutex::new(Mempool::new(MempoolConfig::default())));
     let validator = gossip_validator(store.clone(), mempool.clone(), genesis_hash);
@@ -77,7 +82,10 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let network = network::start(
         NetworkConfig {
             keypair: identity::network_keypair(&network_key)?,
-            listen: config.p2p_listen.parse().with_context(|| format!("p2p_listen in {}", home.config().display()))?,
+            listen: config
+                .p2p_listen
+                .parse()
+                .with_context(|| format!("p2p_listen in {}", home.config().display()))?,
             chain_id: genesis.chain_id.clone(),
             genesis_hash,
             validators,
@@ -92,9 +100,14 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let waiters = Arc::new(Mutex::new(Default::default()));
     let (blocks, _) = broadcast::channel(1024);
     let (executed_tx, executed_rx) = mpsc::channel(network::INBOUND_QUEUE);
-    let executor = Executor { store: store.clone(), mempool: mempool.clone(), waiters: Arc::clone(&waiters), blocks: blocks.clone() }
-        .spawn(executed_tx)
-        .context("starting the executor thread")?;
+    let executor = Executor {
+        store: store.clone(),
+        mempool: mempool.clone(),
+        waiters: Arc::clone(&waiters),
+        blocks: blocks.clone(),
+    }
+    .spawn(executed_tx)
+    .context("starting the executor thread")?;
 
     let params = genesis.consensus.clone();
     let replica = match me {
@@ -171,7 +184,11 @@ fn make_replica(
 
 /// Gossip messages: every transaction must pass its static checks (a batch with a forged one
 /// is rejected, which penalises the peer that forwarded it); valid ones are admitted.
-fn gossip_validator(store: Arc<Store>, mempool: Arc<Mutex<Mempool>>, genesis_hash: tetrad_consensus::Digest) -> GossipValidator {
+fn gossip_validator(
+    store: Arc<Store>,
+    mempool: Arc<Mutex<Mempool>>,
+    genesis_hash: tetrad_consensus::Digest,
+) -> GossipValidator {
     Arc::new(move |txs| {
         let results = tetrad_ledger::tx::check_all(&txs, &genesis_hash);
         if results.iter().any(Result::is_err) {

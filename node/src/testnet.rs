@@ -55,15 +55,24 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
     }
     let highest = u32::from(plan.base_port) + 2 * u32::from(plan.validators);
     if highest > u32::from(u16::MAX) {
-        bail!("--base-port {} leaves no room for {} validators (needs ports up to {highest})", plan.base_port, plan.validators);
+        bail!(
+            "--base-port {} leaves no room for {} validators (needs ports up to {highest})",
+            plan.base_port,
+            plan.validators
+        );
     }
-    if plan.dir.exists() && std::fs::read_dir(&plan.dir).map(|mut entries| entries.next().is_some()).unwrap_or(true) {
+    if plan.dir.exists()
+        && std::fs::read_dir(&plan.dir).map(|mut entries| entries.next().is_some()).unwrap_or(true)
+    {
         bail!("{}: exists and is not empty; choose another --dir or remove it", plan.dir.display());
     }
     let accounts_dir = plan.dir.join("accounts");
-    std::fs::create_dir_all(&accounts_dir).with_context(|| format!("{}: cannot create", accounts_dir.display()))?;
-    let genesis_time_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    std::fs::create_dir_all(&accounts_dir)
+        .with_context(|| format!("{}: cannot create", accounts_dir.display()))?;
+    let genesis_time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let mut genesis = Genesis::new(&plan.chain_id, genesis_time_ms);
     let mut keys = Vec::new();
     for index in 0..plan.validators {
@@ -90,7 +99,8 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
     let mut nodes = Vec::new();
     for (index, (consensus, network)) in keys.into_iter().enumerate() {
         let home = Home::new(&plan.dir.join(format!("v{index}")));
-        std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
+        std::fs::create_dir_all(&home.dir)
+            .with_context(|| format!("{}: cannot create", home.dir.display()))?;
         consensus.write_new(&home.consensus_key())?;
         network.write_new(&home.network_key())?;
         genesis.save(&home.genesis())?;
@@ -121,7 +131,8 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
         nodes,
     };
     let path = plan.dir.join("testnet.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(file)
 }
 
@@ -199,7 +210,9 @@ fn stop_all(children: &mut Vec<(String, Child)>) {
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
                 _ => {
                     eprintln!("{name} did not stop in time; killing it");
                     let _ = child.kill();

@@ -5,7 +5,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tetrad_consensus::{CheckpointCertificate, CommitCertificate, Digest, Height, PublicKey, ValidatorIndex, View};
+use tetrad_consensus::{
+    CheckpointCertificate, CommitCertificate, Digest, Height, PublicKey, ValidatorIndex, View,
+};
 use tetrad_ledger::{AccountProof, Address, Header, Receipt, Tx};
 
 /// Which block a query means.

@@ -1,0 +1,261 @@
+//! A local network of real `tetrad` processes for cluster tests.
+//!
+//! Every loop is bounded in time, and every process is killed when the [`Cluster`] drops.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tetrad_consensus::Digest;
+use tetrad_genesis::KeyFile;
+use tetrad_ledger::Address;
+use tetrad_ledger::scratch::ScratchDir;
+use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
+
+pub const TETRAD: &str = env!("CARGO_BIN_EXE_tetrad");
+
+pub struct Cluster {
+    pub dir: ScratchDir,
+    pub testnet: Value,
+    pub genesis_hash: Digest,
+    children: Vec<Option<Child>>,
+    pub base_port: u16,
+}
+
+/// A base port with 2n free ports above it (p2p and RPC of each validator).
+fn free_base_port(count: u16) -> u16 {
+    let seed = std::process::id() as u64 ^ (Instant::now().elapsed().as_nanos() as u64) ^ now_nanos();
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed.wrapping_mul(2654435761).wrapping_add(attempt * 7919)) % 30_000) as u16;
+        let base = base - base % 2;
+        if (0..count).all(|offset| TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports");
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+impl Cluster {
+    /// Creates (but does not start) a testnet.
+    pub fn create(label: &str, validators: u16, accounts: u64) -> Cluster {
+        let dir = ScratchDir::new(label).expect("scratch dir");
+        let base_port = free_base_port(2 * validators);
+        let net = dir.join("net");
+        let output = Command::new(TETRAD)
+            .args(["testnet", "--validators", &validators.to_string(), "--accounts", &accounts.to_string()])
+            .args(["--base-port", &base_port.to_string(), "--dir"])
+            .arg(&net)
+            .output()
+            .expect("run tetrad testnet");
+        assert!(
+            output.status.success(),
+            "tetrad testnet failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let testnet: Value =
+            serde_json::from_str(&std::fs::read_to_string(net.join("testnet.json")).expect("testnet.json"))
+                .expect("json");
+        let genesis_hash = Digest::from_hex(testnet["genesis_hash"].as_str().expect("hash")).expect("hex");
+        let children = (0..validators).map(|_| None).collect();
+        Cluster { dir, testnet, genesis_hash, children, base_port }
+    }
+
+    pub fn n(&self) -> usize {
+        self.children.len()
+    }
+
+    pub fn home(&self, node: usize) -> PathBuf {
+        PathBuf::from(self.testnet["nodes"][node]["home"].as_str().expect("home"))
+    }
+
+    pub fn rpc(&self, node: usize) -> String {
+        self.testnet["nodes"][node]["rpc_url"].as_str().expect("rpc url").to_string()
+    }
+
+    pub fn start(&mut self, node: usize) {
+        assert!(self.children[node].is_none(), "node {node} is running");
+        let home = self.home(node);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(home.join("node.log")).expect("log");
+        let child = Command::new(TETRAD)
+            .args(["run", "--home"])
+            .arg(&home)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn tetrad run");
+        self.children[node] = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for node in 0..self.n() {
+            self.start(node);
+        }
+        for node in 0..self.n() {
+            self.wait_up(node, Duration::from_secs(30));
+        }
+    }
+
+    pub fn is_running(&self, node: usize) -> bool {
+        self.children[node].is_some()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (bounded).
+    pub fn stop(&mut self, node: usize) {
+        if let Some(mut child) = self.children[node].take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.home(node).join("node.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, node: usize, path: &str) -> (u16, Value) {
+        let url = format!("{}{path}", self.rpc(node));
+        match http().get(&url).call() {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let body = response.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+            }
+            Err(error) => (0, Value::String(error.to_string())),
+        }
+    }
+
+    pub fn post(&self, node: usize, path: &str, body: &Value) -> (u16, Value) {
+        let url = format!("{}{path}", self.rpc(node));
+        match http().post(&url).header("content-type", "application/json").send(body.to_string()) {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            }
+            Err(error) => (0, Value::String(error.to_string())),
+        }
+    }
+
+    pub fn status(&self, node: usize) -> Option<Value> {
+        match self.get(node, "/status") {
+            (200, value) => Some(value),
+            _ => None,
+        }
+    }
+
+    pub fn height(&self, node: usize) -> Option<u64> {
+        self.status(node).and_then(|status| status["height"].as_u64())
+    }
+
+    pub fn wait_up(&self, node: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.status(node).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("node {node} did not come up in {timeout:?}; log:\n{}", self.log(node));
+    }
+
+    /// Waits until `node` reaches `height`.
+    pub fn wait_height(&self, node: usize, height: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.height(node).is_some_and(|h| h >= height) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "node {node} did not reach height {height} in {timeout:?} (at {:?}); log tail:\n{}",
+            self.height(node),
+            tail(&self.log(node))
+        );
+    }
+
+    pub fn account_key(&self, index: u64) -> KeyFile {
+        let dir = PathBuf::from(self.testnet["accounts_dir"].as_str().expect("accounts dir"));
+        KeyFile::read(&dir.join(format!("account-{index}.json"))).expect("account key")
+    }
+
+    pub fn transfer(&self, from: &KeyFile, nonce: u64, to: Address, amount: u64) -> Tx {
+        let body = TxBody {
+            chain: chain_tag(&self.genesis_hash),
+            from: from.public_key(),
+            nonce,
+            kind: TxKind::Transfer { to, amount },
+        };
+        Tx::sign(body, &from.secret, &self.genesis_hash)
+    }
+
+    /// Submits through `POST /txs`; returns the HTTP status and body.
+    pub fn submit(&self, node: usize, tx: &Tx) -> (u16, Value) {
+        self.post(node, "/txs", &serde_json::to_value(tx).expect("tx json"))
+    }
+
+    /// The block hash at every height 1..=upto as `node` reports it.
+    pub fn chain(&self, node: usize, upto: u64) -> Vec<String> {
+        (1..=upto)
+            .map(|height| {
+                let (status, block) = self.get(node, &format!("/blocks/{height}"));
+                assert_eq!(status, 200, "node {node} block {height}: {block}");
+                block["hash"].as_str().expect("hash").to_string()
+            })
+            .collect()
+    }
+}
+
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in 0..self.children.len() {
+            self.kill9(node);
+        }
+    }
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}

@@ -1,0 +1,132 @@
+//! The operations behind both the JSON-RPC methods and the URLs, so that the two always agree on
+//! results and error codes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tetrad_consensus::{Digest, Height};
+use tetrad_ledger::{Address, Tx};
+
+use crate::api::{
+    AccountView, BlockRef, BlockView, CheckpointView, NodeApi, StatusView, TxStatus, TxView, ValidatorsView,
+};
+use crate::errors::{ErrorCode, RpcError};
+use crate::state::AppState;
+
+/// The answer to a submission that does not wait: the hash, and `"status": "pending"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmittedView {
+    pub hash: Digest,
+    pub status: TxStatus,
+}
+
+/// What a submission came to.
+pub(crate) enum Submitted {
+    /// Admitted to the mempool; the caller did not wait.
+    Pending(SubmittedView),
+    /// Admitted and then committed (successfully or not: see the view's status).
+    Committed(Box<TxView>),
+}
+
+/// Admits `tx`, and if `wait`, waits for its commit for at most the server's limit.
+pub(crate) async fn submit<A: NodeApi>(
+    state: &AppState<A>,
+    tx: Tx,
+    wait: bool,
+    timeout_ms: Option<u64>,
+) -> Result<Submitted, RpcError> {
+    let expected_hash = tx.hash();
+    let hash = state.api.submit(tx).await.map_err(|error| RpcError::from_submit(error, &expected_hash))?;
+    if !wait {
+        return Ok(Submitted::Pending(SubmittedView { hash, status: TxStatus::Pending }));
+    }
+    let timeout = state.limits.wait_timeout(timeout_ms);
+    let waited = tokio::select! {
+        waited = state.api.wait_committed(hash, timeout) => waited,
+        () = state.stopped() => {
+            let message = format!(
+                "the server is shutting down; transaction {hash} was admitted but its commit was not seen"
+            );
+            return Err(RpcError::new(ErrorCode::Unavailable, message).with_data(json!({ "hash": hash })));
+        }
+    };
+    match waited {
+        Some(view) => Ok(Submitted::Committed(Box::new(view))),
+        None => {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let message = format!(
+                "timeout waiting for commit: transaction {hash} was admitted but not committed \
+                 within {timeout_ms} ms"
+            );
+            let data = json!({ "hash": hash, "timeout_ms": timeout_ms });
+            Err(RpcError::new(ErrorCode::WaitTimeout, message).with_data(data))
+        }
+    }
+}
+
+pub(crate) fn status<A: NodeApi>(state: &AppState<A>) -> StatusView {
+    state.api.status()
+}
+
+pub(crate) fn block<A: NodeApi>(state: &AppState<A>, at: BlockRef) -> Result<BlockView, RpcError> {
+    if let Some(block) = state.api.block(at)? {
+        return Ok(block);
+    }
+    Err(match at {
+        BlockRef::Height(height) => {
+            let head = state.api.status().height;
+            RpcError::new(
+                ErrorCode::UnknownBlock,
+                format!("no block at height {height}; the head is at {head}"),
+            )
+            .with_data(json!({ "height": height, "head": head }))
+        }
+        BlockRef::Hash(hash) => RpcError::new(ErrorCode::UnknownBlock, format!("no block with hash {hash}"))
+            .with_data(json!({ "hash": hash })),
+        BlockRef::Latest => RpcError::new(ErrorCode::UnknownBlock, "the node has no block yet"),
+    })
+}
+
+pub(crate) fn tx<A: NodeApi>(state: &AppState<A>, hash: &Digest) -> Result<TxView, RpcError> {
+    state.api.tx(hash)?.ok_or_else(|| {
+        RpcError::new(ErrorCode::UnknownTx, format!("no transaction with hash {hash}"))
+            .with_data(json!({ "hash": hash }))
+    })
+}
+
+pub(crate) fn account<A: NodeApi>(state: &AppState<A>, address: &Address) -> Result<AccountView, RpcError> {
+    state.api.account(address)?.ok_or_else(|| {
+        RpcError::new(ErrorCode::UnknownAccount, format!("no account at address {address}"))
+            .with_data(json!({ "address": address }))
+    })
+}
+
+pub(crate) fn checkpoint<A: NodeApi>(
+    state: &AppState<A>,
+    height: Option<Height>,
+) -> Result<CheckpointView, RpcError> {
+    state.api.checkpoint(height)?.ok_or_else(|| match height {
+        Some(height) => {
+            RpcError::new(ErrorCode::UnknownCheckpoint, format!("no stable checkpoint at height {height}"))
+                .with_data(json!({ "height": height }))
+        }
+        None => RpcError::new(ErrorCode::UnknownCheckpoint, "no stable checkpoint yet"),
+    })
+}
+
+pub(crate) fn validators<A: NodeApi>(
+    state: &AppState<A>,
+    height: Option<Height>,
+) -> Result<ValidatorsView, RpcError> {
+    if let Some(validators) = state.api.validators(height)? {
+        return Ok(validators);
+    }
+    let head = state.api.status().height;
+    Err(match height {
+        Some(height) => RpcError::new(
+            ErrorCode::UnknownBlock,
+            format!("no validator set for height {height}: it is above the head {head}"),
+        )
+        .with_data(json!({ "height": height, "head": head })),
+        None => RpcError::internal("the node has no validator set"),
+    })
+}
