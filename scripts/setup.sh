@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build Tetrad: clang and libclang (the rocksdb crate's
-# bindgen needs them). Debian/Ubuntu only; does nothing when they are already there.
+# Installs what a fresh machine lacks to build and test Tetrad: clang and libclang (the rocksdb
+# crate's bindgen needs them) and curl. Debian/Ubuntu only; does nothing when they are already there.
 set -euo pipefail
 
 have_libclang() {
@@ -8,15 +8,19 @@ have_libclang() {
         || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1
 }
 
-if command -v clang >/dev/null 2>&1 && have_libclang; then
+packages=()
+command -v clang >/dev/null 2>&1 && have_libclang || packages+=(clang libclang-dev)
+# curl: the README's session and the RPC tests use it.
+command -v curl >/dev/null 2>&1 || packages+=(curl)
+if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
 
-echo "setup: installing clang and libclang-dev with apt-get" >&2
+echo "setup: installing ${packages[*]} with apt-get" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null 2>&1 || { echo "setup: need root or sudo to apt-get install clang libclang-dev" >&2; exit 1; }
     sudo="sudo"
 fi
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang libclang-dev >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null

@@ -33,12 +33,46 @@ pub struct TxBody {
     pub kind: TxKind,
 }
 
-/// A signed transaction.
+/// A signed transaction. In JSON its body fields and the signature sit side by side:
+/// `{"chain", "from", "nonce", "kind": {"type": "transfer", "to", "amount"}, "signature"}`.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(from = "TxJson", into = "TxJson")]
 pub struct Tx {
-    #[serde(flatten)]
     pub body: TxBody,
     pub signature: Signature,
+}
+
+/// The JSON shape of [`Tx`]. (`#[serde(flatten)]` would lose the field path in errors, so a
+/// bad `amount` would not be named.)
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxJson {
+    chain: u32,
+    from: Address,
+    nonce: u64,
+    kind: TxKind,
+    signature: Signature,
+}
+
+impl From<TxJson> for Tx {
+    fn from(json: TxJson) -> Tx {
+        Tx {
+            body: TxBody { chain: json.chain, from: json.from, nonce: json.nonce, kind: json.kind },
+            signature: json.signature,
+        }
+    }
+}
+
+impl From<Tx> for TxJson {
+    fn from(tx: Tx) -> TxJson {
+        TxJson {
+            chain: tx.body.chain,
+            from: tx.body.from,
+            nonce: tx.body.nonce,
+            kind: tx.body.kind,
+            signature: tx.signature,
+        }
+    }
 }
 
 /// Why a transaction failed its static checks.

@@ -35,6 +35,12 @@ enum Command {
     },
     /// Create a local network: keys, genesis, one home per validator, funded accounts.
     Testnet(TestnetArgs),
+    /// Sign and submit transactions.
+    #[command(subcommand)]
+    Tx(crate::client::TxCommand),
+    /// Ask a node about its status, blocks, transactions, accounts, checkpoints, validators.
+    #[command(subcommand)]
+    Query(crate::client::QueryCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -175,6 +181,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Genesis(command) => genesis(command),
         Command::Init(args) => init(args),
         Command::Run { home } => run_node(&home),
+        Command::Tx(command) => crate::client::tx(command),
+        Command::Query(command) => crate::client::query(command),
         Command::Testnet(args) => testnet(args),
         Command::Bench(BenchCommand::Ledger(args)) => crate::bench_ledger::run(&args.into()),
     }

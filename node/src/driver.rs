@@ -95,6 +95,11 @@ impl Driver {
             requests_checked: None,
         };
         let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::network::INBOUND_QUEUE);
+        // Every drop reason appears in /metrics from the start, at zero.
+        for reason in tetrad_consensus::DropReason::ALL {
+            metrics::dropped_absolute(reason.name(), 0);
+        }
+        metrics::counter_absolute("tetrad_view_changes_total", 0);
         if let Some(replica) = self.replica.as_mut() {
             let actions = replica.start(state.now_ms());
             self.carry_out(&mut state, actions).await;
@@ -358,7 +363,10 @@ impl Driver {
         if let Some(replica) = self.replica.as_ref() {
             let counters = replica.counters();
             metrics::gauge("tetrad_view", replica.view().0 as f64);
-            metrics::gauge("tetrad_view_changes_total", counters.view_changes as f64);
+            metrics::counter_absolute("tetrad_view_changes_total", counters.view_changes);
+            for (reason, count) in &counters.dropped {
+                metrics::dropped_absolute(reason.name(), *count);
+            }
             let mut status = self.status_mut();
             status.view = replica.view();
             status.view_active = replica.view_active();

@@ -3,6 +3,7 @@
 mod api;
 mod bench_ledger;
 mod cli;
+mod client;
 mod config;
 mod driver;
 mod executor;

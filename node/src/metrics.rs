@@ -59,6 +59,15 @@ pub fn observe(name: &'static str, value: f64) {
     metrics::histogram!(name).record(value);
 }
 
+/// Sets a cumulative count kept elsewhere (the replica's counters).
+pub fn counter_absolute(name: &'static str, value: u64) {
+    metrics::counter!(name).absolute(value);
+}
+
+pub fn dropped_absolute(reason: &'static str, value: u64) {
+    metrics::counter!("tetrad_messages_dropped_total", "reason" => reason).absolute(value);
+}
+
 pub fn rpc_request(method: &str, outcome: &str) {
     metrics::counter!("tetrad_rpc_requests_total", "method" => method.to_string(), "outcome" => outcome.to_string())
         .increment(1);

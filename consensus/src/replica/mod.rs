@@ -180,6 +180,21 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::OldView,
+        DropReason::FutureView,
+        DropReason::ViewChanging,
+        DropReason::OutsideWindow,
+        DropReason::NotFromPrimary,
+        DropReason::ConflictingPrePrepare,
+        DropReason::SafetyRule,
+        DropReason::Duplicate,
+        DropReason::StaleCheckpoint,
+        DropReason::CheckpointMismatch,
+        DropReason::UnwantedBatch,
+        DropReason::Unexpected,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             DropReason::OldView => "old_view",
