@@ -64,6 +64,35 @@ impl Api {
         Ok(hash)
     }
 
+    /// Many transactions: signatures verified in one batch, the mempool locked once.
+    pub fn admit_batch(&self, txs: Vec<Tx>) -> Vec<Result<Digest, SubmitError>> {
+        let checks = tetrad_ledger::tx::check_all(&txs, &self.genesis_hash);
+        let mut results = Vec::with_capacity(txs.len());
+        let mut admitted = Vec::new();
+        {
+            let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            for (tx, check) in txs.into_iter().zip(checks) {
+                let result = check.map_err(submit_error).and_then(|()| {
+                    let hash = tx.hash();
+                    let sender = self
+                        .store
+                        .account(&tx.body.from)
+                        .map_err(|error| SubmitError::Malformed(error.to_string()))?;
+                    pool.admit(tx.clone(), hash, sender)?;
+                    admitted.push(tx);
+                    Ok(hash)
+                });
+                results.push(result);
+            }
+        }
+        for tx in admitted {
+            if self.gossip.try_send(tx).is_err() {
+                metrics::dropped("gossip_queue_full", 1);
+            }
+        }
+        results
+    }
+
     fn block_view(&self, height: Height) -> Result<Option<BlockView>, InternalError> {
         if height == Height::GENESIS {
             let header = self.store.genesis_header().map_err(internal)?;
@@ -112,6 +141,14 @@ impl NodeApi for Api {
         let api = self.clone();
         // Signature verification is CPU work: off the async workers.
         tokio::task::spawn_blocking(move || api.admit(tx)).await.map_err(|_| SubmitError::Unavailable)?
+    }
+
+    async fn submit_batch(&self, txs: Vec<Tx>) -> Vec<Result<Digest, SubmitError>> {
+        let count = txs.len();
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || api.admit_batch(txs))
+            .await
+            .unwrap_or_else(|_| (0..count).map(|_| Err(SubmitError::Unavailable)).collect())
     }
 
     async fn wait_committed(&self, hash: Digest, timeout: Duration) -> Option<TxView> {

@@ -41,9 +41,42 @@ enum Command {
     /// Ask a node about its status, blocks, transactions, accounts, checkpoints, validators.
     #[command(subcommand)]
     Query(crate::client::QueryCommand),
-    /// Benchmarks.
+    /// Benchmark a local network (or, with `ledger`, execution and storage alone).
+    Bench(BenchCli),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCli {
     #[command(subcommand)]
-    Bench(BenchCommand),
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    network: NetworkBenchArgs,
+}
+
+#[derive(Args, Debug)]
+struct NetworkBenchArgs {
+    #[arg(long, default_value_t = 4)]
+    validators: u16,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    /// Transfers to pre-sign and submit.
+    #[arg(long, default_value_t = 200_000)]
+    txs: u64,
+    /// Offer this many tx/s (default: open loop, as fast as the network absorbs).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Also write the figures as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value_t = 27600)]
+    base_port: u16,
+    /// Threads that submit.
+    #[arg(long, default_value_t = 4)]
+    submitters: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
 }
 
 #[derive(Args, Debug)]
@@ -184,7 +217,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tx(command) => crate::client::tx(command),
         Command::Query(command) => crate::client::query(command),
         Command::Testnet(args) => testnet(args),
-        Command::Bench(BenchCommand::Ledger(args)) => crate::bench_ledger::run(&args.into()),
+        Command::Bench(BenchCli { command: Some(BenchCommand::Ledger(args)), .. }) => {
+            crate::bench_ledger::run(&args.into())
+        }
+        Command::Bench(BenchCli { command: None, network }) => {
+            let args = crate::bench::BenchArgs {
+                validators: network.validators,
+                accounts: network.accounts,
+                txs: network.txs,
+                rate: network.rate,
+                json: network.json,
+                base_port: network.base_port,
+                submitters: network.submitters,
+                timeout_s: network.timeout_s,
+            };
+            crate::bench::run(&args).map(|_| ())
+        }
     }
 }
 
@@ -232,6 +280,7 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         dir: args.dir.clone(),
         base_port: args.base_port,
         chain_id: args.chain_id,
+        account_seed: None,
     };
     let file = crate::testnet::create(&plan)?;
     println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display());

@@ -1,6 +1,7 @@
 //! `tetrad`: the Tetrad node and its command-line tools.
 
 mod api;
+mod bench;
 mod bench_ledger;
 mod cli;
 mod client;

@@ -26,6 +26,8 @@ pub struct TestnetPlan {
     pub dir: PathBuf,
     pub base_port: u16,
     pub chain_id: String,
+    /// Derive account keys from this seed (the benchmark's) instead of writing key files.
+    pub account_seed: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,9 +90,15 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
         keys.push((consensus, network));
     }
     for index in 0..plan.accounts {
-        let key = KeyFile::generate()?;
-        key.write_new(&accounts_dir.join(format!("account-{index}.json")))?;
-        genesis.accounts.push(GenesisAccount { address: key.public_key(), balance: plan.balance });
+        let address = match plan.account_seed {
+            Some(seed) => crate::bench::account_key(seed, index).public_key(),
+            None => {
+                let key = KeyFile::generate()?;
+                key.write_new(&accounts_dir.join(format!("account-{index}.json")))?;
+                key.public_key()
+            }
+        };
+        genesis.accounts.push(GenesisAccount { address, balance: plan.balance });
     }
     genesis.validate().map_err(|problem| anyhow::anyhow!("generated genesis is invalid: {problem}"))?;
     let genesis_path = plan.dir.join("genesis.json");

@@ -169,6 +169,18 @@ pub trait NodeApi: Clone + Send + Sync + 'static {
     /// Admits a transaction to the mempool (and gossips it). Returns its hash.
     fn submit(&self, tx: Tx) -> impl Future<Output = Result<Digest, SubmitError>> + Send;
 
+    /// Admits many transactions at once (signatures verified in one batch). One result per
+    /// transaction, in order. The default submits them one by one.
+    fn submit_batch(&self, txs: Vec<Tx>) -> impl Future<Output = Vec<Result<Digest, SubmitError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(txs.len());
+            for tx in txs {
+                results.push(self.submit(tx).await);
+            }
+            results
+        }
+    }
+
     /// Waits until `hash` is in a block (or `timeout` passes); `None` on timeout.
     fn wait_committed(&self, hash: Digest, timeout: Duration) -> impl Future<Output = Option<TxView>> + Send;
 

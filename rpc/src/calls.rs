@@ -63,6 +63,33 @@ pub(crate) async fn submit<A: NodeApi>(
     }
 }
 
+/// Most transactions in one `submit_transactions` call.
+pub const SUBMIT_BATCH_MAX: usize = 1000;
+
+/// Admits many transactions; one entry per transaction: `{hash, status: "pending"}` or
+/// `{hash, error: {code, message, data?}}`.
+pub(crate) async fn submit_batch<A: NodeApi>(
+    state: &AppState<A>,
+    txs: Vec<Tx>,
+) -> Result<Vec<serde_json::Value>, RpcError> {
+    if txs.len() > SUBMIT_BATCH_MAX {
+        return Err(RpcError::invalid_params(format!(
+            "txs: {} transactions, at most {SUBMIT_BATCH_MAX} per call",
+            txs.len()
+        )));
+    }
+    let hashes: Vec<Digest> = txs.iter().map(Tx::hash).collect();
+    let results = state.api.submit_batch(txs).await;
+    Ok(hashes
+        .iter()
+        .zip(results)
+        .map(|(hash, result)| match result {
+            Ok(hash) => json!({ "hash": hash, "status": TxStatus::Pending }),
+            Err(error) => json!({ "hash": hash, "error": RpcError::from_submit(error, hash) }),
+        })
+        .collect())
+}
+
 pub(crate) fn status<A: NodeApi>(state: &AppState<A>) -> StatusView {
     state.api.status()
 }

@@ -21,8 +21,9 @@ use crate::extract::{clip, json_kind, parse_params, read_body};
 use crate::state::AppState;
 
 /// The methods, as `method_not_found` lists them.
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 8] = [
     "submit_transaction",
+    "submit_transactions",
     "get_transaction",
     "get_block",
     "get_account",
@@ -207,6 +208,12 @@ struct HeightParams {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchSubmitParams {
+    txs: Vec<Tx>,
+}
+
 async fn dispatch<A: NodeApi>(state: &AppState<A>, method: &str, params: Value) -> Result<Value, RpcError> {
     match method {
         "submit_transaction" => {
@@ -215,6 +222,10 @@ async fn dispatch<A: NodeApi>(state: &AppState<A>, method: &str, params: Value) 
                 Submitted::Pending(view) => to_value(&view),
                 Submitted::Committed(view) => to_value(&view),
             }
+        }
+        "submit_transactions" => {
+            let BatchSubmitParams { txs } = parse_params(params)?;
+            to_value(&calls::submit_batch(state, txs).await?)
         }
         "get_transaction" => {
             let HashParams { hash } = parse_params(params)?;

@@ -22,6 +22,7 @@
 //! | JSON-RPC (`POST /`)  | params                         | URL                                   |
 //! |----------------------|--------------------------------|---------------------------------------|
 //! | `submit_transaction` | `tx`, `wait?`, `timeout_ms?`   | `POST /txs?wait=&timeout_ms=`         |
+//! | `submit_transactions`| `txs` (at most 1,000)          |                                       |
 //! | `get_transaction`    | `hash`                         | `GET /txs/{hash}`                     |
 //! | `get_block`          | `height?` or `hash?` (or none) | `/blocks/latest`, `/blocks/{height}`, |
 //! |                      |                                | `/blocks/hash/{hash}`                 |

@@ -48,6 +48,24 @@ async fn submit_without_wait_answers_pending() {
 }
 
 #[tokio::test]
+async fn submit_many_answers_one_entry_per_transaction() {
+    let (fixture, node, app) = setup(Limits::default());
+    let txs = vec![fixture.fresh_tx.clone(), fixture.fresh_tx.clone()];
+    let answer = result(&app, "submit_transactions", json!({ "txs": txs })).await;
+    let hash = fixture.fresh_tx.hash();
+    assert_eq!(answer, json!([{ "hash": hash, "status": "pending" }, { "hash": hash, "status": "pending" }]));
+    assert_eq!(node.state().submitted.len(), 2);
+    // Refusals are per transaction, with the same codes as single submissions.
+    node.state().refuse_with = Some(SubmitError::StaleNonce { expected: 3, found: 0 });
+    let answer = result(&app, "submit_transactions", json!({ "txs": [fixture.fresh_tx] })).await;
+    assert_eq!(answer[0]["error"]["code"], -32003, "{answer}");
+    // More than the limit per call is refused as a whole.
+    let many: Vec<_> = (0..1001).map(|_| fixture.fresh_tx.clone()).collect();
+    let error = call(&app, "submit_transactions", json!({ "txs": many })).await;
+    assert_error(&error["error"], -32602, "at most 1000 per call");
+}
+
+#[tokio::test]
 async fn submit_with_wait_answers_the_committed_view_and_caps_the_timeout() {
     let (fixture, node, app) = setup(Limits::default());
     let hash = fixture.fresh_tx.hash();

@@ -228,7 +228,14 @@ async fn bad_input_gets_json_errors_with_exact_codes() {
         ("POST", "/txs".into(), "".into(), StatusCode::BAD_REQUEST, -32700, "EOF while parsing"),
         ("POST", "/txs".into(), format!("{tx} 5"), StatusCode::BAD_REQUEST, -32700, "trailing characters"),
         ("POST", "/txs".into(), "{}".into(), StatusCode::BAD_REQUEST, -32602, "missing field"),
-        ("POST", "/txs".into(), "[1, 2]".into(), StatusCode::BAD_REQUEST, -32602, "[1]: invalid type: integer `2`, expected a string"),
+        (
+            "POST",
+            "/txs".into(),
+            "[1, 2]".into(),
+            StatusCode::BAD_REQUEST,
+            -32602,
+            "[1]: invalid type: integer `2`, expected a string",
+        ),
         (
             "POST",
             "/txs".into(),

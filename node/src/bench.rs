@@ -1,0 +1,582 @@
+//! `tetrad bench`: throughput and latency of a real local network, beside this machine's
+//! ed25519 verification rate measured in the same run.
+//!
+//! 1. Measures single and batched ed25519 verification on one core (before the nodes start).
+//! 2. Creates a testnet (release `tetrad` processes, one per validator) with K funded accounts.
+//! 3. Pre-signs N transfers and encodes them as JSON-RPC `submit_transactions` calls, before the
+//!    clock starts.
+//! 4. Drives them through the RPC of every validator in turn (this process is separate from the
+//!    nodes), open-loop at the rate the network absorbs or at a fixed `--rate`.
+//! 5. Follows `/events` of validator 0; for every committed block it reads the block's
+//!    transaction list, which gives each transaction's submit-to-commit latency and the
+//!    committed rate over the steady window (the middle 80% of the commits).
+//! 6. Reads per-node CPU time and peak RSS from `/proc`, prints a table, writes JSON if asked,
+//!    and stops every process it started.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tetrad_consensus::crypto::{self, Domain};
+use tetrad_consensus::{Digest, SecretKey};
+use tetrad_ledger::scratch::ScratchDir;
+use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
+
+use crate::testnet::{self, TestnetPlan};
+
+pub struct BenchArgs {
+    pub validators: u16,
+    pub accounts: u64,
+    pub txs: u64,
+    pub rate: Option<u64>,
+    pub json: Option<PathBuf>,
+    pub base_port: u16,
+    pub submitters: usize,
+    pub timeout_s: u64,
+}
+
+/// Transactions per `submit_transactions` call.
+const CALL_TXS: usize = 500;
+/// Open loop: most transactions submitted but not yet committed.
+const IN_FLIGHT_MAX: u64 = 40_000;
+
+#[derive(Serialize)]
+pub struct Report {
+    pub validators: u16,
+    pub accounts: u64,
+    pub txs_submitted: u64,
+    pub txs_committed: u64,
+    pub offered_rate: Option<u64>,
+    pub committed_tx_per_s: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub view_changes: u64,
+    pub cores: usize,
+    pub verify_single_per_core: f64,
+    pub verify_batched_per_core: f64,
+    pub verify_bound_tx_per_s: f64,
+    pub ratio_to_bound: f64,
+    pub nodes: Vec<NodeUsage>,
+    pub submit_errors: u64,
+    pub duration_s: f64,
+}
+
+#[derive(Serialize)]
+pub struct NodeUsage {
+    pub name: String,
+    pub cpu_percent: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Deterministic account key `index` of bench seed `seed`.
+pub fn account_key(seed: u64, index: u64) -> SecretKey {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&index.to_le_bytes());
+    bytes[16] = 0xbe;
+    SecretKey::from_seed(bytes)
+}
+
+/// Verifications per second on this thread: one at a time, and in batches of 64.
+fn verify_rates() -> (f64, f64) {
+    let chain = Digest::of(b"bench verify");
+    let items: Vec<_> = (0..1024u64)
+        .map(|i| {
+            let key = account_key(7, i);
+            let digest = crypto::signing_digest(Domain::Transaction, &chain, &i.to_le_bytes());
+            (
+                digest,
+                key.public_key().verifying_key().unwrap_or_else(|_| unreachable!()),
+                key.sign_digest(&digest),
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let mut single = 0u64;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for (digest, key, signature) in &items[..64] {
+            if crypto::verify_with(key, digest, signature).is_ok() {
+                single += 1;
+            }
+        }
+    }
+    let single_rate = single as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut batched = 0u64;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for chunk in items.chunks(64) {
+            if crypto::verify_batch(chunk).is_ok() {
+                batched += chunk.len() as u64;
+            }
+        }
+    }
+    (single_rate, batched as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Nodes {
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        for (_, child) in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get_json(agent: &ureq::Agent, url: &str) -> Result<Value> {
+    let mut response = agent.get(url).call().with_context(|| format!("GET {url}"))?;
+    let text = response.body_mut().read_to_string()?;
+    serde_json::from_str(&text).with_context(|| format!("GET {url}: {text}"))
+}
+
+/// CPU seconds used by a process so far, and its peak RSS in MB.
+fn usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(") ")?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: f64 = after.get(11)?.parse().ok()?;
+            let stime: f64 = after.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb / 1024.0)
+        })
+        .unwrap_or(0.0);
+    (cpu, rss)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn run(args: &BenchArgs) -> Result<Report> {
+    if args.validators == 0 || args.accounts == 0 || args.txs == 0 {
+        bail!("--validators, --accounts and --txs must be positive");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("measuring ed25519 verification on one core …");
+    let (verify_single, verify_batched) = verify_rates();
+    let bound = cores as f64 * verify_batched / f64::from(args.validators);
+    eprintln!(
+        "  single {verify_single:.0}/s, batched {verify_batched:.0}/s per core; bound {cores} × {verify_batched:.0} ÷ {} = {bound:.0} tx/s",
+        args.validators
+    );
+
+    let scratch = ScratchDir::new("bench").context("scratch directory")?;
+    let seed = 0x7e7a_d000_u64;
+    let plan = TestnetPlan {
+        validators: args.validators,
+        accounts: args.accounts,
+        balance: 1_000_000_000,
+        dir: scratch.join("net"),
+        base_port: args.base_port,
+        chain_id: "tetrad-bench".into(),
+        account_seed: Some(seed),
+    };
+    eprintln!("creating a {}-validator network with {} accounts …", args.validators, args.accounts);
+    let file = testnet::create(&plan)?;
+    let genesis_hash = Digest::from_hex(&file.genesis_hash)?;
+    let exe = std::env::current_exe()?;
+    let mut nodes = Nodes { children: Vec::new() };
+    for node in &file.nodes {
+        let log = std::fs::File::create(node.home.join("node.log"))?;
+        let child = Command::new(&exe)
+            .args(["run", "--home"])
+            .arg(&node.home)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        nodes.children.push((node.name.clone(), child));
+    }
+    let urls: Vec<String> = file.nodes.iter().map(|node| node.rpc_url.clone()).collect();
+    let http = agent();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in &urls {
+        while get_json(&http, &format!("{url}/status"))
+            .map(|s| s["peers"].as_u64() < Some(u64::from(args.validators) - 1))
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                bail!("{url} did not come up with all peers connected");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    eprintln!("pre-signing {} transfers …", args.txs);
+    let (calls, hashes) = presign(args, seed, &genesis_hash);
+    let total = args.txs;
+
+    // Commit observer.
+    let submitted_at: Arc<Mutex<HashMap<String, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(total as usize)));
+    let committed = Arc::new(AtomicU64::new(0));
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let commit_times: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (url, submitted_at, committed, latencies, commit_times, stop) = (
+            urls[0].clone(),
+            submitted_at.clone(),
+            committed.clone(),
+            latencies.clone(),
+            commit_times.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || observe(&url, &submitted_at, &committed, &latencies, &commit_times, &stop))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let cpu_before: Vec<f64> = nodes.children.iter().map(|(_, child)| usage(child.id()).0).collect();
+    let submitted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let next_call = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(calls);
+    let hashes = Arc::new(hashes);
+    let mut submitters = Vec::new();
+    for _ in 0..args.submitters.max(1) {
+        let (calls, hashes, urls, submitted, committed, errors, next_call, submitted_at, stop) = (
+            calls.clone(),
+            hashes.clone(),
+            urls.clone(),
+            submitted.clone(),
+            committed.clone(),
+            errors.clone(),
+            next_call.clone(),
+            submitted_at.clone(),
+            stop.clone(),
+        );
+        let rate = args.rate;
+        submitters.push(std::thread::spawn(move || {
+            let http = agent();
+            loop {
+                let index = next_call.fetch_add(1, Ordering::SeqCst) as usize;
+                if index >= calls.len() || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let txs_before = (index * CALL_TXS) as u64;
+                match rate {
+                    // Fixed rate: this call's transactions are due at txs_before / rate.
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(txs_before as f64 / rate as f64);
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                    }
+                    // Open loop: as fast as the network absorbs, with a cap on what is in flight.
+                    None => {
+                        while submitted
+                            .load(Ordering::SeqCst)
+                            .saturating_sub(committed.load(Ordering::SeqCst))
+                            > IN_FLIGHT_MAX
+                        {
+                            if stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                }
+                let now = Instant::now();
+                {
+                    let mut map = submitted_at.lock().unwrap_or_else(|p| p.into_inner());
+                    for hash in &hashes[index] {
+                        map.insert(hash.clone(), now);
+                    }
+                }
+                let url = format!("{}/", urls[index % urls.len()]);
+                let answer =
+                    http.post(&url).header("content-type", "application/json").send(calls[index].as_str());
+                let refused = match answer {
+                    Ok(mut response) => {
+                        let text = response.body_mut().read_to_string().unwrap_or_default();
+                        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        value["result"]
+                            .as_array()
+                            .map(|items| items.iter().filter(|item| item.get("error").is_some()).count())
+                            .unwrap_or(CALL_TXS)
+                    }
+                    Err(_) => CALL_TXS,
+                };
+                errors.fetch_add(refused as u64, Ordering::SeqCst);
+                submitted.fetch_add(hashes[index].len() as u64, Ordering::SeqCst);
+            }
+        }));
+    }
+
+    // Progress, until everything accepted has committed or the time limit passes.
+    let limit = Duration::from_secs(args.timeout_s);
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let done = committed.load(Ordering::SeqCst);
+        let sent = submitted.load(Ordering::SeqCst);
+        let refused = errors.load(Ordering::SeqCst);
+        let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), done);
+        eprintln!(
+            "  {:>5.1} s  submitted {sent:>8}  committed {done:>8}  {rate:>8.0} tx/s  refused {refused}",
+            started.elapsed().as_secs_f64()
+        );
+        if sent >= total && done + refused >= total {
+            break;
+        }
+        if started.elapsed() > limit {
+            eprintln!("time limit reached");
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for submitter in submitters {
+        let _ = submitter.join();
+    }
+    let elapsed = started.elapsed();
+    let usages: Vec<NodeUsage> = nodes
+        .children
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, child), before)| {
+            let (cpu, rss) = usage(child.id());
+            NodeUsage {
+                name: name.clone(),
+                cpu_percent: 100.0 * (cpu - before) / elapsed.as_secs_f64(),
+                peak_rss_mb: rss,
+            }
+        })
+        .collect();
+    let view_changes =
+        get_json(&http, &format!("{}/status", urls[0])).map(|s| s["view"].as_u64().unwrap_or(0)).unwrap_or(0);
+    // Stopping the nodes ends the event stream the observer is blocked on.
+    drop(nodes);
+    let _ = observer.join();
+
+    let times = commit_times.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let committed_total = committed.load(Ordering::SeqCst);
+    let committed_rate = steady_rate(&times, committed_total);
+    let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    latencies.sort_by(f64::total_cmp);
+    let report = Report {
+        validators: args.validators,
+        accounts: args.accounts,
+        txs_submitted: submitted.load(Ordering::SeqCst),
+        txs_committed: committed_total,
+        offered_rate: args.rate,
+        committed_tx_per_s: committed_rate,
+        latency_ms_p50: percentile(&latencies, 0.50),
+        latency_ms_p90: percentile(&latencies, 0.90),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        view_changes,
+        cores,
+        verify_single_per_core: verify_single,
+        verify_batched_per_core: verify_batched,
+        verify_bound_tx_per_s: bound,
+        ratio_to_bound: committed_rate / bound,
+        nodes: usages,
+        submit_errors: errors.load(Ordering::SeqCst),
+        duration_s: elapsed.as_secs_f64(),
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Pre-signed `submit_transactions` bodies of [`CALL_TXS`] transfers each, and their hashes.
+/// Transfer i: sender i mod K (nonce i div K) pays 1 to the next account.
+fn presign(args: &BenchArgs, seed: u64, genesis_hash: &Digest) -> (Vec<String>, Vec<Vec<String>>) {
+    let keys: Vec<SecretKey> = (0..args.accounts).map(|index| account_key(seed, index)).collect();
+    let addresses: Vec<_> = keys.iter().map(SecretKey::public_key).collect();
+    let chain = chain_tag(genesis_hash);
+    let call_count = (args.txs as usize).div_ceil(CALL_TXS);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let per_thread = call_count.div_ceil(threads);
+    let keys = Arc::new(keys);
+    let addresses = Arc::new(addresses);
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            let (keys, addresses, genesis_hash) = (keys.clone(), addresses.clone(), *genesis_hash);
+            let total = args.txs;
+            let accounts = args.accounts;
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for call in thread * per_thread..((thread + 1) * per_thread).min(call_count) {
+                    let first = (call * CALL_TXS) as u64;
+                    let last = (first + CALL_TXS as u64).min(total);
+                    let txs: Vec<Tx> = (first..last)
+                        .map(|i| {
+                            let sender = (i % accounts) as usize;
+                            let body = TxBody {
+                                chain,
+                                from: addresses[sender],
+                                nonce: i / accounts,
+                                kind: TxKind::Transfer { to: addresses[(sender + 1) % addresses.len()], amount: 1 },
+                            };
+                            Tx::sign(body, &keys[sender], &genesis_hash)
+                        })
+                        .collect();
+                    let hashes: Vec<String> = txs.iter().map(|tx| tx.hash().to_hex()).collect();
+                    let body = json!({"jsonrpc": "2.0", "id": call, "method": "submit_transactions", "params": {"txs": txs}});
+                    out.push((body.to_string(), hashes));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut calls = Vec::with_capacity(call_count);
+    let mut hashes = Vec::with_capacity(call_count);
+    for handle in handles {
+        for (call, call_hashes) in handle.join().unwrap_or_default() {
+            calls.push(call);
+            hashes.push(call_hashes);
+        }
+    }
+    (calls, hashes)
+}
+
+/// Follows `/events` and reads each new block's transactions.
+fn observe(
+    url: &str,
+    submitted_at: &Mutex<HashMap<String, Instant>>,
+    committed: &AtomicU64,
+    latencies: &Mutex<Vec<f64>>,
+    commit_times: &Mutex<Vec<(Instant, u64)>>,
+    stop: &AtomicBool,
+) {
+    let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let Ok(response) = http.get(&format!("{url}/events")).call() else { return };
+    let reader = BufReader::new(response.into_body().into_reader());
+    let query = agent();
+    for line in reader.lines() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(line) = line else { break };
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+        let now = Instant::now();
+        let Some(height) = event["height"].as_u64() else { continue };
+        let Ok(block) = get_json(&query, &format!("{url}/blocks/{height}")) else { continue };
+        let txs: Vec<&str> = block["txs"]
+            .as_array()
+            .map(|txs| txs.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        {
+            let map = submitted_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner());
+            for hash in &txs {
+                if let Some(at) = map.get(*hash) {
+                    latencies.push(now.duration_since(*at).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        committed.fetch_add(txs.len() as u64, Ordering::SeqCst);
+        commit_times.lock().unwrap_or_else(|p| p.into_inner()).push((now, txs.len() as u64));
+    }
+}
+
+/// Committed tx/s between the moments 10% and 90% of all commits had been observed.
+fn steady_rate(times: &[(Instant, u64)], total: u64) -> f64 {
+    if total == 0 || times.len() < 2 {
+        return 0.0;
+    }
+    let (low, high) = (total / 10, total - total / 10);
+    let mut seen = 0u64;
+    let (mut start, mut end) = (None, None);
+    let mut counted = 0u64;
+    for (at, count) in times {
+        let before = seen;
+        seen += count;
+        if start.is_none() && seen > low {
+            start = Some((*at, before));
+        }
+        if end.is_none() && seen >= high {
+            end = Some((*at, seen));
+        }
+    }
+    if let (Some((t0, c0)), Some((t1, c1))) = (start, end) {
+        counted = c1 - c0;
+        let seconds = t1.duration_since(t0).as_secs_f64();
+        if seconds > 0.0 {
+            return counted as f64 / seconds;
+        }
+    }
+    counted as f64
+}
+
+fn print_table(report: &Report) {
+    println!();
+    println!(
+        "tetrad bench: {} validators, {} accounts, {} cores",
+        report.validators, report.accounts, report.cores
+    );
+    println!(
+        "{:<42} {}",
+        "offered",
+        report.offered_rate.map(|r| format!("{r} tx/s")).unwrap_or_else(|| "open loop".into())
+    );
+    println!(
+        "{:<42} {} / {} ({} refused)",
+        "committed / submitted", report.txs_committed, report.txs_submitted, report.submit_errors
+    );
+    println!("{:<42} {:.0} tx/s", "committed throughput (steady window)", report.committed_tx_per_s);
+    println!(
+        "{:<42} {:.1} / {:.1} / {:.1} ms",
+        "latency submit→commit p50 / p90 / p99",
+        report.latency_ms_p50,
+        report.latency_ms_p90,
+        report.latency_ms_p99
+    );
+    println!("{:<42} {}", "view changes", report.view_changes);
+    println!(
+        "{:<42} {:.0} single, {:.0} batched (per core)",
+        "ed25519 verify/s", report.verify_single_per_core, report.verify_batched_per_core
+    );
+    println!("{:<42} {:.0} tx/s", "bound: cores × batched verify ÷ validators", report.verify_bound_tx_per_s);
+    println!("{:<42} {:.2}", "committed ÷ bound", report.ratio_to_bound);
+    for node in &report.nodes {
+        println!("  {:<6} cpu {:>6.1}%   peak rss {:>7.1} MB", node.name, node.cpu_percent, node.peak_rss_mb);
+    }
+}
