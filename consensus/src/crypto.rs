@@ -78,6 +78,11 @@ pub enum CryptoError {
     BadBatch { count: usize },
 }
 
+type KeyCache = std::collections::HashMap<[u8; 32], Result<VerifyingKey, CryptoError>>;
+
+/// Decompressed keys remembered (about 200 bytes each).
+const VERIFYING_KEY_CACHE_MAX: usize = 1 << 17;
+
 /// An ed25519 public key: an account address, a consensus key. Lowercase hex in JSON.
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
 pub struct PublicKey(pub [u8; 32]);
@@ -92,7 +97,25 @@ impl PublicKey {
     }
 
     /// Decompresses the key for verification, refusing invalid and weak keys.
+    ///
+    /// Decompression costs about a third of a signature verification, and the same senders sign
+    /// again and again, so results are remembered in a bounded process-wide cache.
     pub fn verifying_key(&self) -> Result<VerifyingKey, CryptoError> {
+        static CACHE: std::sync::OnceLock<std::sync::Mutex<KeyCache>> = std::sync::OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(found) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&self.0) {
+            return found.clone();
+        }
+        let result = self.decompress();
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFYING_KEY_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(self.0, result.clone());
+        result
+    }
+
+    fn decompress(&self) -> Result<VerifyingKey, CryptoError> {
         let key = VerifyingKey::from_bytes(&self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
         if key.is_weak() {
             return Err(CryptoError::WeakPublicKey);

@@ -32,6 +32,8 @@ pub struct Api {
     pub waiters: Waiters,
     pub blocks: broadcast::Sender<BlockEvent>,
     pub gossip: mpsc::Sender<Tx>,
+    /// Wakes the driver when transactions arrive (a primary proposes at once when idle).
+    pub new_txs: Arc<tokio::sync::Notify>,
 }
 
 fn internal(error: impl std::fmt::Display) -> InternalError {
@@ -58,6 +60,7 @@ impl Api {
         let sender =
             self.store.account(&tx.body.from).map_err(|error| SubmitError::Malformed(error.to_string()))?;
         self.mempool.lock().unwrap_or_else(|p| p.into_inner()).admit(tx.clone(), hash, sender)?;
+        self.new_txs.notify_one();
         if self.gossip.try_send(tx).is_err() {
             metrics::dropped("gossip_queue_full", 1);
         }
@@ -84,6 +87,9 @@ impl Api {
                 });
                 results.push(result);
             }
+        }
+        if !admitted.is_empty() {
+            self.new_txs.notify_one();
         }
         for tx in admitted {
             if self.gossip.try_send(tx).is_err() {

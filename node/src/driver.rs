@@ -56,6 +56,8 @@ pub struct Driver {
     pub executed: mpsc::Receiver<Executed>,
     pub status: Arc<RwLock<ConsensusStatus>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Notified when the mempool admits transactions.
+    pub new_txs: Arc<tokio::sync::Notify>,
 }
 
 /// Most inputs handled before the actions are carried out (and synced) together.
@@ -125,6 +127,7 @@ impl Driver {
                 Some(done) = self.executed.recv() => inputs.push(executed_input(done)),
                 _ = tokio::time::sleep(sleep) => {}
                 _ = ticker.tick() => {}
+                _ = self.new_txs.notified() => {}
                 _ = follow.tick(), if self.replica.is_none() => self.follow(&mut state),
                 _ = self.shutdown.changed() => break,
             }

@@ -73,7 +73,8 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     })?;
 
     let mempool = Arc::new(Mutex::new(Mempool::new(MempoolConfig::default())));
-    let validator = gossip_validator(store.clone(), mempool.clone(), genesis_hash);
+    let new_txs = Arc::new(tokio::sync::Notify::new());
+    let validator = gossip_validator(store.clone(), mempool.clone(), genesis_hash, new_txs.clone());
     let validators = genesis
         .validators
         .iter()
@@ -128,6 +129,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         waiters,
         blocks,
         gossip: network.gossip.clone(),
+        new_txs: new_txs.clone(),
     };
     let driver = Driver {
         replica,
@@ -142,6 +144,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         executed: executed_rx,
         status,
         shutdown: shutdown_rx.clone(),
+        new_txs,
     };
     let driver = tokio::spawn(driver.run());
 
@@ -188,6 +191,7 @@ fn gossip_validator(
     store: Arc<Store>,
     mempool: Arc<Mutex<Mempool>>,
     genesis_hash: tetrad_consensus::Digest,
+    new_txs: Arc<tokio::sync::Notify>,
 ) -> GossipValidator {
     Arc::new(move |txs| {
         let results = tetrad_ledger::tx::check_all(&txs, &genesis_hash);
@@ -203,6 +207,7 @@ fn gossip_validator(
                 metrics::dropped("gossip_tx_not_admitted", 1);
             }
         }
+        new_txs.notify_one();
         true
     })
 }
