@@ -118,19 +118,57 @@ impl ValidatorSet {
     }
 }
 
+/// The checkpoint boundary after which a key rotation committed at `committed` takes effect:
+/// the first checkpoint height that is at least one watermark window past the first checkpoint
+/// after `committed`. The new key signs heights above it.
+///
+/// Why not the very next checkpoint: heights up to a window ahead of the last stable checkpoint
+/// may already carry votes signed before the rotation was executed anywhere. Waiting a full
+/// window past the next checkpoint guarantees that no honest replica signed anything for a
+/// height above the boundary before it could know the rotation.
+pub fn activation_boundary(committed: Height, checkpoint_interval: u64, watermark_window: u64) -> Height {
+    let k = checkpoint_interval.max(1);
+    let next_checkpoint = (committed.0 / k + 1).saturating_mul(k);
+    let past_window = next_checkpoint.saturating_add(watermark_window);
+    Height(past_window.div_ceil(k).saturating_mul(k))
+}
+
 /// The validator set of every height: epochs that start at given heights.
 ///
 /// Membership never changes (n is fixed by genesis); key rotations start a new epoch at the
-/// first height after a checkpoint boundary.
+/// first height after an activation boundary. A schedule is only known up to its *horizon*:
+/// the highest height whose set no rotation committed after what its owner executed can
+/// change (see [`activation_boundary`]). Nothing above the horizon may be verified or signed.
 #[derive(Clone, Debug)]
 pub struct ValidatorSchedule {
     /// `(first height, set)` in increasing height order; the first starts at height 0.
     epochs: Vec<(Height, Arc<ValidatorSet>)>,
+    horizon: Height,
 }
 
 impl ValidatorSchedule {
+    /// A schedule of one epoch, known for every height (until a horizon is set).
     pub fn new(genesis_set: ValidatorSet) -> ValidatorSchedule {
-        ValidatorSchedule { epochs: vec![(Height::GENESIS, Arc::new(genesis_set))] }
+        ValidatorSchedule {
+            epochs: vec![(Height::GENESIS, Arc::new(genesis_set))],
+            horizon: Height(u64::MAX),
+        }
+    }
+
+    /// The highest height this schedule is known to be right for.
+    pub fn horizon(&self) -> Height {
+        self.horizon
+    }
+
+    pub fn covers(&self, height: Height) -> bool {
+        height <= self.horizon
+    }
+
+    /// Sets the horizon (it only moves up).
+    pub fn set_horizon(&mut self, horizon: Height) {
+        if horizon > self.horizon || self.horizon == Height(u64::MAX) {
+            self.horizon = horizon;
+        }
     }
 
     /// The set that signs messages about `height`.
@@ -142,6 +180,29 @@ impl ValidatorSchedule {
 
     pub fn latest(&self) -> &Arc<ValidatorSet> {
         &self.epochs[self.epochs.len() - 1].1
+    }
+
+    /// The validator of `index`'s key at every epoch: `(first height, key)`.
+    pub fn keys_of(&self, index: ValidatorIndex) -> Vec<(Height, PublicKey)> {
+        self.epochs.iter().filter_map(|(first, set)| set.key(index).map(|key| (*first, *key))).collect()
+    }
+
+    /// Schedules validator `index`'s key to become `key` from height `first` on. Rotations must
+    /// come in height order; rotations that start at the same height share one epoch.
+    pub fn rotate(
+        &mut self,
+        first: Height,
+        index: ValidatorIndex,
+        key: PublicKey,
+    ) -> Result<(), ValidatorSetError> {
+        let last = self.epochs.len() - 1;
+        let rotated = self.epochs[last].1.with_key(index, key)?;
+        if self.epochs[last].0 == first {
+            self.epochs[last].1 = Arc::new(rotated);
+        } else {
+            self.push(first, rotated);
+        }
+        Ok(())
     }
 
     /// Adds an epoch starting at `first`; epochs must be added in height order.
@@ -200,5 +261,19 @@ mod tests {
         assert_eq!(schedule.at(Height(10)).keys(), set.keys());
         assert_eq!(schedule.at(Height(11)).keys(), rotated.keys());
         assert_eq!(schedule.at(Height(500)).keys(), rotated.keys());
+    }
+
+    #[test]
+    fn activation_waits_a_window_past_the_next_checkpoint() {
+        // K = 16, W = 64: committed at 10 → next checkpoint 16 → 80, a multiple of 16.
+        assert_eq!(activation_boundary(Height(10), 16, 64), Height(80));
+        // Committed exactly at a checkpoint: the next one is 32 → 96.
+        assert_eq!(activation_boundary(Height(16), 16, 64), Height(96));
+        // W not a multiple of K rounds up to a checkpoint: 4 + 10 = 14 → 16.
+        assert_eq!(activation_boundary(Height(1), 4, 10), Height(16));
+        for committed in 0..200 {
+            let boundary = activation_boundary(Height(committed), 4, 10);
+            assert!(boundary.0 % 4 == 0 && boundary.0 >= committed + 10, "{committed} → {boundary}");
+        }
     }
 }

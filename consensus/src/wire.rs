@@ -110,6 +110,10 @@ pub enum VerifyError {
     MixedViews { view: View, found: View },
     #[error("height 0 is genesis; nothing is ordered there")]
     GenesisHeight,
+    #[error(
+        "height {height} is above the validator schedule's horizon {horizon} (this node has not executed far enough to know its validators)"
+    )]
+    BeyondHorizon { height: Height, horizon: Height },
 }
 
 /// A message whose signatures and digests have been checked. Only [`verify`] makes one.
@@ -145,6 +149,7 @@ impl VerifiedBlock {
         if height == Height::GENESIS {
             return Err(VerifyError::GenesisHeight);
         }
+        known(schedule, height)?;
         let digest = batch.digest();
         if digest != certificate.statement.digest {
             return Err(VerifyError::DigestMismatch {
@@ -176,6 +181,9 @@ pub fn verify(
     schedule: &ValidatorSchedule,
     window: u64,
 ) -> Result<VerifiedMessage, VerifyError> {
+    for height in heights_of(&message) {
+        known(schedule, height)?;
+    }
     match &message {
         Message::PrePrepare { pre_prepare, batch } => {
             let body = &pre_prepare.body;
@@ -271,6 +279,39 @@ pub fn verify(
 
 fn nonzero(height: Height) -> Result<(), VerifyError> {
     if height == Height::GENESIS { Err(VerifyError::GenesisHeight) } else { Ok(()) }
+}
+
+/// Refuses heights whose validator set this node cannot know yet.
+fn known(schedule: &ValidatorSchedule, height: Height) -> Result<(), VerifyError> {
+    if schedule.covers(height) {
+        Ok(())
+    } else {
+        Err(VerifyError::BeyondHorizon { height, horizon: schedule.horizon() })
+    }
+}
+
+/// Every height a message's signatures are checked at.
+fn heights_of(message: &Message) -> Vec<Height> {
+    match message {
+        Message::PrePrepare { pre_prepare, .. } => vec![pre_prepare.body.height],
+        Message::Prepare(prepare) => vec![prepare.body.height],
+        Message::Commit(commit) => vec![commit.body.height],
+        Message::Checkpoint(checkpoint) => vec![checkpoint.body.height],
+        Message::ViewChange(view_change) => view_change_heights(&view_change.body),
+        Message::NewView(new_view) => {
+            let mut heights: Vec<Height> =
+                new_view.body.view_changes.iter().flat_map(|vc| view_change_heights(&vc.body)).collect();
+            heights.extend(new_view.body.pre_prepares.iter().map(|pp| pp.body.height));
+            heights
+        }
+        Message::Status(_) | Message::FetchBatch { .. } | Message::Batch { .. } => Vec::new(),
+    }
+}
+
+fn view_change_heights(body: &ViewChange) -> Vec<Height> {
+    let mut heights = vec![body.stable_height(), body.stable_height().next()];
+    heights.extend(body.prepared.iter().map(|certificate| certificate.height()));
+    heights
 }
 
 fn verify_view_change(

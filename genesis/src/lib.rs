@@ -362,8 +362,19 @@ impl Genesis {
     pub fn ledger_state(&self) -> GenesisState {
         let balances: Vec<(Address, u64)> =
             self.accounts.iter().map(|account| (account.address, account.balance)).collect();
-        let (header, accounts, _) = genesis_state(&self.chain_id, self.genesis_time_ms, &balances);
-        GenesisState { genesis_hash: self.hash(), header, accounts }
+        let registry = self.registry();
+        let (header, accounts, _) = genesis_state(&self.chain_id, self.genesis_time_ms, &balances, &registry);
+        GenesisState { genesis_hash: self.hash(), header, accounts, registry }
+    }
+
+    /// The validator registry of height 0: every validator's consensus key.
+    pub fn registry(&self) -> tetrad_ledger::ValidatorRegistry {
+        tetrad_ledger::ValidatorRegistry::new(
+            self.hash(),
+            self.consensus.checkpoint_interval,
+            self.consensus.watermark_window,
+            self.validators.iter().map(|validator| validator.consensus_key).collect(),
+        )
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Header {
     pub tx_count: u32,
     /// Root of the account tree after this block.
     pub state_root: Digest,
+    /// Hash of the validator registry after this block (every epoch's keys).
+    pub validators_hash: Digest,
     /// The view in which the batch was proposed, and its proposer.
     pub view: View,
     pub proposer: ValidatorIndex,
@@ -102,6 +104,16 @@ pub enum ExecutionError {
     InsufficientBalance { balance: u64, amount: u64 },
     #[error("recipient balance {balance} plus {amount} overflows")]
     BalanceOverflow { balance: u64, amount: u64 },
+    #[error("there is no validator {validator}")]
+    UnknownValidator { validator: u16 },
+    #[error("the sender is not validator {validator}'s current consensus key")]
+    NotCurrentKey { validator: u16 },
+    #[error("validator {validator} already has a rotation that takes effect at height {activation}")]
+    RotationPending { validator: u16, activation: u64 },
+    #[error("key {key} was already used by a validator")]
+    KeyAlreadyUsed { key: tetrad_consensus::PublicKey },
+    #[error("the proof of possession is not the new key's signature over this rotation")]
+    InvalidProofOfPossession,
 }
 
 /// What happened to a transaction.

@@ -4,7 +4,9 @@
 //! hash-map iteration order reaches the result. Signatures and other static checks are *not*
 //! repeated here; they were checked at admission and before the pre-prepare was accepted (or the
 //! block came with a commit certificate). Dynamic checks (nonce, balance, overflow) are made
-//! here; a transaction that fails them gets a failed receipt and changes nothing.
+//! here; a transaction that fails them gets a failed receipt and changes nothing. A key
+//! rotation's proof of possession is checked here too (it depends on the validator registry),
+//! so a bad one is a failed receipt with its reason.
 
 use std::collections::BTreeMap;
 
@@ -13,12 +15,14 @@ use tetrad_consensus::{Batch, Digest, Height};
 use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, tx_root};
 use crate::state_tree::{StateTree, TreeUpdate};
 use crate::tx::{Address, Tx, TxKind};
+use crate::validators::ValidatorRegistry;
 
 /// Read access to the state a block executes on.
 pub trait StateReader {
     type Error;
     fn account(&self, address: &Address) -> Result<Option<Account>, Self::Error>;
     fn tree(&self) -> &StateTree;
+    fn registry(&self) -> &ValidatorRegistry;
 }
 
 /// The result of executing one batch on one state: apply it with the store's `commit`.
@@ -30,6 +34,8 @@ pub struct Execution {
     pub receipts: Vec<Receipt>,
     pub tx_hashes: Vec<Digest>,
     pub tree_update: TreeUpdate,
+    /// The validator registry after this block, if a rotation changed it.
+    pub registry: Option<ValidatorRegistry>,
 }
 
 /// Accounts touched so far in this block, over the state underneath.
@@ -37,6 +43,9 @@ struct Overlay<'a, S: StateReader> {
     state: &'a S,
     changes: BTreeMap<Address, Account>,
     next_slot: u64,
+    height: Height,
+    /// A copy of the registry once a rotation in this block changed it.
+    registry: Option<ValidatorRegistry>,
 }
 
 impl<S: StateReader> Overlay<'_, S> {
@@ -57,48 +66,97 @@ impl<S: StateReader> Overlay<'_, S> {
 
     fn apply(&mut self, tx: &Tx) -> Result<Result<(), ExecutionError>, S::Error> {
         let from = tx.body.from;
-        let Some(sender) = self.get(&from)? else {
-            // An account that does not exist has nonce 0 and nothing to send; it is never
-            // created by its own transaction.
-            if tx.body.nonce != 0 {
-                return Ok(Err(ExecutionError::BadNonce { expected: 0, found: tx.body.nonce }));
-            }
-            let TxKind::Transfer { amount, .. } = &tx.body.kind;
-            return Ok(Err(ExecutionError::InsufficientBalance { balance: 0, amount: *amount }));
-        };
-        if tx.body.nonce != sender.nonce {
-            return Ok(Err(ExecutionError::BadNonce { expected: sender.nonce, found: tx.body.nonce }));
+        let existing = self.get(&from)?;
+        let expected = existing.map(|account| account.nonce).unwrap_or(0);
+        if tx.body.nonce != expected {
+            return Ok(Err(ExecutionError::BadNonce { expected, found: tx.body.nonce }));
         }
+        // A nonce that reached u64::MAX would wrap and reopen every old one: refused.
+        let Some(nonce_after) = expected.checked_add(1) else {
+            return Ok(Err(ExecutionError::BadNonce { expected, found: tx.body.nonce }));
+        };
         match &tx.body.kind {
             TxKind::Transfer { to, amount } => {
-                let amount = *amount;
-                let Some(balance_after) = sender.balance.checked_sub(amount) else {
-                    return Ok(Err(ExecutionError::InsufficientBalance { balance: sender.balance, amount }));
+                // An account that does not exist has nothing to send; it is never created by
+                // its own transfer.
+                let Some(sender) = existing else {
+                    return Ok(Err(ExecutionError::InsufficientBalance { balance: 0, amount: *amount }));
                 };
-                // The nonce of a funded account cannot reach u64::MAX in practice, but a wrap
-                // would reopen every old nonce, so it is refused like any other overflow.
-                let Some(nonce_after) = sender.nonce.checked_add(1) else {
-                    return Ok(Err(ExecutionError::BadNonce {
-                        expected: sender.nonce,
-                        found: tx.body.nonce,
-                    }));
-                };
-                if *to == from {
-                    self.changes.insert(from, Account { nonce: nonce_after, ..sender });
-                    return Ok(Ok(()));
+                self.transfer(from, sender, nonce_after, to, *amount)
+            }
+            TxKind::RotateValidatorKey { validator, new_key, proof_of_possession } => {
+                if let Err(error) = self.rotate(from, *validator, new_key, proof_of_possession) {
+                    return Ok(Err(error));
                 }
-                let (recipient, created) = self.get_or_new(to)?;
-                let Some(recipient_balance) = recipient.balance.checked_add(amount) else {
-                    return Ok(Err(ExecutionError::BalanceOverflow { balance: recipient.balance, amount }));
-                };
-                self.changes.insert(from, Account { balance: balance_after, nonce: nonce_after, ..sender });
-                self.changes.insert(*to, Account { balance: recipient_balance, ..recipient });
+                // The sender (the validator's consensus key) pays nothing; its account exists
+                // from now on, so the nonce rule protects the rotation from replay.
+                let (account, created) = self.get_or_new(&from)?;
+                self.changes.insert(from, Account { nonce: nonce_after, ..account });
                 if created {
                     self.next_slot += 1;
                 }
                 Ok(Ok(()))
             }
         }
+    }
+
+    fn transfer(
+        &mut self,
+        from: Address,
+        sender: Account,
+        nonce_after: u64,
+        to: &Address,
+        amount: u64,
+    ) -> Result<Result<(), ExecutionError>, S::Error> {
+        let Some(balance_after) = sender.balance.checked_sub(amount) else {
+            return Ok(Err(ExecutionError::InsufficientBalance { balance: sender.balance, amount }));
+        };
+        if *to == from {
+            self.changes.insert(from, Account { nonce: nonce_after, ..sender });
+            return Ok(Ok(()));
+        }
+        let (recipient, created) = self.get_or_new(to)?;
+        let Some(recipient_balance) = recipient.balance.checked_add(amount) else {
+            return Ok(Err(ExecutionError::BalanceOverflow { balance: recipient.balance, amount }));
+        };
+        self.changes.insert(from, Account { balance: balance_after, nonce: nonce_after, ..sender });
+        self.changes.insert(*to, Account { balance: recipient_balance, ..recipient });
+        if created {
+            self.next_slot += 1;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Checks a key rotation against the registry and schedules it.
+    fn rotate(
+        &mut self,
+        from: Address,
+        validator: tetrad_consensus::ValidatorIndex,
+        new_key: &tetrad_consensus::PublicKey,
+        proof: &tetrad_consensus::Signature,
+    ) -> Result<(), ExecutionError> {
+        let registry = self.registry.as_ref().unwrap_or_else(|| self.state.registry());
+        let index = validator.as_usize();
+        let Some(current) = registry.keys_at(self.height).get(index).copied() else {
+            return Err(ExecutionError::UnknownValidator { validator: validator.0 });
+        };
+        if from != current {
+            return Err(ExecutionError::NotCurrentKey { validator: validator.0 });
+        }
+        if let Some(activation) = registry.pending(validator, self.height) {
+            return Err(ExecutionError::RotationPending { validator: validator.0, activation: activation.0 });
+        }
+        if registry.used.contains(new_key) {
+            return Err(ExecutionError::KeyAlreadyUsed { key: *new_key });
+        }
+        if !registry.check_possession(validator, &current, new_key, proof) {
+            return Err(ExecutionError::InvalidProofOfPossession);
+        }
+        let mut updated = registry.clone();
+        let first = updated.activation(self.height);
+        updated.rotate(first, validator, *new_key);
+        self.registry = Some(updated);
+        Ok(())
     }
 }
 
@@ -110,7 +168,8 @@ pub fn execute<S: StateReader>(
     txs: &[Tx],
 ) -> Result<Execution, S::Error> {
     let height = parent.height.next();
-    let mut overlay = Overlay { state, changes: BTreeMap::new(), next_slot: state.tree().count() };
+    let mut overlay =
+        Overlay { state, changes: BTreeMap::new(), next_slot: state.tree().count(), height, registry: None };
     let mut receipts = Vec::with_capacity(txs.len());
     let mut tx_hashes = Vec::with_capacity(txs.len());
     for (index, tx) in txs.iter().enumerate() {
@@ -133,11 +192,12 @@ pub fn execute<S: StateReader>(
         tx_root: tx_root(&tx_hashes),
         tx_count: txs.len() as u32,
         state_root: tree_update.root,
+        validators_hash: overlay.registry.as_ref().map(ValidatorRegistry::hash).unwrap_or(parent.validators_hash),
         view: batch.view,
         proposer: batch.proposer,
         timestamp_ms: batch.timestamp_ms.max(parent.timestamp_ms),
     };
-    Ok(Execution { header, changes: overlay.changes, receipts, tx_hashes, tree_update })
+    Ok(Execution { header, changes: overlay.changes, receipts, tx_hashes, tree_update, registry: overlay.registry })
 }
 
 /// The genesis state: accounts in address order get slots 0.., and the header of height 0.
@@ -145,6 +205,7 @@ pub fn genesis_state(
     chain_id: &str,
     genesis_time_ms: u64,
     balances: &[(Address, u64)],
+    registry: &ValidatorRegistry,
 ) -> (Header, BTreeMap<Address, Account>, StateTree) {
     let mut sorted: Vec<(Address, u64)> = balances.to_vec();
     sorted.sort_by_key(|(address, _)| *address);
@@ -168,6 +229,7 @@ pub fn genesis_state(
         tx_root: tx_root(&[]),
         tx_count: 0,
         state_root: tree.root(),
+        validators_hash: registry.hash(),
         view: Default::default(),
         proposer: Default::default(),
         timestamp_ms: genesis_time_ms,

@@ -25,8 +25,10 @@ pub mod state_tree;
 pub mod storage;
 pub mod testkit;
 pub mod tx;
+pub mod validators;
 
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 pub use execute::{Execution, StateReader, execute, genesis_state};
 pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};
+pub use validators::ValidatorRegistry;

@@ -24,6 +24,7 @@ use crate::execute::{Execution, StateReader};
 use crate::merkle::{self, MerkleProof};
 use crate::state_tree::StateTree;
 use crate::tx::{Address, Tx};
+use crate::validators::ValidatorRegistry;
 
 pub const CF_BLOCKS: &str = "blocks";
 pub const CF_CERTIFICATES: &str = "certificates";
@@ -53,6 +54,7 @@ const META_HEAD: &[u8] = b"head";
 const META_GENESIS_HASH: &[u8] = b"genesis_hash";
 const META_GENESIS_HEADER: &[u8] = b"genesis_header";
 const META_ACCOUNT_COUNT: &[u8] = b"account_count";
+const REGISTRY_KEY: &[u8] = b"registry";
 
 /// Block cache shared by all column families.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -101,6 +103,7 @@ pub struct GenesisState {
     pub genesis_hash: Digest,
     pub header: Header,
     pub accounts: BTreeMap<Address, Account>,
+    pub registry: ValidatorRegistry,
 }
 
 /// The state at the last committed block, in memory: the header, the state tree and every
@@ -110,6 +113,7 @@ struct Head {
     header: Header,
     tree: StateTree,
     accounts: HashMap<Address, Account>,
+    registry: ValidatorRegistry,
 }
 
 pub struct Store {
@@ -191,6 +195,10 @@ impl Store {
             for (address, account) in &genesis.accounts {
                 batch.put_cf(accounts, address.0, encode(account));
             }
+            let registries = db
+                .cf_handle(CF_VALIDATOR_SETS)
+                .ok_or_else(|| StorageError::Corrupt { cf: CF_VALIDATOR_SETS, detail: "missing".into() })?;
+            batch.put_cf(registries, REGISTRY_KEY, encode(&genesis.registry));
             batch.put_cf(meta, META_GENESIS_HASH, genesis.genesis_hash.0);
             batch.put_cf(meta, META_GENESIS_HEADER, encode(&genesis.header));
             batch.put_cf(meta, META_HEAD, encode(&genesis.header));
@@ -223,6 +231,7 @@ impl Store {
                 header: genesis_placeholder(),
                 tree: StateTree::default(),
                 accounts: HashMap::new(),
+                registry: ValidatorRegistry::new(Digest::ZERO, 1, 2, Vec::new()),
             }),
             sync_writes: true,
         };
@@ -241,8 +250,17 @@ impl Store {
                 ),
             });
         }
+        let registry: ValidatorRegistry = store
+            .get(CF_VALIDATOR_SETS, REGISTRY_KEY)?
+            .ok_or(StorageError::Corrupt { cf: CF_VALIDATOR_SETS, detail: "no validator registry".into() })?;
+        if registry.hash() != header.validators_hash {
+            return Err(StorageError::Corrupt {
+                cf: CF_VALIDATOR_SETS,
+                detail: format!("validator registry does not match head {} validators hash", header.height),
+            });
+        }
         *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Head { header, tree, accounts };
+            Head { header, tree, accounts, registry };
         Ok(store)
     }
 
@@ -300,6 +318,11 @@ impl Store {
 
     fn write_head(&self) -> RwLockWriteGuard<'_, Head> {
         self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The validator registry at the head (every epoch's keys).
+    pub fn registry(&self) -> ValidatorRegistry {
+        self.read_head().registry.clone()
     }
 
     /// The header of the last committed block (the genesis header before the first block).
@@ -360,6 +383,9 @@ impl Store {
         for (address, account) in &execution.changes {
             batch.put_cf(self.cf(CF_ACCOUNTS), address.0, encode(account));
         }
+        if let Some(registry) = &execution.registry {
+            batch.put_cf(self.cf(CF_VALIDATOR_SETS), REGISTRY_KEY, encode(registry));
+        }
         batch.put_cf(self.cf(CF_META), META_HEAD, encode(&block.header));
         batch.put_cf(self.cf(CF_META), META_ACCOUNT_COUNT, execution.tree_update.count.to_le_bytes());
         let mut write = WriteOptions::default();
@@ -368,6 +394,9 @@ impl Store {
         head.tree.apply(&execution.tree_update);
         for (address, account) in &execution.changes {
             head.accounts.insert(*address, *account);
+        }
+        if let Some(registry) = &execution.registry {
+            head.registry = registry.clone();
         }
         head.header = block.header.clone();
         Ok(())
@@ -544,6 +573,10 @@ impl StateReader for StoreState<'_> {
     fn tree(&self) -> &StateTree {
         &self.head.tree
     }
+
+    fn registry(&self) -> &ValidatorRegistry {
+        &self.head.registry
+    }
 }
 
 fn genesis_placeholder() -> Header {
@@ -555,6 +588,7 @@ fn genesis_placeholder() -> Header {
         tx_root: Digest::ZERO,
         tx_count: 0,
         state_root: Digest::ZERO,
+        validators_hash: Digest::ZERO,
         view: Default::default(),
         proposer: Default::default(),
         timestamp_ms: 0,

@@ -10,6 +10,7 @@ use crate::block::Block;
 use crate::execute::{Execution, execute};
 use crate::storage::{GenesisState, StorageError, Store};
 use crate::tx::{Address, Tx, TxBody, TxKind, encode_payload};
+use crate::validators::ValidatorRegistry;
 
 /// The key of test account `index` (deterministic).
 pub fn account_key(index: u64) -> SecretKey {
@@ -47,9 +48,10 @@ impl TestChain {
                     panic!("test validator set: {error}");
                 });
         let balances: Vec<(Address, u64)> = addresses.iter().map(|address| (*address, balance)).collect();
+        let registry = ValidatorRegistry::new(genesis_hash, 4, 8, validator_set.keys().to_vec());
         let (header, accounts, _) =
-            crate::execute::genesis_state("tetrad-test", 1_700_000_000_000, &balances);
-        let genesis = GenesisState { genesis_hash, header, accounts };
+            crate::execute::genesis_state("tetrad-test", 1_700_000_000_000, &balances, &registry);
+        let genesis = GenesisState { genesis_hash, header, accounts, registry };
         TestChain { genesis_hash, validator_keys, validator_set, addresses, genesis }
     }
 
@@ -112,10 +114,11 @@ impl TestChain {
 }
 
 /// The ledger state in memory: for property tests of `execute` without a database.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryState {
     pub accounts: std::collections::BTreeMap<Address, crate::block::Account>,
     pub tree: crate::state_tree::StateTree,
+    pub registry: ValidatorRegistry,
 }
 
 impl MemoryState {
@@ -127,6 +130,7 @@ impl MemoryState {
         MemoryState {
             accounts: genesis.accounts.clone(),
             tree: crate::state_tree::StateTree::from_leaves(leaves),
+            registry: genesis.registry.clone(),
         }
     }
 
@@ -135,6 +139,9 @@ impl MemoryState {
             self.accounts.insert(*address, *account);
         }
         self.tree.apply(&execution.tree_update);
+        if let Some(registry) = &execution.registry {
+            self.registry = registry.clone();
+        }
     }
 
     pub fn total_balance(&self) -> u128 {
@@ -151,5 +158,9 @@ impl crate::execute::StateReader for MemoryState {
 
     fn tree(&self) -> &crate::state_tree::StateTree {
         &self.tree
+    }
+
+    fn registry(&self) -> &ValidatorRegistry {
+        &self.registry
     }
 }

@@ -17,6 +17,21 @@ pub const TX_BYTES_MAX: usize = 1024;
 pub enum TxKind {
     /// Moves `amount` from the sender to `to`.
     Transfer { to: Address, amount: u64 },
+    /// Replaces validator `validator`'s consensus key with `new_key`. Sent (and signed) by the
+    /// validator's current consensus key; `proof_of_possession` is `new_key`'s signature over
+    /// (genesis hash, validator index, old key, new key). It takes effect at the activation
+    /// boundary after the block that commits it.
+    RotateValidatorKey { validator: tetrad_consensus::ValidatorIndex, new_key: PublicKey, proof_of_possession: Signature },
+}
+
+impl TxKind {
+    /// What the transaction moves out of the sender's balance.
+    pub fn amount(&self) -> u64 {
+        match self {
+            TxKind::Transfer { amount, .. } => *amount,
+            TxKind::RotateValidatorKey { .. } => 0,
+        }
+    }
 }
 
 /// The part of a transaction that its sender signs.
@@ -137,7 +152,7 @@ impl Tx {
         }
         match &self.body.kind {
             TxKind::Transfer { amount, .. } if *amount == 0 => Err(TxError::ZeroAmount),
-            TxKind::Transfer { .. } => Ok(()),
+            TxKind::Transfer { .. } | TxKind::RotateValidatorKey { .. } => Ok(()),
         }
     }
 

@@ -230,7 +230,7 @@ fn same_batches_give_the_same_root_after_reopening_the_store() {
     {
         let store = Store::open_or_init(&path, &chain.genesis).expect("open");
         for block in &plans[..6] {
-            let snapshot = memory_of(&store);
+            let snapshot = memory_of(&store, &chain);
             let txs = realise(&chain, &snapshot, block);
             chain.commit(&store, &txs).expect("commit");
         }
@@ -238,7 +238,7 @@ fn same_batches_give_the_same_root_after_reopening_the_store() {
     let store = Store::open(&path).expect("reopen");
     assert_eq!(store.head(), headers[5]);
     for block in &plans[6..] {
-        let snapshot = memory_of(&store);
+        let snapshot = memory_of(&store, &chain);
         let txs = realise(&chain, &snapshot, block);
         chain.commit(&store, &txs).expect("commit");
     }
@@ -251,8 +251,9 @@ fn same_batches_give_the_same_root_after_reopening_the_store() {
 }
 
 /// The accounts of the test chain as stored, for planning the next block's nonces.
-fn memory_of(store: &Store) -> MemoryState {
-    let mut state = MemoryState::default();
+fn memory_of(store: &Store, chain: &TestChain) -> MemoryState {
+    let mut state = MemoryState::from_genesis(&chain.genesis);
+    state.accounts.clear();
     for index in 0..ACCOUNTS + 3 {
         let address = account_key(index).public_key();
         if let Some(account) = store.account(&address).expect("read") {

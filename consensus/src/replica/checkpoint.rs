@@ -23,7 +23,7 @@ impl Replica {
             return;
         }
         let statement = Checkpoint { height, header_hash, state_root };
-        let vote = Signed::sign(statement, self.me, &self.key, self.set_at(height));
+        let Some(vote) = self.sign(statement) else { return };
         self.broadcast(Message::Checkpoint(vote.clone()));
         self.record_checkpoint_vote(vote);
         self.check_stable(height);

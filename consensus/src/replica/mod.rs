@@ -160,6 +160,13 @@ pub enum Input {
     },
     /// Committed blocks from a peer, certificates verified.
     Blocks(Vec<VerifiedBlock>),
+    /// The validator schedule changed (a rotation was executed) or its horizon moved.
+    Schedule(Arc<ValidatorSchedule>),
+    /// This validator's next consensus key, which signs heights from `from` on.
+    AddKey {
+        from: Height,
+        key: SecretKey,
+    },
 }
 
 /// Why a message was dropped by the replica: counted, never fatal.
@@ -176,11 +183,12 @@ pub enum DropReason {
     StaleCheckpoint,
     CheckpointMismatch,
     UnwantedBatch,
+    NoKey,
     Unexpected,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::OldView,
         DropReason::FutureView,
         DropReason::ViewChanging,
@@ -192,6 +200,7 @@ impl DropReason {
         DropReason::StaleCheckpoint,
         DropReason::CheckpointMismatch,
         DropReason::UnwantedBatch,
+        DropReason::NoKey,
         DropReason::Unexpected,
     ];
 
@@ -208,6 +217,7 @@ impl DropReason {
             DropReason::StaleCheckpoint => "stale_checkpoint",
             DropReason::CheckpointMismatch => "checkpoint_mismatch",
             DropReason::UnwantedBatch => "unwanted_batch",
+            DropReason::NoKey => "no_key_for_height",
             DropReason::Unexpected => "unexpected",
         }
     }
@@ -251,8 +261,10 @@ const FETCH_HEIGHTS_MAX: u64 = 256;
 pub struct Replica {
     config: ReplicaConfig,
     me: ValidatorIndex,
-    key: SecretKey,
-    schedule: ValidatorSchedule,
+    /// This validator's consensus keys: `(first height it signs, key)`, in height order. A key
+    /// rotation adds one; keys for heights below the low watermark are forgotten.
+    keys: Vec<(Height, SecretKey)>,
+    schedule: Arc<ValidatorSchedule>,
     now_ms: u64,
 
     view: View,
@@ -303,18 +315,19 @@ impl Replica {
     pub fn new(
         config: ReplicaConfig,
         me: ValidatorIndex,
-        key: SecretKey,
-        schedule: ValidatorSchedule,
+        keys: Vec<(Height, SecretKey)>,
+        schedule: Arc<ValidatorSchedule>,
         committed: Height,
         restored: Restored,
     ) -> Replica {
+        assert!(!keys.is_empty(), "replica {me} has no key");
         assert!(config.checkpoint_interval > 0 && config.watermark_window >= 2 * config.checkpoint_interval);
         assert!(schedule.latest().contains(me), "replica {me} is not a validator");
         let low = restored.stable.as_ref().map(|cp| cp.statement.height).unwrap_or(Height::GENESIS);
         let mut replica = Replica {
             config,
             me,
-            key,
+            keys,
             schedule,
             now_ms: 0,
             view: restored.view,
@@ -412,6 +425,12 @@ impl Replica {
                 self.on_executed(height, header_hash, state_root)
             }
             Input::Blocks(blocks) => self.on_blocks(blocks),
+            Input::Schedule(schedule) => self.schedule = schedule,
+            Input::AddKey { from, key } => {
+                if self.keys.iter().all(|(first, _)| *first < from) {
+                    self.keys.push((from, key));
+                }
+            }
         }
         std::mem::take(&mut self.actions)
     }
@@ -521,7 +540,7 @@ impl Replica {
         &self.counters
     }
 
-    pub fn schedule(&self) -> &ValidatorSchedule {
+    pub fn schedule(&self) -> &Arc<ValidatorSchedule> {
         &self.schedule
     }
 
@@ -540,6 +559,8 @@ impl Replica {
         self.view_active
             && self.is_primary()
             && self.next_height.0 <= self.low.0 + self.config.watermark_window
+            && self.schedule.covers(self.next_height)
+            && self.key_for(self.next_height).is_some()
             && self.in_flight() < self.config.pipeline_max
     }
 
@@ -547,6 +568,38 @@ impl Replica {
 
     fn set_at(&self, height: Height) -> &ValidatorSet {
         self.schedule.at(height)
+    }
+
+    /// The key this validator signs messages about `height` with.
+    fn key_for(&self, height: Height) -> Option<&SecretKey> {
+        self.keys.iter().rev().find(|(first, _)| *first <= height).map(|(_, key)| key)
+    }
+
+    /// Signs `body` with the key of its height, for the validator set of its height. `None` if
+    /// this replica holds no key for that height (counted).
+    fn sign<T: crate::certificate::Statement>(&mut self, body: T) -> Option<Signed<T>> {
+        let height = body.key_height();
+        match self.key_for(height) {
+            Some(key) => Some(Signed::sign(body, self.me, key, self.schedule.at(height))),
+            None => {
+                self.drop_message(DropReason::NoKey);
+                None
+            }
+        }
+    }
+
+    /// Keys this validator no longer needs (every height they sign is at or below the low
+    /// watermark, and a later key exists).
+    fn forget_old_keys(&mut self) {
+        while self.keys.len() > 1 && self.keys[1].0 <= self.low.next() {
+            self.keys.remove(0);
+        }
+    }
+
+    /// The first height each key signs, in order (for the driver to know when an old secret may
+    /// be erased).
+    pub fn key_heights(&self) -> Vec<Height> {
+        self.keys.iter().map(|(first, _)| *first).collect()
     }
 
     fn in_window(&self, height: Height) -> bool {
@@ -628,6 +681,7 @@ impl Replica {
 
     /// Drops log entries and votes at or below `height` (a new stable checkpoint).
     fn collect_garbage(&mut self, height: Height) {
+        self.forget_old_keys();
         self.log = self.log.split_off(&height.next());
         self.checkpoint_votes = self.checkpoint_votes.split_off(&height.next());
         self.transfer_buffer = self.transfer_buffer.split_off(&self.committed.next());

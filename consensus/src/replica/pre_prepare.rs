@@ -26,12 +26,7 @@ impl Replica {
             self.next_height = height.next();
             return;
         }
-        let pre_prepare = Signed::sign(
-            PrePrepare { view: self.view, height, digest },
-            self.me,
-            &self.key,
-            self.set_at(height),
-        );
+        let Some(pre_prepare) = self.sign(PrePrepare { view: self.view, height, digest }) else { return };
         self.safety.record_accept(self.view, height, digest);
         self.next_height = height.next();
         let now = self.now_ms;
@@ -85,7 +80,7 @@ impl Replica {
     pub(super) fn accept_pre_prepare(&mut self, pre_prepare: Signed<PrePrepare>, batch: Option<Arc<Batch>>) {
         let PrePrepare { view, height, digest } = pre_prepare.body;
         self.safety.record_accept(view, height, digest);
-        let prepare = Signed::sign(Prepare { view, height, digest }, self.me, &self.key, self.set_at(height));
+        let Some(prepare) = self.sign(Prepare { view, height, digest }) else { return };
         let now = self.now_ms;
         let slot = self.log.entry(height).or_default();
         slot.pre_prepare = Some(pre_prepare.clone());

@@ -70,7 +70,7 @@ impl Replica {
             .filter_map(|signer| slot.prepares.get(signer).map(|prepare| (*signer, prepare.signature)))
             .collect();
         let certificate = PreparedCertificate { pre_prepare, prepares };
-        let commit = Signed::sign(Commit { view, height, digest }, self.me, &self.key, set);
+        let Some(commit) = self.sign(Commit { view, height, digest }) else { return };
         self.safety.record_commit(view, height, digest);
         let slot = self.log.entry(height).or_default();
         slot.prepared = Some(certificate.clone());

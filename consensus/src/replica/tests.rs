@@ -42,8 +42,8 @@ impl Fixture {
         let mut replica = Replica::new(
             config(),
             ValidatorIndex(me),
-            self.keys[usize::from(me)].clone(),
-            self.schedule.clone(),
+            vec![(Height(0), self.keys[usize::from(me)].clone())],
+            Arc::new(self.schedule.clone()),
             Height(0),
             Default::default(),
         );
@@ -406,8 +406,8 @@ fn safety_state_survives_a_restart() {
     let mut restarted = Replica::new(
         config(),
         ValidatorIndex(1),
-        fixture.keys[1].clone(),
-        fixture.schedule.clone(),
+        vec![(Height(0), fixture.keys[1].clone())],
+        Arc::new(fixture.schedule.clone()),
         Height(0),
         restored,
     );

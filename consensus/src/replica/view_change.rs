@@ -59,7 +59,7 @@ impl Replica {
         let signed = match self.safety.check_view_change(new_view, view_change_digest(&body)) {
             Ok(()) => {
                 self.safety.record_view_change(new_view, view_change_digest(&body));
-                let signed = Signed::sign(body, self.me, &self.key, self.set_at(self.low.next()));
+                let Some(signed) = self.sign(body) else { return };
                 self.persist_then_broadcast(
                     SafetyRecord::ViewChange(signed.clone()),
                     Message::ViewChange(signed.clone()),
@@ -148,19 +148,12 @@ impl Replica {
         if view_changes.len() < set.quorum() {
             return;
         }
-        let pre_prepares: Vec<Signed<PrePrepare>> = reproposals(view, self.me, &view_changes)
-            .into_iter()
-            .map(|(height, digest)| {
-                Signed::sign(PrePrepare { view, height, digest }, self.me, &self.key, self.set_at(height))
-            })
-            .collect();
-        let (min_s, _) = reproposal_range(&view_changes);
-        let new_view = Signed::sign(
-            NewView { view, view_changes, pre_prepares },
-            self.me,
-            &self.key,
-            self.set_at(min_s.next()),
-        );
+        let mut pre_prepares: Vec<Signed<PrePrepare>> = Vec::new();
+        for (height, digest) in reproposals(view, self.me, &view_changes) {
+            let Some(pre_prepare) = self.sign(PrePrepare { view, height, digest }) else { return };
+            pre_prepares.push(pre_prepare);
+        }
+        let Some(new_view) = self.sign(NewView { view, view_changes, pre_prepares }) else { return };
         self.actions.persist.push(SafetyWrite::Put(SafetyRecord::View(view)));
         self.actions
             .send_after_persist

@@ -42,6 +42,11 @@ impl Checker {
         }
     }
 
+    /// The validator schedule certificates are checked against (it grows with rotations).
+    pub fn set_schedule(&mut self, schedule: ValidatorSchedule) {
+        self.schedule = schedule;
+    }
+
     pub fn violation(&self) -> Option<&str> {
         self.violation.as_deref()
     }
@@ -134,7 +139,11 @@ impl Checker {
     }
 
     /// Agreement, certificate validity and batch validity of a delivered block.
+    /// Only honest replicas' outputs are checked: a Byzantine replica may emit anything.
     pub fn check_committed(&mut self, now: u64, instance: usize, block: &Committed, valid: bool) {
+        if !self.honest[instance] {
+            return;
+        }
         let height = block.height;
         let certificate = &block.certificate;
         if certificate.statement.height != height || certificate.statement.digest != block.batch.digest() {
@@ -179,6 +188,9 @@ impl Checker {
     }
 
     pub fn check_checkpoint(&mut self, instance: usize, certificate: &CheckpointCertificate) {
+        if !self.honest[instance] {
+            return;
+        }
         if let Err(error) = certificate.verify(self.schedule.at(certificate.statement.height)) {
             self.fail(format!("instance {instance}: stable checkpoint does not verify: {error}"));
         }

@@ -46,6 +46,8 @@ pub enum Behavior {
     FakeViewChange,
     /// Sends nothing.
     Silent,
+    /// Keeps signing with its old consensus key after its rotation takes effect.
+    StaleKey,
 }
 
 /// One simulation setup; a seed picks the concrete rates and schedule.
@@ -67,6 +69,9 @@ pub struct Scenario {
     pub crashes: bool,
     pub byzantine: Vec<(u16, Behavior)>,
     pub twins: Vec<u16>,
+    /// Every this many ms a client asks for a key rotation (0: never); a third of them rotate
+    /// the current primary.
+    pub rotation_every_ms: u64,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -78,6 +83,52 @@ const FAULT_TICK_MS: u64 = 250;
 const REQUESTS_PER_BATCH_MAX: usize = 16;
 const REPLAY_MEMORY: usize = 64;
 const VERIFY_CACHE_MAX: usize = 200_000;
+/// Request ids with this bit set are key rotations: `FLAG | generation << 16 | validator`.
+const ROTATION_FLAG: u64 = 1 << 63;
+
+/// The consensus key of `validator` after its `generation`-th rotation (0: genesis key).
+fn rotated_key(validator: u16, generation: u64) -> SecretKey {
+    if generation == 0 {
+        return validator_key(validator);
+    }
+    let mut seed = [0u8; 32];
+    seed[..2].copy_from_slice(&validator.to_le_bytes());
+    seed[2..10].copy_from_slice(&generation.to_le_bytes());
+    seed[10] = 0x52;
+    SecretKey::from_seed(seed)
+}
+
+/// The schedule horizon of a replica that executed `executed`.
+fn horizon(executed: Height) -> Height {
+    tetrad_consensus::validators::activation_boundary(executed.next(), CHECKPOINT_INTERVAL, WINDOW)
+}
+
+/// Applies the rotations among `ids` committed at `height` to `schedule` the way the ledger
+/// does: a validator with a rotation still pending is refused. Returns what was scheduled.
+fn apply_rotations(schedule: &mut ValidatorSchedule, height: Height, ids: &[u64]) -> Vec<(Height, u16, u64)> {
+    let mut scheduled = Vec::new();
+    for id in ids.iter().filter(|id| *id & ROTATION_FLAG != 0) {
+        let validator = (id & 0xffff) as u16;
+        let generation = (id & !ROTATION_FLAG) >> 16;
+        let pending = schedule.epochs().iter().any(|(first, set)| {
+            *first > height.next()
+                && schedule.at(first.prev()).key(ValidatorIndex(validator))
+                    != set.key(ValidatorIndex(validator))
+        });
+        if pending || scheduled.iter().any(|(_, v, _)| *v == validator) {
+            continue;
+        }
+        let first =
+            tetrad_consensus::validators::activation_boundary(height, CHECKPOINT_INTERVAL, WINDOW).next();
+        if schedule
+            .rotate(first, ValidatorIndex(validator), rotated_key(validator, generation).public_key())
+            .is_ok()
+        {
+            scheduled.push((first, validator, generation));
+        }
+    }
+    scheduled
+}
 
 /// The outcome of one seed.
 #[derive(Debug)]
@@ -90,6 +141,8 @@ pub struct Report {
     pub max_height: u64,
     pub view_changes: u64,
     pub events: u64,
+    /// Key rotations that took effect (epochs after genesis) in the checker's schedule.
+    pub rotations: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +169,10 @@ struct Instance {
     first_uncommitted: u64,
     in_flight: HashMap<u64, u64>,
     replay_memory: Vec<Arc<Vec<u8>>>,
+    /// The validator schedule as this instance's executed prefix defines it.
+    schedule: ValidatorSchedule,
+    /// This instance's keys by first height (a rotation adds one).
+    keys: Vec<(Height, SecretKey)>,
 }
 
 impl Instance {
@@ -176,6 +233,11 @@ pub struct World {
     one_way: Option<(u8, u8)>,
     healed: bool,
     issued: u64,
+    /// Rotation requests issued so far (valid request ids).
+    rotations: HashSet<u64>,
+    rotation_generation: u64,
+    /// Heights whose rotations are in the global schedule (from the first honest execution).
+    global_applied: u64,
     checker: Checker,
     trace: blake3::Hasher,
     verify_cache: HashMap<[u8; 32], Option<VerifiedMessage>>,
@@ -191,7 +253,7 @@ fn validator_key(index: u16) -> SecretKey {
 
 /// The "application": a batch is valid if its payload lists client requests that were issued
 /// and its proposer is the primary of its view, or if it is a new view's empty batch.
-pub fn valid_batch(batch: &Batch, set: &ValidatorSet, issued: u64) -> bool {
+pub fn valid_batch(batch: &Batch, set: &ValidatorSet, issued: u64, rotations: &HashSet<u64>) -> bool {
     if batch.proposer != set.primary(batch.view) {
         return false;
     }
@@ -199,7 +261,7 @@ pub fn valid_batch(batch: &Batch, set: &ValidatorSet, issued: u64) -> bool {
         return *batch == Batch::empty(batch.view, batch.proposer);
     }
     match borsh::from_slice::<Vec<u64>>(&batch.payload) {
-        Ok(ids) => !ids.is_empty() && ids.iter().all(|id| *id < issued),
+        Ok(ids) => !ids.is_empty() && ids.iter().all(|id| *id < issued || rotations.contains(id)),
         Err(_) => false,
     }
 }
@@ -242,6 +304,8 @@ impl World {
                     first_uncommitted: 0,
                     in_flight: HashMap::new(),
                     replay_memory: Vec::new(),
+                    schedule: schedule.clone(),
+                    keys: vec![(Height::GENESIS, keys[usize::from(index)].clone())],
                 });
             }
         }
@@ -260,12 +324,16 @@ impl World {
             one_way: None,
             healed: false,
             issued: 0,
+            rotations: HashSet::new(),
+            rotation_generation: 0,
+            global_applied: 0,
             checker,
             trace: blake3::Hasher::new(),
             verify_cache: HashMap::new(),
             events: 0,
         };
         for id in 0..world.instances.len() {
+            world.instances[id].schedule.set_horizon(horizon(Height::GENESIS));
             world.boot(id);
         }
         world.push(0, Event::ClientTick);
@@ -287,8 +355,8 @@ impl World {
         let mut replica = Replica::new(
             self.config.clone(),
             instance.index,
-            instance.key.clone(),
-            self.schedule.clone(),
+            instance.keys.clone(),
+            Arc::new(instance.schedule.clone()),
             Height(instance.height()),
             restored,
         );
@@ -339,6 +407,7 @@ impl World {
                 .map(|r| r.counters().view_changes)
                 .sum(),
             events: self.events,
+            rotations: self.schedule.epochs().len() - 1,
         }
     }
 
@@ -370,7 +439,8 @@ impl World {
                 let verified: Vec<VerifiedBlock> = blocks
                     .into_iter()
                     .filter_map(|block| {
-                        VerifiedBlock::verify(block.batch, block.certificate, &self.schedule).ok()
+                        VerifiedBlock::verify(block.batch, block.certificate, &self.instances[to].schedule)
+                            .ok()
                     })
                     .collect();
                 self.trace.update(&[3]);
@@ -458,7 +528,9 @@ impl World {
     fn execute(&mut self, id: usize, block: tetrad_consensus::Committed) {
         let set = self.schedule.at(block.height).clone();
         let issued = self.issued;
-        self.checker.check_committed(self.now, id, &block, valid_batch(&block.batch, &set, issued));
+        let valid = valid_batch(&block.batch, &set, issued, &self.rotations);
+        self.checker.check_committed(self.now, id, &block, valid);
+        let ids: Vec<u64> = borsh::from_slice::<Vec<u64>>(&block.batch.payload).unwrap_or_default();
         let instance = &mut self.instances[id];
         assert_eq!(block.height.0, instance.height() + 1, "delivery out of order");
         instance.header = Digest::of(
@@ -466,19 +538,44 @@ impl World {
                 .concat(),
         );
         instance.state = Digest::of(&[instance.state.0.as_slice(), &block.batch.payload].concat());
-        if let Ok(ids) = borsh::from_slice::<Vec<u64>>(&block.batch.payload) {
-            for request in ids {
-                instance.committed_requests.insert(request);
-                instance.in_flight.remove(&request);
-            }
+        for request in &ids {
+            instance.committed_requests.insert(*request);
+            instance.in_flight.remove(request);
         }
         while instance.committed_requests.contains(&instance.first_uncommitted) {
             instance.first_uncommitted += 1;
         }
+        // Key rotations, as the ledger executes them, and the schedule horizon this height gives.
+        let scheduled = apply_rotations(&mut instance.schedule, block.height, &ids);
+        instance.schedule.set_horizon(horizon(block.height));
+        let mut new_keys = Vec::new();
+        for (first, validator, generation) in &scheduled {
+            if *validator == instance.index.0 {
+                // A replica with a stale key keeps its old one for the new epoch.
+                let key = if instance.behavior == Some(Behavior::StaleKey) {
+                    instance.keys[instance.keys.len() - 1].1.clone()
+                } else {
+                    rotated_key(*validator, *generation)
+                };
+                instance.keys.push((*first, key.clone()));
+                new_keys.push((*first, key));
+            }
+        }
+        let schedule = Arc::new(instance.schedule.clone());
         let (header_hash, state_root) = (instance.header, instance.state);
         instance.chain.push(Block { batch: block.batch, certificate: block.certificate });
+        // The checker's schedule follows the first honest replica to execute each height.
+        if self.instances[id].honest() && block.height.0 > self.global_applied {
+            self.global_applied = block.height.0;
+            apply_rotations(&mut self.schedule, block.height, &ids);
+            self.checker.set_schedule(self.schedule.clone());
+        }
         self.trace.update(&[5]);
         self.trace.update(header_hash.as_bytes());
+        self.handle(id, Input::Schedule(schedule));
+        for (from, key) in new_keys {
+            self.handle(id, Input::AddKey { from, key });
+        }
         self.handle(id, Input::Executed { height: block.height, header_hash, state_root });
     }
 
@@ -545,13 +642,20 @@ impl World {
         {
             self.instances[to].replay_memory.push(bytes.clone());
         }
-        let key = *blake3::hash(&bytes).as_bytes();
+        // Verification is pure in (bytes, schedule): cache by the bytes and the schedule's
+        // epochs (identical for every honest replica that executed them); the horizon is
+        // checked by `verify` itself, so a cached verdict is only reused within it.
+        let schedule = &self.instances[to].schedule;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&bytes);
+        hasher.update(&(schedule.epochs().len() as u64).to_le_bytes());
+        hasher.update(&schedule.horizon().0.to_le_bytes());
+        let key = *hasher.finalize().as_bytes();
         let verified = match self.verify_cache.get(&key) {
             Some(cached) => cached.clone(),
             None => {
-                let verified = Message::decode(&bytes)
-                    .ok()
-                    .and_then(|message| verify(message, &self.schedule, WINDOW).ok());
+                let verified =
+                    Message::decode(&bytes).ok().and_then(|message| verify(message, schedule, WINDOW).ok());
                 if self.verify_cache.len() >= VERIFY_CACHE_MAX {
                     self.verify_cache.clear();
                 }
@@ -565,8 +669,8 @@ impl World {
         };
         // The node's check of a proposal's transactions, before the replica sees it.
         if let Message::PrePrepare { batch, pre_prepare } = verified.message() {
-            let set = self.schedule.at(pre_prepare.body.height);
-            if !valid_batch(batch, set, self.issued) {
+            let set = self.instances[to].schedule.at(pre_prepare.body.height);
+            if !valid_batch(batch, set, self.issued, &self.rotations) {
                 self.checker.count_rejected();
                 return;
             }
@@ -609,12 +713,37 @@ impl World {
         // New requests arrive throughout the run, so progress is always possible.
         let arrivals = self.rng.range(1, 3);
         self.issued += arrivals;
+        let every = self.scenario.rotation_every_ms;
+        if every > 0 && self.now > 0 && self.now % every < CLIENT_TICK_MS {
+            // A third of the rotations are of the current primary.
+            let n = u64::from(self.scenario.n);
+            let validator = if self.rng.chance(0.33) {
+                self.instances
+                    .iter()
+                    .filter_map(|i| i.replica.as_ref())
+                    .map(|r| u64::from(r.primary().0))
+                    .max()
+                    .unwrap_or(0)
+            } else {
+                self.rng.range(0, n - 1)
+            };
+            self.rotation_generation += 1;
+            self.rotations.insert(ROTATION_FLAG | self.rotation_generation << 16 | validator);
+        }
         for id in 0..self.instances.len() {
             let Some(replica) = self.instances[id].replica.as_ref() else { continue };
             let instance = &self.instances[id];
-            let pending: Vec<u64> = (instance.first_uncommitted..self.issued)
+            let mut pending: Vec<u64> = (instance.first_uncommitted..self.issued)
                 .filter(|request| !instance.committed_requests.contains(request))
                 .collect();
+            let mut rotations: Vec<u64> = self
+                .rotations
+                .iter()
+                .filter(|request| !instance.committed_requests.contains(request))
+                .copied()
+                .collect();
+            rotations.sort();
+            pending.extend(rotations);
             let waiting = !pending.is_empty();
             let can_propose = replica.can_propose();
             self.handle(id, Input::RequestsPending(waiting));
