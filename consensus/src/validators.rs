@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(activation_boundary(Height(1), 4, 10), Height(16));
         for committed in 0..200 {
             let boundary = activation_boundary(Height(committed), 4, 10);
-            assert!(boundary.0 % 4 == 0 && boundary.0 >= committed + 10, "{committed} → {boundary}");
+            assert!(boundary.0.is_multiple_of(4) && boundary.0 >= committed + 10, "{committed} → {boundary}");
         }
     }
 }

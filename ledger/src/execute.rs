@@ -192,12 +192,23 @@ pub fn execute<S: StateReader>(
         tx_root: tx_root(&tx_hashes),
         tx_count: txs.len() as u32,
         state_root: tree_update.root,
-        validators_hash: overlay.registry.as_ref().map(ValidatorRegistry::hash).unwrap_or(parent.validators_hash),
+        validators_hash: overlay
+            .registry
+            .as_ref()
+            .map(ValidatorRegistry::hash)
+            .unwrap_or(parent.validators_hash),
         view: batch.view,
         proposer: batch.proposer,
         timestamp_ms: batch.timestamp_ms.max(parent.timestamp_ms),
     };
-    Ok(Execution { header, changes: overlay.changes, receipts, tx_hashes, tree_update, registry: overlay.registry })
+    Ok(Execution {
+        header,
+        changes: overlay.changes,
+        receipts,
+        tx_hashes,
+        tree_update,
+        registry: overlay.registry,
+    })
 }
 
 /// The genesis state: accounts in address order get slots 0.., and the header of height 0.

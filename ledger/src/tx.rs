@@ -21,7 +21,11 @@ pub enum TxKind {
     /// validator's current consensus key; `proof_of_possession` is `new_key`'s signature over
     /// (genesis hash, validator index, old key, new key). It takes effect at the activation
     /// boundary after the block that commits it.
-    RotateValidatorKey { validator: tetrad_consensus::ValidatorIndex, new_key: PublicKey, proof_of_possession: Signature },
+    RotateValidatorKey {
+        validator: tetrad_consensus::ValidatorIndex,
+        new_key: PublicKey,
+        proof_of_possession: Signature,
+    },
 }
 
 impl TxKind {

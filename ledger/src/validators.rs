@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use borsh::{BorshDeserialize, BorshSerialize};
 use tetrad_consensus::crypto::{self, Domain};
 use tetrad_consensus::validators::activation_boundary;
-use tetrad_consensus::{Digest, Height, PublicKey, Signature, ValidatorIndex, ValidatorSchedule, ValidatorSet};
+use tetrad_consensus::{
+    Digest, Height, PublicKey, Signature, ValidatorIndex, ValidatorSchedule, ValidatorSet,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct ValidatorRegistry {
@@ -33,14 +35,34 @@ struct Possession<'a> {
 }
 
 /// The digest a proof of possession signs: (genesis hash, validator index, old key, new key).
-pub fn possession_digest(genesis_hash: &Digest, validator: ValidatorIndex, old_key: &PublicKey, new_key: &PublicKey) -> [u8; 32] {
-    crypto::signing_digest_of(Domain::ProofOfPossession, genesis_hash, &Possession { validator, old_key, new_key })
+pub fn possession_digest(
+    genesis_hash: &Digest,
+    validator: ValidatorIndex,
+    old_key: &PublicKey,
+    new_key: &PublicKey,
+) -> [u8; 32] {
+    crypto::signing_digest_of(
+        Domain::ProofOfPossession,
+        genesis_hash,
+        &Possession { validator, old_key, new_key },
+    )
 }
 
 impl ValidatorRegistry {
-    pub fn new(genesis_hash: Digest, checkpoint_interval: u64, watermark_window: u64, keys: Vec<PublicKey>) -> Self {
+    pub fn new(
+        genesis_hash: Digest,
+        checkpoint_interval: u64,
+        watermark_window: u64,
+        keys: Vec<PublicKey>,
+    ) -> Self {
         let used = keys.iter().copied().collect();
-        ValidatorRegistry { genesis_hash, checkpoint_interval, watermark_window, epochs: vec![(Height::GENESIS, keys)], used }
+        ValidatorRegistry {
+            genesis_hash,
+            checkpoint_interval,
+            watermark_window,
+            epochs: vec![(Height::GENESIS, keys)],
+            used,
+        }
     }
 
     pub fn n(&self) -> usize {
@@ -83,7 +105,13 @@ impl ValidatorRegistry {
     }
 
     /// Whether the proof of possession is `new_key`'s signature over the rotation.
-    pub fn check_possession(&self, validator: ValidatorIndex, old_key: &PublicKey, new_key: &PublicKey, proof: &Signature) -> bool {
+    pub fn check_possession(
+        &self,
+        validator: ValidatorIndex,
+        old_key: &PublicKey,
+        new_key: &PublicKey,
+        proof: &Signature,
+    ) -> bool {
         let digest = possession_digest(&self.genesis_hash, validator, old_key, new_key);
         new_key.verifying_key().is_ok_and(|key| crypto::verify_with(&key, &digest, proof).is_ok())
     }
@@ -96,14 +124,22 @@ impl ValidatorRegistry {
     }
 
     /// The consensus schedule, known up to the horizon of a node that executed `executed`.
-    pub fn schedule(&self, executed: Height) -> Result<ValidatorSchedule, tetrad_consensus::ValidatorSetError> {
+    pub fn schedule(
+        &self,
+        executed: Height,
+    ) -> Result<ValidatorSchedule, tetrad_consensus::ValidatorSetError> {
         let mut epochs = self.epochs.iter();
         let (_, genesis_keys) = epochs.next().ok_or(tetrad_consensus::ValidatorSetError::Empty)?;
-        let mut schedule = ValidatorSchedule::new(ValidatorSet::new(self.genesis_hash, genesis_keys.clone())?);
+        let mut schedule =
+            ValidatorSchedule::new(ValidatorSet::new(self.genesis_hash, genesis_keys.clone())?);
         for (first, keys) in epochs {
             schedule.push(*first, ValidatorSet::new(self.genesis_hash, keys.clone())?);
         }
-        schedule.set_horizon(activation_boundary(executed.next(), self.checkpoint_interval, self.watermark_window));
+        schedule.set_horizon(activation_boundary(
+            executed.next(),
+            self.checkpoint_interval,
+            self.watermark_window,
+        ));
         Ok(schedule)
     }
 }

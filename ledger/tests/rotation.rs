@@ -10,14 +10,25 @@ use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag, encode_payload};
 use tetrad_ledger::validators::possession_digest;
 use tetrad_ledger::{Execution, Header, Store};
 
-fn rotation(chain: &TestChain, signer: &SecretKey, nonce: u64, validator: u16, new: &SecretKey, possessor: &SecretKey) -> Tx {
+fn rotation(
+    chain: &TestChain,
+    signer: &SecretKey,
+    nonce: u64,
+    validator: u16,
+    new: &SecretKey,
+    possessor: &SecretKey,
+) -> Tx {
     let validator = ValidatorIndex(validator);
     let digest = possession_digest(&chain.genesis_hash, validator, &signer.public_key(), &new.public_key());
     let body = TxBody {
         chain: chain_tag(&chain.genesis_hash),
         from: signer.public_key(),
         nonce,
-        kind: TxKind::RotateValidatorKey { validator, new_key: new.public_key(), proof_of_possession: possessor.sign_digest(&digest) },
+        kind: TxKind::RotateValidatorKey {
+            validator,
+            new_key: new.public_key(),
+            proof_of_possession: possessor.sign_digest(&digest),
+        },
     };
     Tx::sign(body, signer, &chain.genesis_hash)
 }
@@ -37,8 +48,14 @@ impl Ledger {
     }
 
     fn block(&mut self, txs: &[Tx]) -> Execution {
-        let batch = Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: 1, payload: encode_payload(txs) };
-        let execution = execute(&self.state, &self.parent, &batch, txs).unwrap_or_else(|never| match never {});
+        let batch = Batch {
+            view: View(0),
+            proposer: ValidatorIndex(0),
+            timestamp_ms: 1,
+            payload: encode_payload(txs),
+        };
+        let execution =
+            execute(&self.state, &self.parent, &batch, txs).unwrap_or_else(|never| match never {});
         self.state.apply(&execution);
         self.parent = execution.header.clone();
         execution
@@ -126,7 +143,9 @@ fn each_refusal_has_its_receipt_reason_and_changes_nothing_but_the_nonce_rule() 
     assert_eq!(ledger.state.registry, before, "a refused rotation changed the registry");
     // A key used before (even if no longer current) is refused too.
     assert_eq!(ledger.outcome(rotation(&ledger.chain, &v1, 0, 1, &new, &new)), Outcome::Success);
-    while ledger.parent.height < ledger.state.registry.pending(ValidatorIndex(1), Height(0)).unwrap_or(Height(0)) {
+    while ledger.parent.height
+        < ledger.state.registry.pending(ValidatorIndex(1), Height(0)).unwrap_or(Height(0))
+    {
         ledger.block(&[]);
     }
     let outcome = ledger.outcome(rotation(&ledger.chain, &new, 0, 1, &v1, &v1));

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tetrad_consensus::{Digest, Height, ValidatorSchedule};
+use tetrad_consensus::{Digest, Height};
 use tetrad_genesis::Genesis;
 use tetrad_ledger::tx::{Tx, TxError};
 use tetrad_ledger::{Address, Outcome, Store};
@@ -24,7 +24,7 @@ pub struct Api {
     pub name: String,
     pub genesis: Arc<Genesis>,
     pub genesis_hash: Digest,
-    pub schedule: ValidatorSchedule,
+    pub schedule: crate::keys::SharedSchedule,
     pub store: Arc<Store>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub status: Arc<RwLock<ConsensusStatus>>,
@@ -255,7 +255,8 @@ impl NodeApi for Api {
         if height > head.next() {
             return Ok(None);
         }
-        let set = self.schedule.at(height);
+        let schedule = self.schedule.get();
+        let set = schedule.at(height);
         let validators = self
             .genesis
             .validators

@@ -213,6 +213,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         base_port: args.base_port,
         chain_id: "tetrad-bench".into(),
         account_seed: Some(seed),
+        checkpoint_interval: None,
+        watermark_window: None,
+        view_change_timeout_ms: None,
     };
     eprintln!("creating a {}-validator network with {} accounts …", args.validators, args.accounts);
     let file = testnet::create(&plan)?;

@@ -96,6 +96,13 @@ struct TestnetArgs {
     base_port: u16,
     #[arg(long, default_value = "tetrad-local")]
     chain_id: String,
+    /// Consensus parameters of the genesis (defaults: those of `tetrad genesis new`).
+    #[arg(long)]
+    checkpoint_interval: Option<u64>,
+    #[arg(long)]
+    watermark_window: Option<u64>,
+    #[arg(long)]
+    view_change_timeout_ms: Option<u64>,
     /// Also start every validator and stop them all on Ctrl-C.
     #[arg(long)]
     start: bool,
@@ -110,6 +117,18 @@ enum KeysCommand {
     },
     /// Print a key file's public key (account address / consensus key) and libp2p peer id.
     Show { file: PathBuf },
+    /// Rotate the consensus key of the validator in HOME while it runs: writes the next key into
+    /// the home, submits the rotation signed by the current key, waits for the commit, and
+    /// reports the activation height.
+    Rotate {
+        #[arg(long)]
+        home: PathBuf,
+        /// The node to submit to (default: the home's own RPC address).
+        #[arg(long)]
+        rpc: Option<String>,
+        #[arg(long, default_value_t = 60_000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -211,6 +230,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keys(KeysCommand::Generate { out }) => keys_generate(&out),
         Command::Keys(KeysCommand::Show { file }) => keys_show(&file),
+        Command::Keys(KeysCommand::Rotate { home, rpc, timeout_ms }) => {
+            crate::client::rotate(&home, rpc, timeout_ms)
+        }
         Command::Genesis(command) => genesis(command),
         Command::Init(args) => init(args),
         Command::Run { home } => run_node(&home),
@@ -281,6 +303,9 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         base_port: args.base_port,
         chain_id: args.chain_id,
         account_seed: None,
+        checkpoint_interval: args.checkpoint_interval,
+        watermark_window: args.watermark_window,
+        view_change_timeout_ms: args.view_change_timeout_ms,
     };
     let file = crate::testnet::create(&plan)?;
     println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use tetrad_consensus::{CommitCertificate, Digest, Height, PublicKey, ValidatorSchedule};
+use tetrad_consensus::{CommitCertificate, Digest, Height, PublicKey};
 use tetrad_genesis::{Genesis, KeyFile};
 use tetrad_ledger::block::tx_root;
 use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
@@ -171,7 +171,7 @@ pub fn tx(command: TxCommand) -> Result<()> {
         return Ok(());
     }
     let height = Height(answer["height"].as_u64().context("the node's answer has no height")?);
-    let certificate = verify_inclusion(&rpc.rpc, &genesis, height, &hash)?;
+    let (certificate, source) = verify_inclusion(&rpc.rpc, &genesis, height, &hash)?;
     if rpc.json {
         println!("{answer}");
         return Ok(());
@@ -187,7 +187,7 @@ pub fn tx(command: TxCommand) -> Result<()> {
     }
     println!("tx {hash}");
     println!(
-        "certificate: {} of {} validators signed (validators {})",
+        "certificate: {} of {} validators signed (validators {}), checked against {source}",
         signers.len(),
         genesis.validators.len(),
         signers.join(", ")
@@ -195,20 +195,121 @@ pub fn tx(command: TxCommand) -> Result<()> {
     Ok(())
 }
 
+/// `tetrad keys rotate`: a new consensus key for the validator of `home`, generated into the
+/// home as the next key (0600; an existing one is reused, so a retry resubmits the same key),
+/// a `RotateValidatorKey` transaction signed by the current key with the new key's proof of
+/// possession, submitted and waited for. Reports the activation height.
+pub fn rotate(home: &Path, rpc: Option<String>, timeout_ms: u64) -> Result<()> {
+    let home = crate::config::Home::new(home);
+    let config = crate::config::Config::load(&home.config())?;
+    let rpc = rpc.unwrap_or_else(|| format!("http://{}", config.rpc_listen));
+    let genesis = Genesis::load(&home.genesis())?;
+    let genesis_hash = genesis.hash();
+    let current = KeyFile::read(&home.consensus_key())?;
+    let validators = get(&rpc, "/validators")?;
+    let index = validators["validators"]
+        .as_array()
+        .context("no validators")?
+        .iter()
+        .find(|validator| validator["consensus_key"].as_str() == Some(current.public_key().to_hex().as_str()))
+        .and_then(|validator| validator["index"].as_u64())
+        .with_context(|| {
+            format!(
+                "{}: its key {} is not a validator's current consensus key (a rotation may be in progress; see /validators)",
+                home.consensus_key().display(),
+                current.public_key()
+            )
+        })?;
+    let validator = tetrad_consensus::ValidatorIndex(index as u16);
+    let next_path = home.next_consensus_key();
+    let next = if next_path.exists() {
+        println!("reusing the next key in {}", next_path.display());
+        KeyFile::read(&next_path)?
+    } else {
+        let key = KeyFile::generate()?;
+        key.write_new(&next_path)?;
+        println!("wrote the next consensus key to {} (mode 0600)", next_path.display());
+        key
+    };
+    let from = current.public_key();
+    let nonce = match get(&rpc, &format!("/accounts/{from}")) {
+        Ok(account) => account["nonce"].as_u64().context("account has no nonce")?,
+        Err(error) if error.to_string().contains(" 404 ") => 0,
+        Err(error) => return Err(error),
+    };
+    let digest =
+        tetrad_ledger::validators::possession_digest(&genesis_hash, validator, &from, &next.public_key());
+    let kind = TxKind::RotateValidatorKey {
+        validator,
+        new_key: next.public_key(),
+        proof_of_possession: next.secret.sign_digest(&digest),
+    };
+    let tx = Tx::sign(
+        TxBody { chain: chain_tag(&genesis_hash), from, nonce, kind },
+        &current.secret,
+        &genesis_hash,
+    );
+    let hash = tx.hash();
+    let path = format!("/txs?wait=true&timeout_ms={timeout_ms}");
+    let timeout = Duration::from_millis(timeout_ms) + Duration::from_secs(10);
+    let answer = post(&rpc, &path, &serde_json::to_value(&tx)?, timeout)?;
+    let height = Height(answer["height"].as_u64().context("the node's answer has no height")?);
+    if answer["status"].as_str() != Some("committed") {
+        let reason = answer["receipt"]["outcome"]["error"].clone();
+        // Never scheduled: the next key is of no use.
+        let _ = std::fs::remove_file(&next_path);
+        bail!("the rotation was committed at height {height} but refused: {reason}");
+    }
+    let (_, source) = verify_inclusion(&rpc, &genesis, height, &hash)?;
+    let activation = tetrad_consensus::validators::activation_boundary(
+        height,
+        genesis.consensus.checkpoint_interval,
+        genesis.consensus.watermark_window,
+    )
+    .next();
+    println!(
+        "rotation of validator {validator} committed at height {height} (certificate checked against {source})"
+    );
+    println!("new consensus key {} signs heights from {activation} on", next.public_key());
+    println!(
+        "the node switches keys at height {activation}, then erases the old key from {}",
+        home.consensus_key().display()
+    );
+    Ok(())
+}
+
 /// Fetches the block at `height`, checks its commit certificate against the genesis validator
 /// set, that it certifies this block's batch, and that the block holds `hash`.
+///
+/// The validator set of `height` is the genesis set until a key rotation takes effect; after
+/// that it is the set the node reports for that height, and the output says so (following the
+/// rotations back to genesis is a light client's job, not yet this one's).
 fn verify_inclusion(
     rpc: &str,
     genesis: &Genesis,
     height: Height,
     hash: &Digest,
-) -> Result<CommitCertificate> {
+) -> Result<(CommitCertificate, String)> {
     let block = get(rpc, &format!("/blocks/{height}"))?;
     let certificate: CommitCertificate =
         serde_json::from_value(block["certificate"].clone()).context("block has no commit certificate")?;
-    let schedule = ValidatorSchedule::new(genesis.validator_set()?);
-    certificate.verify(schedule.at(height)).with_context(|| {
-        format!("the commit certificate of block {height} does not verify against the genesis validators")
+    let genesis_set = genesis.validator_set()?;
+    let reported = get(rpc, &format!("/validators?height={height}"))?;
+    let keys: Vec<PublicKey> = reported["validators"]
+        .as_array()
+        .context("no validators")?
+        .iter()
+        .map(|validator| serde_json::from_value(validator["consensus_key"].clone()))
+        .collect::<Result<_, _>>()
+        .context("validator keys")?;
+    let (set, source) = if keys == genesis_set.keys() {
+        (genesis_set, "the genesis validators".to_string())
+    } else {
+        let set = tetrad_consensus::ValidatorSet::new(genesis.hash(), keys)?;
+        (set, format!("the validator set the node reports for height {height} (keys rotated since genesis)"))
+    };
+    certificate.verify(&set).with_context(|| {
+        format!("the commit certificate of block {height} does not verify against {source}")
     })?;
     let batch_digest =
         Digest::from_hex(block["header"]["batch_digest"].as_str().context("no batch digest")?)?;
@@ -223,7 +324,7 @@ fn verify_inclusion(
     if !txs.contains(hash) {
         bail!("block {height} does not hold {hash}");
     }
-    Ok(certificate)
+    Ok((certificate, source))
 }
 
 pub fn query(command: QueryCommand) -> Result<()> {

@@ -4,6 +4,7 @@
 //! HOME/config.toml          node settings (below)
 //! HOME/genesis.json         the chain's genesis file
 //! HOME/consensus_key.json   signs PBFT messages (0600)
+//! HOME/consensus_key.next.json   during a key rotation: the next consensus key (0600)
 //! HOME/network_key.json     libp2p identity (0600)
 //! HOME/data/                RocksDB
 //! ```
@@ -17,6 +18,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const GENESIS_FILE: &str = "genesis.json";
 pub const CONSENSUS_KEY_FILE: &str = "consensus_key.json";
 pub const NETWORK_KEY_FILE: &str = "network_key.json";
+pub const NEXT_CONSENSUS_KEY_FILE: &str = "consensus_key.next.json";
 pub const DATA_DIR: &str = "data";
 
 /// `config.toml`.
@@ -52,6 +54,11 @@ impl Home {
 
     pub fn consensus_key(&self) -> PathBuf {
         self.dir.join(CONSENSUS_KEY_FILE)
+    }
+
+    /// The key a rotation in progress switches to (see `keys.rs`).
+    pub fn next_consensus_key(&self) -> PathBuf {
+        self.dir.join(NEXT_CONSENSUS_KEY_FILE)
     }
 
     pub fn network_key(&self) -> PathBuf {

@@ -27,7 +27,9 @@ use tetrad_ledger::tx::{Tx, check_all};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::config::Home;
 use crate::executor::{Executed, Job};
+use crate::keys::SharedSchedule;
 use crate::mempool::Mempool;
 use crate::metrics;
 use crate::network::{Command, Event, SYNC_BLOCKS_MAX, SyncBlock};
@@ -47,8 +49,9 @@ pub struct Driver {
     pub replica: Option<Replica>,
     pub store: Arc<Store>,
     pub mempool: Arc<Mutex<Mempool>>,
-    pub schedule: ValidatorSchedule,
+    pub schedule: SharedSchedule,
     pub params: ConsensusParams,
+    pub home: Home,
     pub genesis_hash: Digest,
     pub network: mpsc::Sender<Command>,
     pub events: mpsc::Receiver<Event>,
@@ -72,6 +75,8 @@ struct State {
     batch_waiting_since: Option<Instant>,
     /// Follower mode: a block-sync request is out.
     fetching: bool,
+    /// The first height of this validator's next key, until the old one is erased.
+    rotation: Option<Height>,
     /// Whether the mempool holds proposable work, and when that was last computed.
     requests_pending: bool,
     requests_checked: Option<Instant>,
@@ -95,7 +100,14 @@ impl Driver {
             fetch_peer: 0,
             requests_pending: false,
             requests_checked: None,
+            rotation: None,
         };
+        // A rotation in progress before a restart: finish it once the old key is not needed.
+        if let Some(replica) = self.replica.as_ref()
+            && replica.key_heights().len() > 1
+        {
+            state.rotation = replica.key_heights().last().copied();
+        }
         let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::network::INBOUND_QUEUE);
         // Every drop reason appears in /metrics from the start, at zero.
         for reason in tetrad_consensus::DropReason::ALL {
@@ -124,7 +136,7 @@ impl Driver {
                     None => break,
                 },
                 Some(input) = verified_rx.recv() => inputs.push(input),
-                Some(done) = self.executed.recv() => inputs.push(executed_input(done)),
+                Some(done) = self.executed.recv() => self.on_executed(&mut state, done, &mut inputs),
                 _ = tokio::time::sleep(sleep) => {}
                 _ = ticker.tick() => {}
                 _ = self.new_txs.notified() => {}
@@ -136,7 +148,7 @@ impl Driver {
                 if let Ok(input) = verified_rx.try_recv() {
                     inputs.push(input);
                 } else if let Ok(done) = self.executed.try_recv() {
-                    inputs.push(executed_input(done));
+                    self.on_executed(&mut state, done, &mut inputs);
                 } else {
                     break;
                 }
@@ -158,8 +170,42 @@ impl Driver {
             }
             self.propose(&mut state, &mut actions);
             self.carry_out(&mut state, actions).await;
+            self.finish_rotation(&mut state);
         }
         info!("driver stopped");
+    }
+
+    /// An executed block: the new schedule (and, after this validator's rotation was committed,
+    /// its next key) reach the replica before the executed notice.
+    fn on_executed(&mut self, state: &mut State, done: Executed, inputs: &mut Vec<Input>) {
+        state.delivered = state.delivered.max(done.height);
+        inputs.push(Input::Schedule(done.schedule));
+        if let Some((first, key)) = done.new_key {
+            info!(activation = %first, "this validator's key rotation was committed; the new key signs from the activation height");
+            state.rotation = Some(first);
+            inputs.push(Input::AddKey { from: first, key });
+        }
+        inputs.push(Input::Executed {
+            height: done.height,
+            header_hash: done.header_hash,
+            state_root: done.state_root,
+        });
+    }
+
+    /// After a rotation: once the replica no longer holds the old key (the low watermark passed
+    /// the activation), erase it from disk.
+    fn finish_rotation(&mut self, state: &mut State) {
+        let (Some(first), Some(replica)) = (state.rotation, self.replica.as_ref()) else { return };
+        if replica.key_heights() != [first] {
+            return;
+        }
+        match crate::keys::finish_rotation(&self.home) {
+            Ok(()) => {
+                info!(activation = %first, "key rotation complete; the old consensus key was erased");
+                state.rotation = None;
+            }
+            Err(error) => warn!(%error, "erasing the old consensus key"),
+        }
     }
 
     fn on_network_event(&mut self, state: &mut State, event: Event, verified: &mpsc::Sender<Input>) {
@@ -168,7 +214,7 @@ impl Driver {
                 if self.replica.is_none() {
                     return;
                 }
-                let schedule = self.schedule.clone();
+                let schedule = self.schedule.get();
                 let window = self.params.watermark_window;
                 let mempool = self.mempool.clone();
                 let genesis_hash = self.genesis_hash;
@@ -189,7 +235,7 @@ impl Driver {
                 });
             }
             Event::Blocks { from, blocks } => {
-                let schedule = self.schedule.clone();
+                let schedule = self.schedule.get();
                 let verified = verified.clone();
                 let follower = self.replica.is_none();
                 let jobs = self.executor.clone();
@@ -236,11 +282,14 @@ impl Driver {
         if state.fetching {
             return;
         }
-        let n = self.schedule.latest().n() as u16;
+        let schedule = self.schedule.get();
+        let n = schedule.latest().n() as u16;
         let peer = ValidatorIndex(state.fetch_peer % n);
         state.fetch_peer = state.fetch_peer.wrapping_add(1);
         state.fetching = true;
-        let command = Command::Fetch { peer, from: head.next(), to: Height(head.0 + SYNC_BLOCKS_MAX) };
+        // Blocks above the schedule's horizon cannot be verified yet.
+        let to = Height((head.0 + SYNC_BLOCKS_MAX).min(schedule.horizon().0));
+        let command = Command::Fetch { peer, from: head.next(), to };
         if self.network.try_send(command).is_err() {
             state.fetching = false;
         }
@@ -378,10 +427,6 @@ impl Driver {
             status.syncing = replica.committed() > replica.executed().next();
         }
     }
-}
-
-fn executed_input(done: Executed) -> Input {
-    Input::Executed { height: done.height, header_hash: done.header_hash, state_root: done.state_root }
 }
 
 fn merge(into: &mut Actions, from: Actions) {

@@ -11,13 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tetrad_consensus::{CheckpointCertificate, Committed, Digest, Height};
+use tetrad_consensus::validators::activation_boundary;
+use tetrad_consensus::{
+    CheckpointCertificate, Committed, Digest, Height, SecretKey, ValidatorIndex, ValidatorSchedule,
+};
+use tetrad_genesis::KeyFile;
 use tetrad_ledger::tx::decode_payload;
-use tetrad_ledger::{Block, Store, execute};
+use tetrad_ledger::{Block, Store, ValidatorRegistry, execute};
 use tetrad_rpc::api::BlockEvent;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, warn};
 
+use crate::config::Home;
+use crate::keys::{SharedSchedule, activation_of};
 use crate::mempool::Mempool;
 use crate::metrics;
 
@@ -27,11 +33,15 @@ pub enum Job {
 }
 
 /// A block this node executed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Executed {
     pub height: Height,
     pub header_hash: Digest,
     pub state_root: Digest,
+    /// The validator schedule after this block (its horizon moves with every block).
+    pub schedule: Arc<ValidatorSchedule>,
+    /// This validator's next key, when this block scheduled its rotation: `(first height, key)`.
+    pub new_key: Option<(Height, SecretKey)>,
 }
 
 /// Clients waiting for a transaction to be committed.
@@ -42,6 +52,9 @@ pub struct Executor {
     pub mempool: Arc<Mutex<Mempool>>,
     pub waiters: Waiters,
     pub blocks: broadcast::Sender<BlockEvent>,
+    pub schedule: SharedSchedule,
+    /// This node's validator index and home, if it validates (to pick up its next key).
+    pub own: Option<(ValidatorIndex, Home)>,
 }
 
 /// Jobs waiting for the executor.
@@ -123,6 +136,11 @@ impl Executor {
                 }
             }
         }
+        let schedule = self.next_schedule(height, execution.registry.as_ref())?;
+        let new_key = match (&execution.registry, &self.own) {
+            (Some(registry), Some((index, home))) => next_key(registry, *index, home),
+            _ => None,
+        };
         let header = &execution.header;
         let header_hash = header.hash();
         let _ = self.blocks.send(BlockEvent {
@@ -133,6 +151,48 @@ impl Executor {
             view: header.view,
             proposer: header.proposer,
         });
-        Ok(Some(Executed { height, header_hash, state_root: header.state_root }))
+        Ok(Some(Executed { height, header_hash, state_root: header.state_root, schedule, new_key }))
+    }
+
+    /// The schedule after executing `height`: rebuilt when a rotation changed the registry,
+    /// otherwise the same epochs with the horizon moved up.
+    fn next_schedule(
+        &self,
+        height: Height,
+        changed: Option<&ValidatorRegistry>,
+    ) -> Result<Arc<ValidatorSchedule>, String> {
+        let schedule = match changed {
+            Some(registry) => registry
+                .schedule(height)
+                .map_err(|error| format!("validator registry at {height}: {error}"))?,
+            None => {
+                let registry = self.store.registry();
+                let mut schedule = (*self.schedule.get()).clone();
+                schedule.set_horizon(activation_boundary(
+                    height.next(),
+                    registry.checkpoint_interval,
+                    registry.watermark_window,
+                ));
+                schedule
+            }
+        };
+        let schedule = Arc::new(schedule);
+        self.schedule.set(schedule.clone());
+        Ok(schedule)
+    }
+}
+
+/// This validator's next key, if the registry now schedules the key in `consensus_key.next.json`.
+fn next_key(registry: &ValidatorRegistry, index: ValidatorIndex, home: &Home) -> Option<(Height, SecretKey)> {
+    let path = home.next_consensus_key();
+    if !path.exists() {
+        return None;
+    }
+    match KeyFile::read(&path) {
+        Ok(next) => activation_of(registry, index, &next).map(|first| (first, next.secret)),
+        Err(error) => {
+            warn!(%error, "a rotation of this validator was committed, but its next key file is unreadable");
+            None
+        }
     }
 }

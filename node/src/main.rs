@@ -9,6 +9,7 @@ mod config;
 mod driver;
 mod executor;
 mod identity;
+mod keys;
 mod mempool;
 mod metrics;
 mod network;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tetrad_consensus::Digest;
 use tetrad_ledger::Account;
-use tetrad_ledger::tx::{Address, Tx, TxKind};
+use tetrad_ledger::tx::{Address, Tx};
 use tetrad_rpc::api::SubmitError;
 
 #[derive(Clone, Debug)]
@@ -119,16 +119,14 @@ impl Mempool {
         if pending.is_some_and(|nonces| nonces.contains_key(&nonce)) {
             return Err(SubmitError::Duplicate);
         }
-        let TxKind::Transfer { amount, .. } = &tx.body.kind;
+        let amount = &tx.body.kind.amount();
         let balance = sender.map(|account| account.balance).unwrap_or(0);
         let pending_spend: u64 = pending
             .map(|nonces| {
                 nonces
                     .values()
                     .filter_map(|hash| self.entries.get(hash))
-                    .map(|entry| match &entry.tx.body.kind {
-                        TxKind::Transfer { amount, .. } => *amount,
-                    })
+                    .map(|entry| entry.tx.body.kind.amount())
                     .fold(0u64, u64::saturating_add)
             })
             .unwrap_or(0);

@@ -16,6 +16,7 @@ use crate::api::Api;
 use crate::config::{Config, Home};
 use crate::driver::{ConsensusStatus, Driver};
 use crate::executor::Executor;
+use crate::keys::{OwnKeys, SharedSchedule};
 use crate::mempool::{Mempool, MempoolConfig};
 use crate::network::{self, GossipValidator, NetworkConfig};
 use crate::{identity, metrics};
@@ -29,13 +30,23 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let config = Config::load(&home.config())?;
     let genesis = Genesis::load(&home.genesis())?;
     crate::cli::check_peer_ids(&genesis, &home.genesis())?;
-    let consensus_key = KeyFile::read(&home.consensus_key())?;
+    let own_keys = OwnKeys::load(&home)?;
     let network_key = KeyFile::read(&home.network_key())?;
     let genesis_hash = genesis.hash();
-    let set =
-        genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
-    let schedule = ValidatorSchedule::new(set);
-    let me = schedule.latest().index_of(&consensus_key.public_key());
+    genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
+    metrics::install();
+
+    let store = Arc::new(
+        Store::open_or_init(&home.data(), &genesis.ledger_state())
+            .with_context(|| format!("opening the database in {}", home.data().display()))?,
+    );
+    let head = store.head();
+    let registry = store.registry();
+    let schedule =
+        SharedSchedule::new(registry.schedule(head.height).context("the stored validator registry")?);
+    // Which validator this node is: any epoch's key for some index that this home holds.
+    let keyring = own_keys.keyring(&registry);
+    let me = keyring.as_ref().map(|(index, _)| *index);
     if let Some(index) = me {
         let peer_id = identity::peer_id(&network_key)?.to_string();
         let expected = &genesis.validators[index.as_usize()].peer_id;
@@ -47,13 +58,6 @@ pub async fn run(home_dir: &Path) -> Result<()> {
             );
         }
     }
-    metrics::install();
-
-    let store = Arc::new(
-        Store::open_or_init(&home.data(), &genesis.ledger_state())
-            .with_context(|| format!("opening the database in {}", home.data().display()))?,
-    );
-    let head = store.head();
     info!(
         node = %config.name,
         chain = %genesis.chain_id,
@@ -106,13 +110,18 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         mempool: mempool.clone(),
         waiters: Arc::clone(&waiters),
         blocks: blocks.clone(),
+        schedule: schedule.clone(),
+        own: me.map(|index| (index, home.clone())),
     }
     .spawn(executed_tx)
     .context("starting the executor thread")?;
 
     let params = genesis.consensus.clone();
     let replica = match me {
-        Some(index) => Some(make_replica(&store, &params, index, consensus_key, schedule.clone())?),
+        Some(index) => {
+            let keys = keyring.map(|(_, keys)| keys).unwrap_or_default();
+            Some(make_replica(&store, &params, index, keys, schedule.get())?)
+        }
         None => None,
     };
     let status = Arc::new(RwLock::new(ConsensusStatus { validator: me, ..ConsensusStatus::default() }));
@@ -137,6 +146,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         mempool,
         schedule,
         params,
+        home: home.clone(),
         genesis_hash,
         network: network.commands.clone(),
         events: network.events,
@@ -170,8 +180,8 @@ fn make_replica(
     store: &Store,
     params: &tetrad_genesis::ConsensusParams,
     index: ValidatorIndex,
-    key: KeyFile,
-    schedule: ValidatorSchedule,
+    keys: Vec<(tetrad_consensus::Height, tetrad_consensus::SecretKey)>,
+    schedule: Arc<ValidatorSchedule>,
 ) -> Result<Replica> {
     let records = store.safety_records()?;
     let restored = restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
@@ -182,7 +192,7 @@ fn make_replica(
         params.view_change_timeout_ms,
         params.view_change_timeout_max_ms,
     );
-    Ok(Replica::new(config, index, key.secret, schedule, store.head().height, restored))
+    Ok(Replica::new(config, index, keys, schedule, store.head().height, restored))
 }
 
 /// Gossip messages: every transaction must pass its static checks (a batch with a forged one

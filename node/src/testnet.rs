@@ -28,6 +28,9 @@ pub struct TestnetPlan {
     pub chain_id: String,
     /// Derive account keys from this seed (the benchmark's) instead of writing key files.
     pub account_seed: Option<u64>,
+    pub checkpoint_interval: Option<u64>,
+    pub watermark_window: Option<u64>,
+    pub view_change_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +79,15 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut genesis = Genesis::new(&plan.chain_id, genesis_time_ms);
+    if let Some(interval) = plan.checkpoint_interval {
+        genesis.consensus.checkpoint_interval = interval;
+    }
+    if let Some(window) = plan.watermark_window {
+        genesis.consensus.watermark_window = window;
+    }
+    if let Some(timeout) = plan.view_change_timeout_ms {
+        genesis.consensus.view_change_timeout_ms = timeout;
+    }
     let mut keys = Vec::new();
     for index in 0..plan.validators {
         let consensus = KeyFile::generate()?;

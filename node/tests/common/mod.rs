@@ -57,12 +57,19 @@ pub fn http() -> ureq::Agent {
 impl Cluster {
     /// Creates (but does not start) a testnet.
     pub fn create(label: &str, validators: u16, accounts: u64) -> Cluster {
+        Cluster::create_with(label, validators, accounts, &[])
+    }
+
+    /// Creates a testnet with extra `tetrad testnet` flags.
+    pub fn create_with(label: &str, validators: u16, accounts: u64, extra: &[&str]) -> Cluster {
         let dir = ScratchDir::new(label).expect("scratch dir");
         let base_port = free_base_port(2 * validators);
         let net = dir.join("net");
         let output = Command::new(TETRAD)
             .args(["testnet", "--validators", &validators.to_string(), "--accounts", &accounts.to_string()])
-            .args(["--base-port", &base_port.to_string(), "--dir"])
+            .args(["--base-port", &base_port.to_string()])
+            .args(extra)
+            .arg("--dir")
             .arg(&net)
             .output()
             .expect("run tetrad testnet");
