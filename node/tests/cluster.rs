@@ -224,65 +224,14 @@ fn startup_errors_name_the_problem() {
     assert!(error.contains("already holds the chain with genesis hash"), "{error}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
-}
-
 #[test]
 fn a_full_node_follows_by_block_sync_and_serves_queries() {
     let cluster = started_cluster("cluster-full-node");
     let accepted = submit_rounds(&cluster, 0, 4);
     wait_committed(&cluster, 0, &accepted, Duration::from_secs(60));
-    let home = cluster.dir.join("full");
-    let genesis = cluster.dir.join("net/genesis.json");
-    let (p2p, rpc) = (free_port(), free_port());
-    let output = std::process::Command::new(TETRAD)
-        .args(["init", "--home", common::path_str(&home), "--genesis", common::path_str(&genesis)])
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
-            "--rpc-listen",
-            &format!("127.0.0.1:{rpc}"),
-        ])
-        .output()
-        .expect("init");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("full node"));
-    let log = std::fs::File::create(home.join("node.log")).expect("log");
-    let _child = common::KillOnDrop(
-        std::process::Command::new(TETRAD)
-            .args(["run", "--home", common::path_str(&home)])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("run full node"),
-    );
-    let url = format!("http://127.0.0.1:{rpc}");
+    let full = cluster.start_full_node("full");
     let target = cluster.height(0).expect("height");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let answer = common::http().get(format!("{url}/status")).call().ok().and_then(|mut response| {
-            serde_json::from_str::<Value>(&response.body_mut().read_to_string().ok()?).ok()
-        });
-        if let Some(status) = answer
-            && status["height"].as_u64().is_some_and(|height| height >= target)
-        {
-            break status;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "the full node did not reach height {target}: {}",
-                tail(&std::fs::read_to_string(home.join("node.log")).unwrap_or_default())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = full.wait_height(target, Duration::from_secs(60));
     assert_eq!(status["validating"], false, "{status}");
-    let reference = cluster.chain(0, target);
-    for (height, hash) in reference.iter().enumerate() {
-        let mut response = common::http().get(format!("{url}/blocks/{}", height + 1)).call().expect("block");
-        let block: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("json");
-        assert_eq!(block["hash"].as_str(), Some(hash.as_str()), "height {}", height + 1);
-    }
+    full.assert_chain(&cluster.chain(0, target));
 }

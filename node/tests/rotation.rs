@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, KillOnDrop, TETRAD, path_str, tail};
-use serde_json::Value;
+use common::{Cluster, TETRAD, path_str, tail};
 use tetrad_consensus::{CommitCertificate, PublicKey, ValidatorSet};
 use tetrad_genesis::KeyFile;
 
@@ -135,53 +134,9 @@ fn all_four_validators_rotate_while_transfers_continue() {
     }
 
     // A node started from genesis syncs across all four rotations.
-    let home = cluster.dir.join("late");
-    let (p2p, rpc) = (free_port(), free_port());
-    let output = Command::new(TETRAD)
-        .args([
-            "init",
-            "--home",
-            path_str(&home),
-            "--genesis",
-            path_str(&cluster.dir.join("net/genesis.json")),
-        ])
-        .args([
-            "--p2p-listen",
-            &format!("/ip4/127.0.0.1/tcp/{p2p}"),
-            "--rpc-listen",
-            &format!("127.0.0.1:{rpc}"),
-        ])
-        .output()
-        .expect("init");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let log = std::fs::File::create(home.join("node.log")).expect("log");
-    let _late = KillOnDrop(
-        Command::new(TETRAD)
-            .args(["run", "--home", path_str(&home)])
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("run"),
-    );
-    let url = format!("http://127.0.0.1:{rpc}");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let height = get(&format!("{url}/status")).and_then(|status| status["height"].as_u64());
-        if height.is_some_and(|height| height >= head) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the late node stayed at {height:?} of {head}: {}",
-            tail(&std::fs::read_to_string(home.join("node.log")).unwrap_or_default())
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let reference = cluster.chain(0, head);
-    for (height, hash) in reference.iter().enumerate() {
-        let block = get(&format!("{url}/blocks/{}", height + 1)).expect("block");
-        assert_eq!(block["hash"].as_str(), Some(hash.as_str()), "late node, height {}", height + 1);
-    }
+    let late = cluster.start_full_node("late");
+    late.wait_height(head, Duration::from_secs(90));
+    late.assert_chain(&cluster.chain(0, head));
 }
 
 fn keys_at(cluster: &Cluster, height: u64) -> Vec<PublicKey> {
@@ -192,15 +147,6 @@ fn keys_at(cluster: &Cluster, height: u64) -> Vec<PublicKey> {
         .iter()
         .map(|validator| serde_json::from_value(validator["consensus_key"].clone()).expect("key"))
         .collect()
-}
-
-fn get(url: &str) -> Option<Value> {
-    let mut response = common::http().get(url).call().ok()?;
-    serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
 /// Whether validator `index` signed any commit certificate in `(from, to]` (certificates are

@@ -276,3 +276,77 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+/// A node that is not a validator (its consensus key is not in the set): it follows the chain
+/// by block sync. Killed when dropped.
+pub struct FullNode {
+    pub home: PathBuf,
+    pub url: String,
+    _process: KillOnDrop,
+}
+
+impl Cluster {
+    /// `tetrad init` of a new home from this network's genesis, then `tetrad run` of it.
+    pub fn start_full_node(&self, name: &str) -> FullNode {
+        let home = self.dir.join(name);
+        let genesis = self.dir.join("net/genesis.json");
+        let (p2p, rpc) = (free_port(), free_port());
+        let output = Command::new(TETRAD)
+            .args(["init", "--home", path_str(&home), "--genesis", path_str(&genesis)])
+            .args([
+                "--p2p-listen",
+                &format!("/ip4/127.0.0.1/tcp/{p2p}"),
+                "--rpc-listen",
+                &format!("127.0.0.1:{rpc}"),
+            ])
+            .output()
+            .expect("init");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("full node"));
+        let log = std::fs::File::create(home.join("node.log")).expect("log");
+        let process = Command::new(TETRAD)
+            .args(["run", "--home", path_str(&home)])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("run the full node");
+        FullNode { home, url: format!("http://127.0.0.1:{rpc}"), _process: KillOnDrop(process) }
+    }
+}
+
+impl FullNode {
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let mut response = http().get(format!("{}{path}", self.url)).call().ok()?;
+        serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// Waits until the node reports `height`; returns its status then.
+    pub fn wait_height(&self, height: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.get("/status")
+                && status["height"].as_u64().is_some_and(|h| h >= height)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the full node did not reach height {height}: {}",
+                tail(&std::fs::read_to_string(self.home.join("node.log")).unwrap_or_default())
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Asserts that this node holds exactly `hashes` at heights 1, 2, ….
+    pub fn assert_chain(&self, hashes: &[String]) {
+        for (index, hash) in hashes.iter().enumerate() {
+            let block = self.get(&format!("/blocks/{}", index + 1)).expect("block");
+            assert_eq!(block["hash"].as_str(), Some(hash.as_str()), "full node, height {}", index + 1);
+        }
+    }
+}
