@@ -20,6 +20,7 @@
 pub mod block;
 pub mod execute;
 pub mod merkle;
+pub mod safety_store;
 pub mod scratch;
 pub mod state_tree;
 pub mod storage;
@@ -29,6 +30,7 @@ pub mod validators;
 
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 pub use execute::{Execution, StateReader, execute, genesis_state};
+pub use safety_store::SafetyStore;
 pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};
 pub use validators::ValidatorRegistry;

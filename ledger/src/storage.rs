@@ -34,10 +34,9 @@ pub const CF_TX_INDEX: &str = "tx_index";
 pub const CF_RECEIPTS: &str = "receipts";
 pub const CF_ACCOUNTS: &str = "accounts";
 pub const CF_VALIDATOR_SETS: &str = "validator_sets";
-pub const CF_SAFETY: &str = "safety";
 pub const CF_META: &str = "meta";
 
-const COLUMN_FAMILIES: [&str; 10] = [
+const COLUMN_FAMILIES: [&str; 9] = [
     CF_BLOCKS,
     CF_CERTIFICATES,
     CF_BLOCK_HASHES,
@@ -46,7 +45,6 @@ const COLUMN_FAMILIES: [&str; 10] = [
     CF_RECEIPTS,
     CF_ACCOUNTS,
     CF_VALIDATOR_SETS,
-    CF_SAFETY,
     CF_META,
 ];
 
@@ -73,9 +71,6 @@ pub enum StorageError {
     #[error("block {found} does not follow the head {head}: {detail}")]
     NotNext { head: Height, found: Height, detail: String },
 }
-
-/// A raw key and value.
-pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// The location of a committed transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
@@ -525,36 +520,6 @@ impl Store {
             }
             None => Ok(None),
         }
-    }
-
-    /// Writes consensus safety records in one synced batch: durable before the messages that
-    /// depend on them leave the node. `puts` are key-value pairs; `deletes` are `[from, to)`
-    /// ranges.
-    pub fn write_safety(&self, puts: &[KeyValue], deletes: &[KeyValue]) -> Result<(), StorageError> {
-        if puts.is_empty() && deletes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = WriteBatch::default();
-        let cf = self.cf(CF_SAFETY);
-        for (from, to) in deletes {
-            batch.delete_range_cf(cf, from, to);
-        }
-        for (key, value) in puts {
-            batch.put_cf(cf, key, value);
-        }
-        let mut write = WriteOptions::default();
-        write.set_sync(true);
-        self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))
-    }
-
-    /// Every safety record, for restoring the replica after a restart.
-    pub fn safety_records(&self) -> Result<Vec<KeyValue>, StorageError> {
-        let mut records = Vec::new();
-        for entry in self.db.iterator_cf(self.cf(CF_SAFETY), IteratorMode::Start) {
-            let (key, value) = entry.map_err(|source| self.rocks(source))?;
-            records.push((key.to_vec(), value.to_vec()));
-        }
-        Ok(records)
     }
 }
 

@@ -6,7 +6,8 @@
 //! HOME/consensus_key.json   signs PBFT messages (0600)
 //! HOME/consensus_key.next.json   during a key rotation: the next consensus key (0600)
 //! HOME/network_key.json     libp2p identity (0600)
-//! HOME/data/                RocksDB
+//! HOME/data/                RocksDB: the chain (may be deleted to resync from peers)
+//! HOME/safety/              RocksDB: what this validator signed (never delete)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub const CONSENSUS_KEY_FILE: &str = "consensus_key.json";
 pub const NETWORK_KEY_FILE: &str = "network_key.json";
 pub const NEXT_CONSENSUS_KEY_FILE: &str = "consensus_key.next.json";
 pub const DATA_DIR: &str = "data";
+pub const SAFETY_DIR: &str = "safety";
 
 /// `config.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,11 @@ impl Home {
 
     pub fn data(&self) -> PathBuf {
         self.dir.join(DATA_DIR)
+    }
+
+    /// What this validator signed (kept apart from `data/`, which may be deleted to resync).
+    pub fn safety(&self) -> PathBuf {
+        self.dir.join(SAFETY_DIR)
     }
 }
 

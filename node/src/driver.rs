@@ -22,8 +22,8 @@ use tetrad_consensus::{
     ValidatorSchedule, View,
 };
 use tetrad_genesis::ConsensusParams;
-use tetrad_ledger::Store;
 use tetrad_ledger::tx::{Tx, check_all};
+use tetrad_ledger::{SafetyStore, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -47,6 +47,8 @@ pub struct ConsensusStatus {
 
 pub struct Driver {
     pub replica: Option<Replica>,
+    /// Where the replica's safety records go (validators only).
+    pub safety: Option<Arc<SafetyStore>>,
     pub store: Arc<Store>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub schedule: SharedSchedule,
@@ -369,8 +371,8 @@ impl Driver {
                     }
                 }
             }
-            let store = self.store.clone();
-            let result = tokio::task::block_in_place(|| store.write_safety(&puts, &deletes));
+            let Some(safety) = self.safety.clone() else { return };
+            let result = tokio::task::block_in_place(|| safety.write(&puts, &deletes));
             if let Err(error) = result {
                 // Sending without the record on disk could make this node sign twice after a
                 // crash. Better to stop.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use tetrad_consensus::safety::restore;
 use tetrad_consensus::{Replica, ReplicaConfig, ValidatorIndex, ValidatorSchedule};
 use tetrad_genesis::{Genesis, KeyFile};
-use tetrad_ledger::Store;
+use tetrad_ledger::{SafetyStore, Store};
 use tetrad_rpc::Limits;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -117,12 +117,16 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     .context("starting the executor thread")?;
 
     let params = genesis.consensus.clone();
-    let replica = match me {
+    let (replica, safety) = match me {
         Some(index) => {
+            let safety = Arc::new(
+                SafetyStore::open(&home.safety())
+                    .with_context(|| format!("opening the safety records in {}", home.safety().display()))?,
+            );
             let keys = keyring.map(|(_, keys)| keys).unwrap_or_default();
-            Some(make_replica(&store, &params, index, keys, schedule.get())?)
+            (Some(make_replica(&store, &safety, &params, index, keys, schedule.get())?), Some(safety))
         }
-        None => None,
+        None => (None, None),
     };
     let status = Arc::new(RwLock::new(ConsensusStatus { validator: me, ..ConsensusStatus::default() }));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -142,6 +146,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     };
     let driver = Driver {
         replica,
+        safety,
         store: store.clone(),
         mempool,
         schedule,
@@ -178,12 +183,13 @@ pub async fn run(home_dir: &Path) -> Result<()> {
 
 fn make_replica(
     store: &Store,
+    safety: &SafetyStore,
     params: &tetrad_genesis::ConsensusParams,
     index: ValidatorIndex,
     keys: Vec<(tetrad_consensus::Height, tetrad_consensus::SecretKey)>,
     schedule: Arc<ValidatorSchedule>,
 ) -> Result<Replica> {
-    let records = store.safety_records()?;
+    let records = safety.records()?;
     let restored = restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
         .map_err(|error| anyhow::anyhow!("consensus safety records are unreadable: {error}"))?;
     let config = ReplicaConfig::new(
