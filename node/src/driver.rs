@@ -385,7 +385,7 @@ impl Driver {
                 Recipient::All => None,
                 Recipient::One(index) => Some(index),
             };
-            let bytes = Arc::new(outgoing.message.encode());
+            let bytes = bytes::Bytes::from(outgoing.message.encode());
             if self.network.try_send(Command::Send { to, bytes }).is_err() {
                 metrics::dropped("outbound_queue_full", 1);
             }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -62,7 +63,7 @@ pub struct SyncBlock {
 #[derive(Debug)]
 pub enum Command {
     /// Send an encoded consensus message to one validator, or to all others.
-    Send { to: Option<ValidatorIndex>, bytes: Arc<Vec<u8>> },
+    Send { to: Option<ValidatorIndex>, bytes: Bytes },
     /// Ask a validator for committed blocks `[from, to]`.
     Fetch { peer: ValidatorIndex, from: Height, to: Height },
 }
@@ -72,7 +73,7 @@ pub enum Command {
 pub enum Event {
     Consensus {
         from: ValidatorIndex,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     Blocks {
         from: ValidatorIndex,
@@ -172,7 +173,70 @@ where
     }
 }
 
-type ConsensusCodec = BorshCodec<Vec<u8>, u8>;
+/// Consensus messages are already encoded: framed as they are, and shared (not copied) between
+/// the peers a message goes to.
+#[derive(Clone)]
+pub struct RawCodec {
+    max: usize,
+}
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Bytes;
+    type Response = u8;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Bytes> {
+        let mut length = [0u8; 4];
+        io.read_exact(&mut length).await?;
+        let length = u32::from_le_bytes(length) as usize;
+        if length > self.max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {length} bytes exceeds {}", self.max),
+            ));
+        }
+        let mut bytes = vec![0u8; length];
+        io.read_exact(&mut bytes).await?;
+        Ok(Bytes::from(bytes))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u8> {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        Ok(ack[0])
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Bytes,
+    ) -> io::Result<()> {
+        io.write_all(&(request.len() as u32).to_le_bytes()).await?;
+        io.write_all(&request).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        ack: u8,
+    ) -> io::Result<()> {
+        io.write_all(&[ack]).await?;
+        io.close().await
+    }
+}
+
+type ConsensusCodec = RawCodec;
 type SyncCodec = BorshCodec<SyncRequest, Vec<SyncBlock>>;
 
 #[derive(NetworkBehaviour)]
@@ -220,7 +284,7 @@ pub async fn start(
 ) -> anyhow::Result<Network> {
     let genesis_hash = config.genesis_hash;
     let consensus = request_response::Behaviour::with_codec(
-        ConsensusCodec::new(MESSAGE_BYTES_MAX, 16),
+        RawCodec { max: MESSAGE_BYTES_MAX },
         [(protocol(&genesis_hash, "consensus"), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(10))
@@ -447,7 +511,7 @@ impl Task {
                 };
                 for peer in targets {
                     if self.swarm.is_connected(&peer) {
-                        self.swarm.behaviour_mut().consensus.send_request(&peer, bytes.as_ref().clone());
+                        self.swarm.behaviour_mut().consensus.send_request(&peer, bytes.clone());
                     } else {
                         // Retransmission and state transfer cover what a disconnected peer misses.
                         metrics::dropped("peer_not_connected", 1);
@@ -511,7 +575,7 @@ impl Task {
         }
     }
 
-    fn on_consensus(&mut self, event: request_response::Event<Vec<u8>, u8>) {
+    fn on_consensus(&mut self, event: request_response::Event<Bytes, u8>) {
         if let request_response::Event::Message {
             peer,
             message: request_response::Message::Request { request, channel, .. },

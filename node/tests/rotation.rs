@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, TETRAD, path_str, tail};
+use common::{Cluster, Net, TETRAD, path_str, tail};
 use tetrad_consensus::{CommitCertificate, PublicKey, ValidatorSet};
 use tetrad_genesis::KeyFile;
 
@@ -21,16 +21,26 @@ fn create() -> Cluster {
     Cluster::create_with("rotation", 4, ACCOUNTS, &["--checkpoint-interval", "4", "--watermark-window", "8"])
 }
 
+/// Sets a flag when dropped, so helper threads stop also when the test panics (the test owns
+/// the cluster; its processes die with it).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn all_four_validators_rotate_while_transfers_continue() {
     let mut cluster = create();
     cluster.start_all();
-    let cluster = Arc::new(cluster);
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_threads = StopOnDrop(stop.clone());
 
     // Load: every 100 ms, a transfer from each account in turn, through the nodes in turn.
     let load = {
-        let (cluster, stop) = (cluster.clone(), stop.clone());
+        let (cluster, stop) = (cluster.net.clone(), stop.clone());
         std::thread::spawn(move || {
             let keys: Vec<KeyFile> = (0..ACCOUNTS).map(|index| cluster.account_key(index)).collect();
             let mut nonces = vec![0u64; keys.len()];
@@ -51,7 +61,7 @@ fn all_four_validators_rotate_while_transfers_continue() {
     // Watch: the longest time node 0's height stood still.
     let longest_pause = Arc::new(AtomicU64::new(0));
     let watch = {
-        let (cluster, stop, longest_pause) = (cluster.clone(), stop.clone(), longest_pause.clone());
+        let (cluster, stop, longest_pause) = (cluster.net.clone(), stop.clone(), longest_pause.clone());
         std::thread::spawn(move || {
             let (mut last_height, mut since) = (0u64, Instant::now());
             while !stop.load(Ordering::SeqCst) {
@@ -139,7 +149,7 @@ fn all_four_validators_rotate_while_transfers_continue() {
     late.assert_chain(&cluster.chain(0, head));
 }
 
-fn keys_at(cluster: &Cluster, height: u64) -> Vec<PublicKey> {
+fn keys_at(cluster: &Net, height: u64) -> Vec<PublicKey> {
     let (_, set) = cluster.get(0, &format!("/validators?height={height}"));
     set["validators"]
         .as_array()
@@ -151,7 +161,7 @@ fn keys_at(cluster: &Cluster, height: u64) -> Vec<PublicKey> {
 
 /// Whether validator `index` signed any commit certificate in `(from, to]` (certificates are
 /// checked against the set of their height, so a signature there was made with the right key).
-fn signed_between(cluster: &Cluster, index: u64, from: u64, to: u64) -> bool {
+fn signed_between(cluster: &Net, index: u64, from: u64, to: u64) -> bool {
     (from + 1..=to).any(|height| {
         let (_, block) = cluster.get(0, &format!("/blocks/{height}"));
         let certificate: CommitCertificate =
@@ -162,7 +172,7 @@ fn signed_between(cluster: &Cluster, index: u64, from: u64, to: u64) -> bool {
 }
 
 /// Keeps transfers flowing (one every 50 ms) until the returned flag is set.
-fn keep_busy(cluster: &Arc<Cluster>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+fn keep_busy(cluster: &Net) -> (StopOnDrop, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (cluster, flag) = (cluster.clone(), stop.clone());
     let handle = std::thread::spawn(move || {
@@ -181,7 +191,7 @@ fn keep_busy(cluster: &Arc<Cluster>) -> (Arc<AtomicBool>, std::thread::JoinHandl
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    (stop, handle)
+    (StopOnDrop(stop), handle)
 }
 
 /// Restarts validator 1 with `kill -9` before its rotation is committed, between the commit and
@@ -190,22 +200,19 @@ fn keep_busy(cluster: &Arc<Cluster>) -> (Arc<AtomicBool>, std::thread::JoinHandl
 fn a_rotating_validator_restarts_with_the_right_key() {
     let mut cluster = create();
     cluster.start_all();
-    let mut cluster = Arc::new(cluster);
     let (stop, load) = keep_busy(&cluster);
     let home = cluster.home(1);
-    let restart = |cluster: &mut Arc<Cluster>| {
-        let cluster = Arc::get_mut(cluster).expect("only the test holds the cluster while restarting");
+    let restart = |cluster: &mut Cluster| {
         cluster.kill9(1);
         cluster.start(1);
         cluster.wait_up(1, Duration::from_secs(30));
     };
-    let advance = |cluster: &Cluster, blocks: u64| {
+    let advance = |cluster: &Net, blocks: u64| {
         let target = cluster.height(0).expect("height") + blocks;
         cluster.wait_height(0, target, Duration::from_secs(60));
         cluster.wait_height(1, target, Duration::from_secs(60));
     };
-    // The load thread holds a clone of the cluster; the restarts need it alone.
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = load.join();
 
     // Before the commit: a next key is on disk, but nothing was submitted.
@@ -221,7 +228,7 @@ fn a_rotating_validator_restarts_with_the_right_key() {
         signed_between(&cluster, 1, from, cluster.height(0).expect("height")),
         "v1 did not sign with its old key"
     );
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = load.join();
 
     // Between the commit and the activation: rotate (reusing that next key), then kill at once.
@@ -240,7 +247,7 @@ fn a_rotating_validator_restarts_with_the_right_key() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(KeyFile::read(&home.join("consensus_key.json")).expect("key").public_key(), new);
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = load.join();
 
     // After the activation: it comes back with the new key only, and signs with it.
@@ -251,6 +258,6 @@ fn a_rotating_validator_restarts_with_the_right_key() {
     let to = cluster.height(0).expect("height");
     assert_eq!(keys_at(&cluster, to)[1], new);
     assert!(signed_between(&cluster, 1, from, to), "v1 did not sign with its new key after restarting");
-    stop.store(true, Ordering::SeqCst);
+    drop(stop);
     let _ = load.join();
 }

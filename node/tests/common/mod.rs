@@ -18,12 +18,28 @@ use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 
 pub const TETRAD: &str = env!("CARGO_BIN_EXE_tetrad");
 
-pub struct Cluster {
-    pub dir: ScratchDir,
+/// What a test thread needs to talk to a running network: cheap to clone, owns no process.
+#[derive(Clone)]
+pub struct Net {
     pub testnet: Value,
     pub genesis_hash: Digest,
+    pub validators: usize,
+}
+
+/// The network's processes and files: killed and removed when dropped (also when a test
+/// panics, because the test, not a thread, owns it).
+pub struct Cluster {
+    pub dir: ScratchDir,
+    pub net: Net,
     children: Vec<Option<Child>>,
     pub base_port: u16,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Net;
+    fn deref(&self) -> &Net {
+        &self.net
+    }
 }
 
 /// A base port with 2n free ports above it (p2p and RPC of each validator).
@@ -83,19 +99,8 @@ impl Cluster {
                 .expect("json");
         let genesis_hash = Digest::from_hex(testnet["genesis_hash"].as_str().expect("hash")).expect("hex");
         let children = (0..validators).map(|_| None).collect();
-        Cluster { dir, testnet, genesis_hash, children, base_port }
-    }
-
-    pub fn n(&self) -> usize {
-        self.children.len()
-    }
-
-    pub fn home(&self, node: usize) -> PathBuf {
-        PathBuf::from(self.testnet["nodes"][node]["home"].as_str().expect("home"))
-    }
-
-    pub fn rpc(&self, node: usize) -> String {
-        self.testnet["nodes"][node]["rpc_url"].as_str().expect("rpc url").to_string()
+        let net = Net { testnet, genesis_hash, validators: usize::from(validators) };
+        Cluster { dir, net, children, base_port }
     }
 
     pub fn start(&mut self, node: usize) {
@@ -150,6 +155,20 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Net {
+    pub fn n(&self) -> usize {
+        self.validators
+    }
+
+    pub fn home(&self, node: usize) -> PathBuf {
+        PathBuf::from(self.testnet["nodes"][node]["home"].as_str().expect("home"))
+    }
+
+    pub fn rpc(&self, node: usize) -> String {
+        self.testnet["nodes"][node]["rpc_url"].as_str().expect("rpc url").to_string()
     }
 
     pub fn log(&self, node: usize) -> String {
