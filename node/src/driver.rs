@@ -63,7 +63,12 @@ pub struct Driver {
     pub shutdown: watch::Receiver<bool>,
     /// Notified when the mempool admits transactions.
     pub new_txs: Arc<tokio::sync::Notify>,
+    /// Bounds the consensus messages being verified at once.
+    pub verifications: Arc<tokio::sync::Semaphore>,
 }
+
+/// Consensus messages verified at once, at most (each holds a blocking thread).
+pub const VERIFICATIONS_MAX: usize = 256;
 
 /// Most inputs handled before the actions are carried out (and synced) together.
 const INPUTS_PER_ROUND: usize = 512;
@@ -222,7 +227,14 @@ impl Driver {
                 let genesis_hash = self.genesis_hash;
                 let params = self.params.clone();
                 let verified = verified.clone();
+                // At most VERIFICATIONS_MAX messages are being verified at once; beyond that a
+                // flood is dropped (and counted) here instead of queueing without bound.
+                let Ok(permit) = self.verifications.clone().try_acquire_owned() else {
+                    metrics::dropped("verification_queue_full", 1);
+                    return;
+                };
                 tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     match check_message(&bytes, &schedule, window, &mempool, &genesis_hash, &params) {
                         Ok(message) => {
                             if verified.try_send(Input::Message { from, message }).is_err() {

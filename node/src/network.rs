@@ -43,6 +43,8 @@ const GOSSIP_FLUSH: Duration = Duration::from_millis(5);
 const GOSSIP_BYTES_MAX: usize = GOSSIP_TXS_MAX * (TX_BYTES_MAX + 8);
 const REDIAL_MIN: Duration = Duration::from_millis(250);
 const REDIAL_MAX: Duration = Duration::from_secs(10);
+/// Gossip messages whose transactions are being checked at once, at most.
+const GOSSIP_CHECKS_MAX: usize = 64;
 /// Inbound consensus messages waiting for the driver.
 pub const INBOUND_QUEUE: usize = 16_384;
 
@@ -370,6 +372,7 @@ struct Task {
     fetches: HashMap<OutboundRequestId, ValidatorIndex>,
     gossip_buffer: Vec<Tx>,
     validations: mpsc::Sender<(gossipsub::MessageId, PeerId, bool)>,
+    gossip_checks: Arc<tokio::sync::Semaphore>,
     validation_results: Option<mpsc::Receiver<(gossipsub::MessageId, PeerId, bool)>>,
 }
 
@@ -413,6 +416,7 @@ impl Task {
             fetches: HashMap::new(),
             gossip_buffer: Vec::new(),
             validations,
+            gossip_checks: Arc::new(tokio::sync::Semaphore::new(GOSSIP_CHECKS_MAX)),
             validation_results: Some(validation_results),
         }
     }
@@ -630,8 +634,19 @@ impl Task {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, data: Vec<u8>) {
         let validator = self.validator.clone();
         let results = self.validations.clone();
-        // Signature checks are CPU work: off the network task.
+        // Signature checks are CPU work: off the network task, a bounded number at once. A
+        // message that finds no room is ignored (neither forwarded nor held against the peer).
+        let Ok(permit) = self.gossip_checks.clone().try_acquire_owned() else {
+            metrics::dropped("gossip_validation_queue_full", 1);
+            self.swarm.behaviour_mut().gossip.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Ignore,
+            );
+            return;
+        };
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let accept = match borsh::from_slice::<Vec<Tx>>(&data) {
                 Ok(txs) if txs.len() <= GOSSIP_TXS_MAX => validator(txs),
                 _ => false,

@@ -160,6 +160,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         status,
         shutdown: shutdown_rx.clone(),
         new_txs,
+        verifications: Arc::new(tokio::sync::Semaphore::new(crate::driver::VERIFICATIONS_MAX)),
     };
     let driver = tokio::spawn(driver.run());
 
