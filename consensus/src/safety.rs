@@ -121,6 +121,23 @@ impl SafetyWrite {
     }
 }
 
+/// A key and a value, or the two ends of a key range.
+pub type KeyPair = (Vec<u8>, Vec<u8>);
+
+/// The key-value operations of `writes`, split into puts `(key, value)` and range deletes
+/// `(from, to)`, in order.
+pub fn split_ops(writes: &[SafetyWrite]) -> (Vec<KeyPair>, Vec<KeyPair>) {
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for op in writes.iter().flat_map(SafetyWrite::to_ops) {
+        match op {
+            KeyValueOp::Put { key, value } => puts.push((key, value)),
+            KeyValueOp::DeleteRange { from, to } => deletes.push((from, to)),
+        }
+    }
+    (puts, deletes)
+}
+
 /// Why the safety rules refused to sign.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SafetyError {

@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tetrad_consensus::safety::KeyValueOp;
 use tetrad_consensus::wire::{Message, VerifiedBlock, verify};
 use tetrad_consensus::{
     Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex,
@@ -373,16 +372,7 @@ impl Driver {
             fetch_blocks,
         } = actions;
         if !persist.is_empty() {
-            let mut puts = Vec::new();
-            let mut deletes = Vec::new();
-            for write in &persist {
-                for op in write.to_ops() {
-                    match op {
-                        KeyValueOp::Put { key, value } => puts.push((key, value)),
-                        KeyValueOp::DeleteRange { from, to } => deletes.push((from, to)),
-                    }
-                }
-            }
+            let (puts, deletes) = tetrad_consensus::safety::split_ops(&persist);
             let Some(safety) = self.safety.clone() else { return };
             let result = tokio::task::block_in_place(|| safety.write(&puts, &deletes));
             if let Err(error) = result {

@@ -103,10 +103,8 @@ impl<Req, Resp> BorshCodec<Req, Resp> {
     }
 }
 
-async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
-    io: &mut T,
-    max: usize,
-) -> io::Result<V> {
+/// Reads one length-prefixed frame of at most `max` bytes.
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
     let mut length = [0u8; 4];
     io.read_exact(&mut length).await?;
     let length = u32::from_le_bytes(length) as usize;
@@ -118,6 +116,21 @@ async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
     }
     let mut bytes = vec![0u8; length];
     io.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// Writes one length-prefixed frame and closes the stream.
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<V> {
+    let bytes = read_frame(io, max).await?;
     borsh::from_slice(&bytes).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
@@ -125,10 +138,7 @@ async fn write_framed<T: AsyncWrite + Unpin + Send, V: BorshSerialize>(
     io: &mut T,
     value: &V,
 ) -> io::Result<()> {
-    let bytes = borsh::to_vec(value)?;
-    io.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-    io.write_all(&bytes).await?;
-    io.close().await
+    write_frame(io, &borsh::to_vec(value)?).await
 }
 
 impl<Req, Resp> request_response::Codec for BorshCodec<Req, Resp>
@@ -192,18 +202,7 @@ impl request_response::Codec for RawCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Bytes> {
-        let mut length = [0u8; 4];
-        io.read_exact(&mut length).await?;
-        let length = u32::from_le_bytes(length) as usize;
-        if length > self.max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("frame of {length} bytes exceeds {}", self.max),
-            ));
-        }
-        let mut bytes = vec![0u8; length];
-        io.read_exact(&mut bytes).await?;
-        Ok(Bytes::from(bytes))
+        read_frame(io, self.max).await.map(Bytes::from)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -222,9 +221,7 @@ impl request_response::Codec for RawCodec {
         io: &mut T,
         request: Bytes,
     ) -> io::Result<()> {
-        io.write_all(&(request.len() as u32).to_le_bytes()).await?;
-        io.write_all(&request).await?;
-        io.close().await
+        write_frame(io, &request).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
