@@ -119,18 +119,15 @@ impl ValidatorSet {
 }
 
 /// The checkpoint boundary after which a key rotation committed at `committed` takes effect:
-/// the first checkpoint height that is at least one watermark window past the first checkpoint
-/// after `committed`. The new key signs heights above it.
+/// the first checkpoint height after that block. The new key signs heights above it.
 ///
-/// Why not the very next checkpoint: heights up to a window ahead of the last stable checkpoint
-/// may already carry votes signed before the rotation was executed anywhere. Waiting a full
-/// window past the next checkpoint guarantees that no honest replica signed anything for a
-/// height above the boundary before it could know the rotation.
-pub fn activation_boundary(committed: Height, checkpoint_interval: u64, watermark_window: u64) -> Height {
+/// This is safe with pipelining only because nothing is signed or verified above a node's
+/// schedule *horizon*, `activation_boundary(executed + 1)`: a replica never votes more than one
+/// checkpoint interval ahead of what it executed, so no honest replica can have signed a height
+/// above the boundary before it executed the rotation.
+pub fn activation_boundary(committed: Height, checkpoint_interval: u64) -> Height {
     let k = checkpoint_interval.max(1);
-    let next_checkpoint = (committed.0 / k + 1).saturating_mul(k);
-    let past_window = next_checkpoint.saturating_add(watermark_window);
-    Height(past_window.div_ceil(k).saturating_mul(k))
+    Height((committed.0 / k + 1).saturating_mul(k))
 }
 
 /// The validator set of every height: epochs that start at given heights.
@@ -264,16 +261,16 @@ mod tests {
     }
 
     #[test]
-    fn activation_waits_a_window_past_the_next_checkpoint() {
-        // K = 16, W = 64: committed at 10 → next checkpoint 16 → 80, a multiple of 16.
-        assert_eq!(activation_boundary(Height(10), 16, 64), Height(80));
-        // Committed exactly at a checkpoint: the next one is 32 → 96.
-        assert_eq!(activation_boundary(Height(16), 16, 64), Height(96));
-        // W not a multiple of K rounds up to a checkpoint: 4 + 10 = 14 → 16.
-        assert_eq!(activation_boundary(Height(1), 4, 10), Height(16));
+    fn activation_is_the_first_checkpoint_after_the_block() {
+        assert_eq!(activation_boundary(Height(10), 16), Height(16));
+        // Committed exactly at a checkpoint: the boundary is the next one.
+        assert_eq!(activation_boundary(Height(16), 16), Height(32));
         for committed in 0..200 {
-            let boundary = activation_boundary(Height(committed), 4, 10);
-            assert!(boundary.0.is_multiple_of(4) && boundary.0 >= committed + 10, "{committed} → {boundary}");
+            let boundary = activation_boundary(Height(committed), 4);
+            assert!(boundary.0.is_multiple_of(4) && boundary.0 > committed && boundary.0 <= committed + 4);
+            // The horizon after executing `committed - 1` never reaches past this boundary.
+            let horizon = activation_boundary(Height(committed), 4);
+            assert!(horizon <= boundary, "{committed}");
         }
     }
 }

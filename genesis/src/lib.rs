@@ -372,7 +372,6 @@ impl Genesis {
         tetrad_ledger::ValidatorRegistry::new(
             self.hash(),
             self.consensus.checkpoint_interval,
-            self.consensus.watermark_window,
             self.validators.iter().map(|validator| validator.consensus_key).collect(),
         )
     }

@@ -19,7 +19,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tetrad_consensus::{Batch, CheckpointCertificate, CommitCertificate, Digest, Height};
 
-use crate::block::{Account, Block, Header, Receipt};
+use crate::block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 use crate::execute::{Execution, StateReader};
 use crate::merkle::{self, MerkleProof};
 use crate::state_tree::StateTree;
@@ -226,7 +226,7 @@ impl Store {
                 header: genesis_placeholder(),
                 tree: StateTree::default(),
                 accounts: HashMap::new(),
-                registry: ValidatorRegistry::new(Digest::ZERO, 1, 2, Vec::new()),
+                registry: ValidatorRegistry::new(Digest::ZERO, 1, Vec::new()),
             }),
             sync_writes: true,
         };
@@ -370,6 +370,15 @@ impl Store {
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&block.certificate));
         batch.put_cf(self.cf(CF_BLOCK_HASHES), block.header.hash().0, key);
         for (receipt, tx_hash) in execution.receipts.iter().zip(&execution.tx_hashes) {
+            // A transaction proposed again after it committed fails its nonce check; the index
+            // keeps pointing at the block where it executed.
+            let stale = matches!(
+                receipt.outcome,
+                Outcome::Failed { error: ExecutionError::BadNonce { expected, found } } if found < expected
+            );
+            if stale && self.get_raw(CF_TX_INDEX, &tx_hash.0)?.is_some() {
+                continue;
+            }
             let location = TxLocation { height, index: receipt.index };
             batch.put_cf(self.cf(CF_TX_INDEX), tx_hash.0, encode(&location));
         }

@@ -48,7 +48,7 @@ impl TestChain {
                     panic!("test validator set: {error}");
                 });
         let balances: Vec<(Address, u64)> = addresses.iter().map(|address| (*address, balance)).collect();
-        let registry = ValidatorRegistry::new(genesis_hash, 4, 8, validator_set.keys().to_vec());
+        let registry = ValidatorRegistry::new(genesis_hash, 4, validator_set.keys().to_vec());
         let (header, accounts, _) =
             crate::execute::genesis_state("tetrad-test", 1_700_000_000_000, &balances, &registry);
         let genesis = GenesisState { genesis_hash, header, accounts, registry };

@@ -1,7 +1,8 @@
 //! The validator registry: the consensus keys of every epoch, part of the ledger state.
 //!
 //! A `RotateValidatorKey` transaction committed at height h schedules the new key from the
-//! height after `activation_boundary(h)` (see `tetrad_consensus::validators`). The registry
+//! height after `activation_boundary(h)`, the first checkpoint after h (see
+//! `tetrad_consensus::validators`). The registry
 //! keeps every epoch (so the validator set of any height stays queryable and verifiable) and
 //! every key ever used (a key is never used twice). Its hash is in every block header, so
 //! checkpoints certify it.
@@ -19,7 +20,6 @@ use tetrad_consensus::{
 pub struct ValidatorRegistry {
     pub genesis_hash: Digest,
     pub checkpoint_interval: u64,
-    pub watermark_window: u64,
     /// `(first height, keys by validator index)`, in height order; the first starts at 0.
     pub epochs: Vec<(Height, Vec<PublicKey>)>,
     /// Every consensus key any validator has had.
@@ -49,20 +49,9 @@ pub fn possession_digest(
 }
 
 impl ValidatorRegistry {
-    pub fn new(
-        genesis_hash: Digest,
-        checkpoint_interval: u64,
-        watermark_window: u64,
-        keys: Vec<PublicKey>,
-    ) -> Self {
+    pub fn new(genesis_hash: Digest, checkpoint_interval: u64, keys: Vec<PublicKey>) -> Self {
         let used = keys.iter().copied().collect();
-        ValidatorRegistry {
-            genesis_hash,
-            checkpoint_interval,
-            watermark_window,
-            epochs: vec![(Height::GENESIS, keys)],
-            used,
-        }
+        ValidatorRegistry { genesis_hash, checkpoint_interval, epochs: vec![(Height::GENESIS, keys)], used }
     }
 
     pub fn n(&self) -> usize {
@@ -86,7 +75,7 @@ impl ValidatorRegistry {
 
     /// The first height the new key of a rotation committed at `committed` signs.
     pub fn activation(&self, committed: Height) -> Height {
-        activation_boundary(committed, self.checkpoint_interval, self.watermark_window).next()
+        activation_boundary(committed, self.checkpoint_interval).next()
     }
 
     /// Schedules `new_key` for `validator` from `first` on.
@@ -135,11 +124,7 @@ impl ValidatorRegistry {
         for (first, keys) in epochs {
             schedule.push(*first, ValidatorSet::new(self.genesis_hash, keys.clone())?);
         }
-        schedule.set_horizon(activation_boundary(
-            executed.next(),
-            self.checkpoint_interval,
-            self.watermark_window,
-        ));
+        schedule.set_horizon(activation_boundary(executed.next(), self.checkpoint_interval));
         Ok(schedule)
     }
 }

@@ -286,3 +286,20 @@ fn account_proofs_verify_against_the_head_root() {
     }
     assert!(store.prove_account(&account_key(999).public_key()).expect("read").is_none());
 }
+
+#[test]
+fn a_transaction_included_again_keeps_its_first_index_entry() {
+    let chain = TestChain::new(4, ACCOUNTS, 1000);
+    let dir = ScratchDir::new("reinclusion").expect("scratch dir");
+    let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
+    let tx = chain.transfer(0, 0, 1, 5);
+    chain.commit(&store, std::slice::from_ref(&tx)).expect("commit");
+    // A primary that proposed it again: the copy fails its nonce check.
+    let execution = chain.commit(&store, std::slice::from_ref(&tx)).expect("commit");
+    assert!(matches!(
+        execution.receipts[0].outcome,
+        Outcome::Failed { error: ExecutionError::BadNonce { .. } }
+    ));
+    let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
+    assert_eq!((receipt.height.0, receipt.outcome), (1, Outcome::Success));
+}

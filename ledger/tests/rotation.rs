@@ -75,27 +75,27 @@ fn new_key(byte: u8) -> SecretKey {
 }
 
 #[test]
-fn a_rotation_takes_effect_a_window_past_the_next_checkpoint() {
+fn a_rotation_takes_effect_after_the_next_checkpoint() {
     let mut ledger = Ledger::new();
     let old = validator_key(1);
     let new = new_key(201);
     let hash_before = ledger.parent.validators_hash;
-    // Committed at height 1 with K = 4, W = 8: next checkpoint 4, + 8 = 12 → new key from 13.
+    // Committed at height 1 with K = 4: the next checkpoint is 4, so the new key signs from 5.
     let execution = ledger.block(&[rotation(&ledger.chain, &old, 0, 1, &new, &new)]);
     assert_eq!(execution.receipts[0].outcome, Outcome::Success);
     assert_ne!(execution.header.validators_hash, hash_before);
     let registry = &ledger.state.registry;
-    assert_eq!(registry.pending(ValidatorIndex(1), Height(1)), Some(Height(13)));
-    assert_eq!(registry.keys_at(Height(12))[1], old.public_key());
-    assert_eq!(registry.keys_at(Height(13))[1], new.public_key());
+    assert_eq!(registry.pending(ValidatorIndex(1), Height(1)), Some(Height(5)));
+    assert_eq!(registry.keys_at(Height(4))[1], old.public_key());
+    assert_eq!(registry.keys_at(Height(5))[1], new.public_key());
     let schedule = registry.schedule(Height(1)).expect("schedule");
-    assert_eq!(schedule.at(Height(13)).key(ValidatorIndex(1)), Some(&new.public_key()));
-    assert_eq!(schedule.at(Height(12)).key(ValidatorIndex(1)), Some(&old.public_key()));
+    assert_eq!(schedule.at(Height(5)).key(ValidatorIndex(1)), Some(&new.public_key()));
+    assert_eq!(schedule.at(Height(4)).key(ValidatorIndex(1)), Some(&old.public_key()));
     // A second rotation before the first took effect.
     let newer = new_key(202);
     assert_eq!(
         ledger.outcome(rotation(&ledger.chain, &old, 1, 1, &newer, &newer)),
-        failed(ExecutionError::RotationPending { validator: 1, activation: 13 })
+        failed(ExecutionError::RotationPending { validator: 1, activation: 5 })
     );
     // Replaying the first rotation: the nonce was used.
     assert_eq!(
@@ -103,7 +103,7 @@ fn a_rotation_takes_effect_a_window_past_the_next_checkpoint() {
         failed(ExecutionError::BadNonce { expected: 1, found: 0 })
     );
     // After activation the old key is no longer the validator's current key…
-    while ledger.parent.height < Height(13) {
+    while ledger.parent.height < Height(5) {
         ledger.block(&[]);
     }
     assert_eq!(
@@ -163,7 +163,7 @@ fn two_validators_rotating_in_one_block_share_an_epoch() {
     assert!(execution.receipts.iter().all(|receipt| receipt.outcome == Outcome::Success));
     let registry = &ledger.state.registry;
     assert_eq!(registry.epochs.len(), 2);
-    let keys: Vec<PublicKey> = registry.keys_at(Height(13)).to_vec();
+    let keys: Vec<PublicKey> = registry.keys_at(Height(5)).to_vec();
     assert_eq!((keys[0], keys[3]), (a.public_key(), b.public_key()));
 }
 
@@ -176,10 +176,10 @@ fn the_registry_survives_a_reopened_store() {
     {
         let store = Store::open_or_init(&path, &chain.genesis).expect("open");
         chain.commit(&store, &[rotation(&chain, &validator_key(2), 0, 2, &new, &new)]).expect("commit");
-        assert_eq!(store.registry().pending(ValidatorIndex(2), Height(1)), Some(Height(13)));
+        assert_eq!(store.registry().pending(ValidatorIndex(2), Height(1)), Some(Height(5)));
     }
     let store = Store::open(&path).expect("reopen");
     let registry = store.registry();
-    assert_eq!(registry.keys_at(Height(13))[2], new.public_key());
+    assert_eq!(registry.keys_at(Height(5))[2], new.public_key());
     assert_eq!(registry.hash(), store.head().validators_hash);
 }

@@ -40,6 +40,8 @@ pub struct BenchArgs {
     pub base_port: u16,
     pub submitters: usize,
     pub timeout_s: u64,
+    /// Keep the network (homes and logs) here instead of a scratch directory removed afterwards.
+    pub keep_dir: Option<PathBuf>,
 }
 
 /// Most transactions per `submit_transactions` call (open loop); at a fixed rate a call holds
@@ -209,7 +211,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         validators: args.validators,
         accounts: args.accounts,
         balance: 1_000_000_000,
-        dir: scratch.join("net"),
+        dir: args.keep_dir.clone().unwrap_or_else(|| scratch.join("net")),
         base_port: args.base_port,
         chain_id: "tetrad-bench".into(),
         account_seed: Some(seed),

@@ -77,6 +77,9 @@ struct NetworkBenchArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Keep the network's homes and logs in this (new) directory.
+    #[arg(long)]
+    keep_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +255,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 base_port: network.base_port,
                 submitters: network.submitters,
                 timeout_s: network.timeout_s,
+                keep_dir: network.keep_dir,
             };
             crate::bench::run(&args).map(|_| ())
         }

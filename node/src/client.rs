@@ -261,12 +261,9 @@ pub fn rotate(home: &Path, rpc: Option<String>, timeout_ms: u64) -> Result<()> {
         bail!("the rotation was committed at height {height} but refused: {reason}");
     }
     let (_, source) = verify_inclusion(&rpc, &genesis, height, &hash)?;
-    let activation = tetrad_consensus::validators::activation_boundary(
-        height,
-        genesis.consensus.checkpoint_interval,
-        genesis.consensus.watermark_window,
-    )
-    .next();
+    let activation =
+        tetrad_consensus::validators::activation_boundary(height, genesis.consensus.checkpoint_interval)
+            .next();
     println!(
         "rotation of validator {validator} committed at height {height} (certificate checked against {source})"
     );

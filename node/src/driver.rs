@@ -64,7 +64,14 @@ pub struct Driver {
     pub new_txs: Arc<tokio::sync::Notify>,
     /// Bounds the consensus messages being verified at once.
     pub verifications: Arc<tokio::sync::Semaphore>,
+    /// Transactions to gossip (again).
+    pub gossip: mpsc::Sender<tetrad_ledger::Tx>,
 }
+
+/// How long a waiting transaction goes without being gossiped before it is gossiped again, and
+/// how many go out per round.
+const REGOSSIP_AFTER: Duration = Duration::from_secs(2);
+const REGOSSIP_MAX: usize = 4096;
 
 /// Consensus messages verified at once, at most (each holds a blocking thread).
 pub const VERIFICATIONS_MAX: usize = 256;
@@ -83,6 +90,12 @@ struct State {
     fetching: bool,
     /// The first height of this validator's next key, until the old one is erased.
     rotation: Option<Height>,
+    /// For the stall report: the committed height, since when, last report.
+    stall_height: Height,
+    stall_since: Instant,
+    stall_reported: Option<Instant>,
+    /// When waiting transactions were last gossiped again.
+    regossiped: Instant,
     /// Whether the mempool holds proposable work, and when that was last computed.
     requests_pending: bool,
     requests_checked: Option<Instant>,
@@ -107,6 +120,10 @@ impl Driver {
             requests_pending: false,
             requests_checked: None,
             rotation: None,
+            stall_height: Height::GENESIS,
+            stall_since: Instant::now(),
+            stall_reported: None,
+            regossiped: Instant::now(),
         };
         // A rotation in progress before a restart: finish it once the old key is not needed.
         if let Some(replica) = self.replica.as_ref()
@@ -177,6 +194,8 @@ impl Driver {
             self.propose(&mut state, &mut actions);
             self.carry_out(&mut state, actions).await;
             self.finish_rotation(&mut state);
+            self.report_stall(&mut state);
+            self.regossip(&mut state);
         }
         info!("driver stopped");
     }
@@ -196,6 +215,46 @@ impl Driver {
             header_hash: done.header_hash,
             state_root: done.state_root,
         });
+    }
+
+    /// Gossips again what has waited a while: a peer (the primary, say) that lost a gossip
+    /// message would otherwise never see those transactions, and every later nonce of their
+    /// senders would wait behind the gap.
+    fn regossip(&mut self, state: &mut State) {
+        if state.regossiped.elapsed() < REGOSSIP_AFTER {
+            return;
+        }
+        state.regossiped = Instant::now();
+        let txs = self.mempool.lock().unwrap_or_else(|p| p.into_inner()).regossip(
+            Instant::now(),
+            REGOSSIP_AFTER,
+            REGOSSIP_MAX,
+        );
+        for tx in txs {
+            if self.gossip.try_send((*tx).clone()).is_err() {
+                metrics::dropped("gossip_queue_full", 1);
+                break;
+            }
+        }
+    }
+
+    /// Logs the replica's state when transactions wait but nothing was delivered for a while
+    /// (every 10 s at most).
+    fn report_stall(&mut self, state: &mut State) {
+        let Some(replica) = self.replica.as_ref() else { return };
+        let committed = replica.committed();
+        if committed != state.stall_height {
+            state.stall_height = committed;
+            state.stall_since = Instant::now();
+            return;
+        }
+        if state.requests_pending
+            && state.stall_since.elapsed() >= Duration::from_secs(10)
+            && state.stall_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+        {
+            state.stall_reported = Some(Instant::now());
+            warn!(state = %replica.describe(), "no height committed for {} s", state.stall_since.elapsed().as_secs());
+        }
     }
 
     /// After a rotation: once the replica no longer holds the old key (the low watermark passed

@@ -168,11 +168,7 @@ impl Executor {
             None => {
                 let registry = self.store.registry();
                 let mut schedule = (*self.schedule.get()).clone();
-                schedule.set_horizon(activation_boundary(
-                    height.next(),
-                    registry.checkpoint_interval,
-                    registry.watermark_window,
-                ));
+                schedule.set_horizon(activation_boundary(height.next(), registry.checkpoint_interval));
                 schedule
             }
         };

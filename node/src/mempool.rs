@@ -7,6 +7,7 @@
 //! again. Committed transactions, and any whose nonce the chain has passed, are evicted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,10 @@ impl Default for MempoolConfig {
             txs_max: 200_000,
             bytes_max: 64 << 20,
             nonce_ahead_max: 1024,
-            repropose_after: Duration::from_secs(5),
+            // Far beyond a view change: a batch still in flight this long was abandoned.
+            // Proposing its transactions again sooner risks putting one in two blocks (the
+            // second copy fails its nonce check, but it is a wasted slot).
+            repropose_after: Duration::from_secs(30),
         }
     }
 }
@@ -43,6 +47,8 @@ struct Entry {
     seq: u64,
     /// When it was put in a proposed batch (not yet committed).
     proposed_at: Option<Instant>,
+    /// When it was last gossiped (by this node or a peer).
+    gossiped_at: Instant,
 }
 
 /// What a batch cut returns.
@@ -55,7 +61,9 @@ pub struct Mempool {
     config: MempoolConfig,
     entries: HashMap<Digest, Entry>,
     /// Per sender: nonce → hash.
-    by_sender: HashMap<Address, BTreeMap<u64, Digest>>,
+    by_sender: BTreeMap<Address, BTreeMap<u64, Digest>>,
+    /// Where the next cut starts among the senders (round robin, so no sender starves).
+    cursor: Address,
     /// Not currently proposed, in arrival order.
     unproposed: BTreeMap<u64, Digest>,
     /// Proposed transactions in the order they were proposed, to release stale proposals.
@@ -143,12 +151,17 @@ impl Mempool {
         self.by_sender.entry(from).or_default().insert(nonce, hash);
         self.unproposed.insert(seq, hash);
         self.bytes += bytes;
-        self.entries.insert(hash, Entry { tx: Arc::new(tx), bytes, seq, proposed_at: None });
+        self.entries.insert(
+            hash,
+            Entry { tx: Arc::new(tx), bytes, seq, proposed_at: None, gossiped_at: Instant::now() },
+        );
         Ok(())
     }
 
-    /// Cuts the next batch: transactions in arrival order, each only if its nonce is the next
-    /// one its sender can execute after what is committed (`nonce_of`) and already proposed.
+    /// Cuts the next batch. Senders take turns (round robin from where the last cut stopped);
+    /// each contributes its run of consecutive nonces starting at the next one its account will
+    /// accept after what is committed (`nonce_of`), skipping past its transactions already in
+    /// flight. A sender behind a nonce gap contributes nothing, and holds nobody else up.
     pub fn cut(
         &mut self,
         txs_max: usize,
@@ -157,25 +170,34 @@ impl Mempool {
         nonce_of: impl Fn(&Address) -> u64,
     ) -> Cut {
         self.release_stale_proposals(now);
-        let mut next_nonce: HashMap<Address, u64> = HashMap::new();
-        let mut picked = Vec::new();
+        let mut picked: Vec<(u64, Digest)> = Vec::new();
         let mut bytes = 0usize;
-        // A bounded scan: skipped transactions (nonce gaps) must not make every cut slow.
-        let scan_max = txs_max.saturating_mul(4).max(64);
-        for (&seq, hash) in self.unproposed.iter().take(scan_max) {
-            let Some(entry) = self.entries.get(hash) else { continue };
-            let from = entry.tx.body.from;
-            let next =
-                *next_nonce.entry(from).or_insert_with(|| self.next_proposable_nonce(&from, nonce_of(&from)));
-            if entry.tx.body.nonce != next {
-                continue;
+        let cursor = self.cursor;
+        let senders: Vec<Address> = self
+            .by_sender
+            .range(cursor..)
+            .chain(self.by_sender.range(..cursor))
+            .map(|(address, _)| *address)
+            .collect();
+        'senders: for from in senders {
+            let Some(nonces) = self.by_sender.get(&from) else { continue };
+            let first = nonce_of(&from);
+            // Only the run of consecutive nonces from the account's next one.
+            for (expected, (nonce, hash)) in (first..).zip(nonces.range(first..)) {
+                if *nonce != expected {
+                    break;
+                }
+                let Some(entry) = self.entries.get(hash) else { break };
+                if entry.proposed_at.is_some() {
+                    continue;
+                }
+                if picked.len() >= txs_max || bytes + entry.bytes > bytes_max {
+                    self.cursor = from;
+                    break 'senders;
+                }
+                bytes += entry.bytes;
+                picked.push((entry.seq, *hash));
             }
-            if picked.len() >= txs_max || bytes + entry.bytes > bytes_max {
-                break;
-            }
-            bytes += entry.bytes;
-            next_nonce.insert(from, next + 1);
-            picked.push((seq, *hash));
         }
         let mut txs = Vec::with_capacity(picked.len());
         for (seq, hash) in picked {
@@ -189,19 +211,21 @@ impl Mempool {
         Cut { txs }
     }
 
-    /// The sender's next nonce after the committed one and its proposed transactions.
-    fn next_proposable_nonce(&self, from: &Address, committed_nonce: u64) -> u64 {
-        let mut next = committed_nonce;
-        if let Some(nonces) = self.by_sender.get(from) {
-            for (nonce, hash) in nonces.range(committed_nonce..) {
-                let proposed = self.entries.get(hash).is_some_and(|entry| entry.proposed_at.is_some());
-                if *nonce != next || !proposed {
-                    break;
-                }
-                next += 1;
+    /// Transactions waiting (not in a live proposal) that were last gossiped at least `age` ago,
+    /// at most `max`: gossiped again, so a peer that lost them (a dropped gossip message) gets
+    /// another chance and no sender stays stuck behind a gap at the primary.
+    pub fn regossip(&mut self, now: Instant, age: Duration, max: usize) -> Vec<Arc<Tx>> {
+        let mut out = Vec::new();
+        for entry in self.entries.values_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if entry.proposed_at.is_none() && now.duration_since(entry.gossiped_at) >= age {
+                entry.gossiped_at = now;
+                out.push(entry.tx.clone());
             }
         }
-        next
+        out
     }
 
     fn release_stale_proposals(&mut self, now: Instant) {
@@ -320,17 +344,64 @@ mod tests {
         }
         let now = Instant::now();
         let cut = pool.cut(10, 1 << 20, now, |_| 0);
-        let picked: Vec<(Address, u64)> = cut.txs.iter().map(|tx| (tx.body.from, tx.body.nonce)).collect();
-        // Arrival order, but nonce 1 of sender 0 waits for nonce 0 in the first scan.
-        assert_eq!(picked, vec![(chain.addresses[0], 0), (chain.addresses[2], 0)]);
-        let cut = pool.cut(10, 1 << 20, now, |_| 0);
-        let picked: Vec<(Address, u64)> = cut.txs.iter().map(|tx| (tx.body.from, tx.body.nonce)).collect();
-        assert_eq!(picked, vec![(chain.addresses[0], 1)]);
+        let mut picked: Vec<(Address, u64)> =
+            cut.txs.iter().map(|tx| (tx.body.from, tx.body.nonce)).collect();
+        // Each sender's transactions in nonce order; sender 1 waits behind its gap.
+        let zero = picked.iter().position(|p| *p == (chain.addresses[0], 0)).expect("sender 0 nonce 0");
+        let one = picked.iter().position(|p| *p == (chain.addresses[0], 1)).expect("sender 0 nonce 1");
+        assert!(zero < one);
+        picked.sort();
+        let mut expected = vec![(chain.addresses[0], 0), (chain.addresses[0], 1), (chain.addresses[2], 0)];
+        expected.sort();
+        assert_eq!(picked, expected);
         // Nothing else is proposable until sender 1's gap fills.
         assert!(pool.cut(10, 1 << 20, now, |_| 0).txs.is_empty());
         // After the view change window, unfinished proposals come back.
         let later = now + Duration::from_secs(6);
-        assert_eq!(pool.cut(10, 1 << 20, later, |_| 0).txs.len(), 2);
+        assert_eq!(pool.cut(10, 1 << 20, later, |_| 0).txs.len(), 3);
+    }
+
+    #[test]
+    fn a_full_batch_leaves_the_rest_for_the_next_cut_and_senders_take_turns() {
+        let chain = TestChain::new(4, 3, 1000);
+        let mut pool = pool(100);
+        for nonce in 0..4 {
+            for from in 0..3 {
+                let tx = chain.transfer(from, nonce, 0, 1);
+                pool.admit(tx.clone(), tx.hash(), account(1000, 0)).expect("admit");
+            }
+        }
+        let now = Instant::now();
+        let first = pool.cut(5, 1 << 20, now, |_| 0);
+        let second = pool.cut(5, 1 << 20, now, |_| 0);
+        let third = pool.cut(5, 1 << 20, now, |_| 0);
+        assert_eq!((first.txs.len(), second.txs.len(), third.txs.len()), (5, 5, 2));
+        // Every sender got all four nonces in order across the cuts.
+        for from in 0..3usize {
+            let nonces: Vec<u64> = [&first, &second, &third]
+                .iter()
+                .flat_map(|cut| cut.txs.iter())
+                .filter(|tx| tx.body.from == chain.addresses[from])
+                .map(|tx| tx.body.nonce)
+                .collect();
+            assert_eq!(nonces, vec![0, 1, 2, 3], "sender {from}");
+        }
+    }
+
+    #[test]
+    fn waiting_transactions_are_gossiped_again() {
+        let chain = TestChain::new(4, 3, 1000);
+        let mut pool = pool(100);
+        for from in 0..3 {
+            let tx = chain.transfer(from, 0, 0, 1);
+            pool.admit(tx.clone(), tx.hash(), account(1000, 0)).expect("admit");
+        }
+        let now = Instant::now();
+        assert!(pool.regossip(now, Duration::from_secs(2), 10).is_empty());
+        let later = now + Duration::from_secs(3);
+        assert_eq!(pool.regossip(later, Duration::from_secs(2), 2).len(), 2);
+        assert_eq!(pool.regossip(later, Duration::from_secs(2), 10).len(), 1);
+        assert!(pool.regossip(later, Duration::from_secs(2), 10).is_empty());
     }
 
     #[test]

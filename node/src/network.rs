@@ -44,7 +44,7 @@ const GOSSIP_BYTES_MAX: usize = GOSSIP_TXS_MAX * (TX_BYTES_MAX + 8);
 const REDIAL_MIN: Duration = Duration::from_millis(250);
 const REDIAL_MAX: Duration = Duration::from_secs(10);
 /// Gossip messages whose transactions are being checked at once, at most.
-const GOSSIP_CHECKS_MAX: usize = 64;
+const GOSSIP_CHECKS_MAX: usize = 1024;
 /// Inbound consensus messages waiting for the driver.
 pub const INBOUND_QUEUE: usize = 16_384;
 

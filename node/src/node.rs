@@ -161,6 +161,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         shutdown: shutdown_rx.clone(),
         new_txs,
         verifications: Arc::new(tokio::sync::Semaphore::new(crate::driver::VERIFICATIONS_MAX)),
+        gossip: network.gossip.clone(),
     };
     let driver = tokio::spawn(driver.run());
 
@@ -211,13 +212,22 @@ fn gossip_validator(
     new_txs: Arc<tokio::sync::Notify>,
 ) -> GossipValidator {
     Arc::new(move |txs| {
-        let results = tetrad_ledger::tx::check_all(&txs, &genesis_hash);
+        // What the mempool already holds was verified when it was admitted (a re-gossip).
+        let fresh: Vec<(tetrad_ledger::Tx, tetrad_consensus::Digest)> = {
+            let pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+            txs.into_iter()
+                .map(|tx| (tx.hash(), tx))
+                .filter(|(hash, _)| !pool.contains(hash))
+                .map(|(hash, tx)| (tx, hash))
+                .collect()
+        };
+        let unverified: Vec<tetrad_ledger::Tx> = fresh.iter().map(|(tx, _)| tx.clone()).collect();
+        let results = tetrad_ledger::tx::check_all(&unverified, &genesis_hash);
         if results.iter().any(Result::is_err) {
             return false;
         }
         let mut pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
-        for tx in txs {
-            let hash = tx.hash();
+        for (tx, hash) in fresh {
             let sender = store.account(&tx.body.from).ok().flatten();
             // Stale or duplicate here is normal (it was committed or we had it already).
             if pool.admit(tx, hash, sender).is_err() {

@@ -100,7 +100,7 @@ fn rotated_key(validator: u16, generation: u64) -> SecretKey {
 
 /// The schedule horizon of a replica that executed `executed`.
 fn horizon(executed: Height) -> Height {
-    tetrad_consensus::validators::activation_boundary(executed.next(), CHECKPOINT_INTERVAL, WINDOW)
+    tetrad_consensus::validators::activation_boundary(executed.next(), CHECKPOINT_INTERVAL)
 }
 
 /// Applies the rotations among `ids` committed at `height` to `schedule` the way the ledger
@@ -118,8 +118,7 @@ fn apply_rotations(schedule: &mut ValidatorSchedule, height: Height, ids: &[u64]
         if pending || scheduled.iter().any(|(_, v, _)| *v == validator) {
             continue;
         }
-        let first =
-            tetrad_consensus::validators::activation_boundary(height, CHECKPOINT_INTERVAL, WINDOW).next();
+        let first = tetrad_consensus::validators::activation_boundary(height, CHECKPOINT_INTERVAL).next();
         if schedule
             .rotate(first, ValidatorIndex(validator), rotated_key(validator, generation).public_key())
             .is_ok()
