@@ -235,3 +235,33 @@ fn a_full_node_follows_by_block_sync_and_serves_queries() {
     assert_eq!(status["validating"], false, "{status}");
     full.assert_chain(&cluster.chain(0, target));
 }
+
+#[test]
+fn a_node_of_another_chain_is_refused() {
+    let cluster = started_cluster("cluster-foreign");
+    let accepted = submit_rounds(&cluster, 0, 2);
+    wait_committed(&cluster, 0, &accepted, Duration::from_secs(60));
+    // The same validators (peer ids and addresses), but another chain id: another genesis hash.
+    let foreign_genesis = cluster.dir.join("foreign-genesis.json");
+    let mut genesis: Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.dir.join("net/genesis.json")).expect("genesis"),
+    )
+    .expect("json");
+    genesis["chain_id"] = "another-chain".into();
+    std::fs::write(&foreign_genesis, genesis.to_string()).expect("write");
+    let foreign = cluster.start_full_node_with_genesis("foreign", &foreign_genesis);
+    // It dials every validator; they refuse it, so it never syncs a block.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let refused = (0..4)
+            .any(|node| cluster.log(node).contains("refusing peer: its genesis hash differs from ours"));
+        if refused || Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(refused, "no validator logged the refusal");
+    let status = foreign.get("/status").expect("status");
+    assert_eq!(status["height"], 0, "{status}");
+    assert!(cluster.height(0).expect("height") > 0);
+}

@@ -311,8 +311,13 @@ pub struct FullNode {
 impl Cluster {
     /// `tetrad init` of a new home from this network's genesis, then `tetrad run` of it.
     pub fn start_full_node(&self, name: &str) -> FullNode {
+        self.start_full_node_with_genesis(name, &self.dir.join("net/genesis.json"))
+    }
+
+    /// A full node from another genesis file (one that dials this network's validators).
+    pub fn start_full_node_with_genesis(&self, name: &str, genesis: &Path) -> FullNode {
         let home = self.dir.join(name);
-        let genesis = self.dir.join("net/genesis.json");
+        let genesis = genesis.to_path_buf();
         let (p2p, rpc) = (free_port(), free_port());
         let output = Command::new(TETRAD)
             .args(["init", "--home", path_str(&home), "--genesis", path_str(&genesis)])
