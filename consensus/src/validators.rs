@@ -179,11 +179,6 @@ impl ValidatorSchedule {
         &self.epochs[self.epochs.len() - 1].1
     }
 
-    /// The validator of `index`'s key at every epoch: `(first height, key)`.
-    pub fn keys_of(&self, index: ValidatorIndex) -> Vec<(Height, PublicKey)> {
-        self.epochs.iter().filter_map(|(first, set)| set.key(index).map(|key| (*first, *key))).collect()
-    }
-
     /// Schedules validator `index`'s key to become `key` from height `first` on. Rotations must
     /// come in height order; rotations that start at the same height share one epoch.
     pub fn rotate(

@@ -132,3 +132,20 @@ pub struct Receipt {
     pub index: u32,
     pub outcome: Outcome,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tx_of_a_block_proves_against_its_tx_root() {
+        let hashes: Vec<Digest> = (0..7u8).map(|i| Digest::of(&[i])).collect();
+        let root = tx_root(&hashes);
+        for (index, hash) in hashes.iter().enumerate() {
+            let proof = prove_tx(&hashes, index as u64).expect("in range");
+            assert!(verify_tx_proof(&root, hash, &proof));
+            assert!(!verify_tx_proof(&root, &Digest::of(b"not in the block"), &proof));
+        }
+        assert!(prove_tx(&hashes, 7).is_none());
+    }
+}
