@@ -472,8 +472,11 @@ impl Driver {
         }
         for fetch in fetch_blocks {
             metrics::count("tetrad_state_transfers_total", 1);
-            let _ =
-                self.network.try_send(Command::Fetch { peer: fetch.peer, from: fetch.from, to: fetch.to });
+            // Blocks above the schedule's horizon could not be verified yet: ask for them later.
+            let to = fetch.to.min(self.schedule.get().horizon());
+            if to >= fetch.from {
+                let _ = self.network.try_send(Command::Fetch { peer: fetch.peer, from: fetch.from, to });
+            }
         }
         if let Some(replica) = self.replica.as_ref() {
             let counters = replica.counters();
