@@ -386,18 +386,16 @@ impl Store {
         batch.put_cf(self.cf(CF_BLOCKS), key, block_bytes);
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&block.certificate));
         batch.put_cf(self.cf(CF_BLOCK_HASHES), block.header.hash().0, key);
-        // Inserted in key order: the memtable's skip list then starts each search from where
-        // the previous insert ended instead of from the top (a third of commit time otherwise).
-        let mut index: Vec<(&Digest, &Receipt)> = execution.tx_hashes.iter().zip(&execution.receipts).collect();
-        index.sort_unstable_by_key(|(tx_hash, _)| *tx_hash);
-        for (tx_hash, receipt) in index {
-            // A transaction proposed again after it committed fails its nonce check; the index
-            // keeps pointing at the block where it executed.
+        // A transaction proposed again after it committed fails its nonce check; the index
+        // keeps pointing at the block (and the position in it) where it executed, also when the
+        // copy is in the same block.
+        let mut indexed = std::collections::HashSet::with_capacity(execution.tx_hashes.len());
+        for (receipt, tx_hash) in execution.receipts.iter().zip(&execution.tx_hashes) {
             let stale = matches!(
                 receipt.outcome,
                 Outcome::Failed { error: ExecutionError::BadNonce { expected, found } } if found < expected
             );
-            if stale && self.get_raw(CF_TX_INDEX, &tx_hash.0)?.is_some() {
+            if !indexed.insert(*tx_hash) || (stale && self.get_raw(CF_TX_INDEX, &tx_hash.0)?.is_some()) {
                 continue;
             }
             let location = TxLocation { height, index: receipt.index };

@@ -303,3 +303,20 @@ fn a_transaction_included_again_keeps_its_first_index_entry() {
     let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
     assert_eq!((receipt.height.0, receipt.outcome), (1, Outcome::Success));
 }
+
+#[test]
+fn a_transaction_twice_in_one_block_is_indexed_where_it_executed() {
+    let chain = TestChain::new(4, ACCOUNTS, 1000);
+    let dir = ScratchDir::new("duplicate-in-block").expect("scratch dir");
+    let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
+    let tx = chain.transfer(0, 0, 1, 5);
+    // A Byzantine primary put the same transaction twice into one batch.
+    let execution = chain.commit(&store, &[tx.clone(), tx.clone()]).expect("commit");
+    assert_eq!(execution.receipts[0].outcome, Outcome::Success);
+    assert!(matches!(
+        execution.receipts[1].outcome,
+        Outcome::Failed { error: ExecutionError::BadNonce { .. } }
+    ));
+    let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
+    assert_eq!((receipt.height.0, receipt.index, receipt.outcome), (1, 0, Outcome::Success));
+}
