@@ -116,6 +116,23 @@ pub enum VerifyError {
     BeyondHorizon { height: Height, horizon: Height },
 }
 
+impl VerifyError {
+    /// The drop reason counted in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            VerifyError::TooLarge { .. } => "oversized_message",
+            VerifyError::Malformed(_) => "malformed_message",
+            VerifyError::Signature(_) => "bad_message_signature",
+            VerifyError::Certificate(_) => "bad_certificate",
+            VerifyError::NotThePrimary { .. } => "pre_prepare_not_from_primary",
+            VerifyError::DigestMismatch { .. } => "batch_digest_mismatch",
+            VerifyError::MixedViews { .. } => "new_view_mixed_views",
+            VerifyError::GenesisHeight => "genesis_height",
+            VerifyError::BeyondHorizon { .. } => "beyond_schedule_horizon",
+        }
+    }
+}
+
 /// A message whose signatures and digests have been checked. Only [`verify`] makes one.
 #[derive(Clone, Debug)]
 pub struct VerifiedMessage(Message);

@@ -229,7 +229,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let child = Command::new(&exe)
             .args(["run", "--home"])
             .arg(&node.home)
-            .env("RUST_LOG", "warn")
+            // Quiet by default; `RUST_LOG=info scripts/bench.sh --keep-dir D` keeps the detail.
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -396,6 +397,16 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .collect();
     let view_changes =
         get_json(&http, &format!("{}/status", urls[0])).map(|s| s["view"].as_u64().unwrap_or(0)).unwrap_or(0);
+    if args.keep_dir.is_some() {
+        // What each node counted (drops by reason, queue waits): kept beside its log.
+        for (node, url) in file.nodes.iter().zip(&urls) {
+            if let Ok(mut response) = http.get(&format!("{url}/metrics")).call()
+                && let Ok(text) = response.body_mut().read_to_string()
+            {
+                let _ = std::fs::write(node.home.join("metrics.txt"), text);
+            }
+        }
+    }
     // Stopping the nodes ends the event stream the observer is blocked on.
     drop(nodes);
     let _ = observer.join();

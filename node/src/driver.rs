@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tetrad_consensus::wire::{Message, VerifiedBlock, verify};
+use tetrad_consensus::wire::{Message, VerifiedBlock, VerifyError, verify};
 use tetrad_consensus::{
     Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex,
     ValidatorSchedule, View,
@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Home;
+use crate::deferred::Deferred;
 use crate::executor::{Executed, Job};
 use crate::keys::SharedSchedule;
 use crate::mempool::Mempool;
@@ -100,6 +101,8 @@ struct State {
     requests_pending: bool,
     requests_checked: Option<Instant>,
     fetch_peer: u16,
+    /// Consensus messages above the schedule horizon, until it passes them.
+    deferred: Deferred,
 }
 
 impl State {
@@ -124,6 +127,7 @@ impl Driver {
             stall_since: Instant::now(),
             stall_reported: None,
             regossiped: Instant::now(),
+            deferred: Deferred::default(),
         };
         // A rotation in progress before a restart: finish it once the old key is not needed.
         if let Some(replica) = self.replica.as_ref()
@@ -132,6 +136,8 @@ impl Driver {
             state.rotation = replica.key_heights().last().copied();
         }
         let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::network::INBOUND_QUEUE);
+        let (early_tx, mut early_rx) = mpsc::channel::<Early>(VERIFICATIONS_MAX);
+        let outlets = Outlets { verified: verified_tx, early: early_tx };
         // Every drop reason appears in /metrics from the start, at zero.
         for reason in tetrad_consensus::DropReason::ALL {
             metrics::dropped_absolute(reason.name(), 0);
@@ -155,10 +161,15 @@ impl Driver {
             };
             tokio::select! {
                 event = self.events.recv() => match event {
-                    Some(event) => self.on_network_event(&mut state, event, &verified_tx),
+                    Some(event) => self.on_network_event(&mut state, event, &outlets),
                     None => break,
                 },
-                Some(input) = verified_rx.recv() => inputs.push(input),
+                Some(input) = verified_rx.recv() => {
+                    if let Input::Message { from, message } = &input {
+                        tracing::trace!(%from, kind = message.message().kind(), "consensus handled");
+                    }
+                    inputs.push(input)
+                }
                 Some(done) = self.executed.recv() => self.on_executed(&mut state, done, &mut inputs),
                 _ = tokio::time::sleep(sleep) => {}
                 _ = ticker.tick() => {}
@@ -166,9 +177,35 @@ impl Driver {
                 _ = follow.tick(), if self.replica.is_none() => self.follow(&mut state),
                 _ = self.shutdown.changed() => break,
             }
+            // Hand every waiting network message to verification now: taking one per round
+            // (each round may end in a synced write) let consensus messages wait behind each
+            // other for up to a second under load, and the primary time itself out.
+            for _ in 0..INPUTS_PER_ROUND {
+                let Ok(event) = self.events.try_recv() else { break };
+                self.on_network_event(&mut state, event, &outlets);
+            }
+            // Messages that came too early wait for the horizon; those it has passed go through
+            // verification again.
+            let horizon = self.schedule.get().horizon();
+            while let Ok(Early { from, height, bytes }) = early_rx.try_recv() {
+                if height > Height(horizon.0.saturating_add(self.params.watermark_window)) {
+                    metrics::dropped("beyond_schedule_horizon", 1);
+                } else if let Err(reason) = state.deferred.insert(from, height, bytes) {
+                    metrics::dropped(reason, 1);
+                } else {
+                    metrics::count("tetrad_early_messages_total", 1);
+                }
+            }
+            for (from, bytes) in state.deferred.release(horizon) {
+                self.on_network_event(&mut state, Event::Consensus { from, bytes }, &outlets);
+            }
+            metrics::gauge("tetrad_early_messages", state.deferred.len() as f64);
             // Drain what else is ready, so one synced write covers many inputs.
             while inputs.len() < INPUTS_PER_ROUND {
                 if let Ok(input) = verified_rx.try_recv() {
+                    if let Input::Message { from, message } = &input {
+                        tracing::trace!(%from, kind = message.message().kind(), "consensus handled");
+                    }
                     inputs.push(input);
                 } else if let Ok(done) = self.executed.try_recv() {
                     self.on_executed(&mut state, done, &mut inputs);
@@ -188,9 +225,11 @@ impl Driver {
                 continue;
             };
             let mut actions = Actions::default();
+            let view_before = (replica.view(), replica.view_active());
             for input in inputs {
                 merge(&mut actions, replica.handle(now, input));
             }
+            log_view_change(view_before, replica);
             self.propose(&mut state, &mut actions);
             self.carry_out(&mut state, actions).await;
             self.finish_rotation(&mut state);
@@ -273,7 +312,8 @@ impl Driver {
         }
     }
 
-    fn on_network_event(&mut self, state: &mut State, event: Event, verified: &mpsc::Sender<Input>) {
+    fn on_network_event(&mut self, state: &mut State, event: Event, outlets: &Outlets) {
+        let verified = &outlets.verified;
         match event {
             Event::Consensus { from, bytes } => {
                 if self.replica.is_none() {
@@ -285,21 +325,31 @@ impl Driver {
                 let genesis_hash = self.genesis_hash;
                 let params = self.params.clone();
                 let verified = verified.clone();
+                let early = outlets.early.clone();
                 // At most VERIFICATIONS_MAX messages are being verified at once; beyond that a
                 // flood is dropped (and counted) here instead of queueing without bound.
                 let Ok(permit) = self.verifications.clone().try_acquire_owned() else {
                     metrics::dropped("verification_queue_full", 1);
                     return;
                 };
+                let arrived = Instant::now();
+                tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], "consensus event");
                 tokio::task::spawn_blocking(move || {
                     let _permit = permit;
+                    metrics::observe("tetrad_consensus_verify_wait_seconds", arrived.elapsed().as_secs_f64());
                     match check_message(&bytes, &schedule, window, &mempool, &genesis_hash, &params) {
                         Ok(message) => {
+                            tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], kind = message.message().kind(), "consensus verified");
                             if verified.try_send(Input::Message { from, message }).is_err() {
                                 metrics::dropped("verified_queue_full", 1);
                             }
                         }
-                        Err(reason) => {
+                        Err(Rejected::Early(height)) => {
+                            if early.try_send(Early { from, height, bytes }).is_err() {
+                                metrics::dropped("early_queue_full", 1);
+                            }
+                        }
+                        Err(Rejected::Drop(reason)) => {
                             debug!(%from, reason, "dropped consensus message");
                             metrics::dropped(reason, 1);
                         }
@@ -507,6 +557,28 @@ fn merge(into: &mut Actions, from: Actions) {
 
 /// Decodes and verifies one consensus message; for a pre-prepare also checks every
 /// transaction of its batch (those in the mempool were verified at admission).
+/// Why a consensus message did not reach the replica.
+enum Rejected {
+    /// Above the schedule horizon: kept until the horizon passes this height.
+    Early(Height),
+    /// Dropped, counted under this reason.
+    Drop(&'static str),
+}
+
+/// A message to check again once the schedule horizon reaches `height`.
+struct Early {
+    from: ValidatorIndex,
+    height: Height,
+    bytes: bytes::Bytes,
+}
+
+/// Where verification results go: verified inputs to the replica, early messages back to the
+/// driver to wait.
+struct Outlets {
+    verified: mpsc::Sender<Input>,
+    early: mpsc::Sender<Early>,
+}
+
 fn check_message(
     bytes: &[u8],
     schedule: &ValidatorSchedule,
@@ -514,25 +586,29 @@ fn check_message(
     mempool: &Mutex<Mempool>,
     genesis_hash: &Digest,
     params: &ConsensusParams,
-) -> Result<tetrad_consensus::VerifiedMessage, &'static str> {
-    let message = Message::decode(bytes).map_err(|_| "malformed_message")?;
-    let verified = verify(message, schedule, window).map_err(|_| "bad_message_signature")?;
+) -> Result<tetrad_consensus::VerifiedMessage, Rejected> {
+    let message = Message::decode(bytes).map_err(|_| Rejected::Drop("malformed_message"))?;
+    let verified = verify(message, schedule, window).map_err(|error| match error {
+        VerifyError::BeyondHorizon { height, .. } => Rejected::Early(height),
+        error => Rejected::Drop(error.reason()),
+    })?;
     if let Message::PrePrepare { batch, .. } = verified.message()
         && !batch.payload.is_empty()
     {
         if batch.payload.len() > params.batch_bytes_max as usize {
-            return Err("oversized_batch");
+            return Err(Rejected::Drop("oversized_batch"));
         }
-        let txs: Vec<Tx> = borsh::from_slice(&batch.payload).map_err(|_| "malformed_batch")?;
+        let txs: Vec<Tx> =
+            borsh::from_slice(&batch.payload).map_err(|_| Rejected::Drop("malformed_batch"))?;
         if txs.is_empty() || txs.len() > params.batch_txs_max as usize {
-            return Err("oversized_batch");
+            return Err(Rejected::Drop("oversized_batch"));
         }
         let unknown: Vec<Tx> = {
             let pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
             txs.into_iter().filter(|tx| !pool.contains(&tx.hash())).collect()
         };
         if check_all(&unknown, genesis_hash).iter().any(Result::is_err) {
-            return Err("invalid_tx_in_batch");
+            return Err(Rejected::Drop("invalid_tx_in_batch"));
         }
     }
     Ok(verified)
@@ -555,4 +631,17 @@ fn verify_blocks(
         }
     }
     verified
+}
+
+/// A view change is an operator-visible event: say when this replica starts one (with what it
+/// was waiting for) and when a new view is installed.
+fn log_view_change((view, active): (View, bool), replica: &Replica) {
+    if (replica.view(), replica.view_active()) == (view, active) {
+        return;
+    }
+    if replica.view_active() {
+        info!(view = %replica.view(), "new view installed");
+    } else {
+        warn!(from = %view, state = %replica.describe(), "view change started");
+    }
 }

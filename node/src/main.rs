@@ -6,6 +6,7 @@ mod bench_ledger;
 mod cli;
 mod client;
 mod config;
+mod deferred;
 mod driver;
 mod executor;
 mod identity;

@@ -13,6 +13,9 @@
 //! | `tetrad_rpc_requests_total{method,outcome}` | counter | RPC requests |
 //! | `tetrad_storage_write_seconds` | histogram | time to commit one block to RocksDB (synced) |
 //! | `tetrad_state_transfers_total` | counter | block-sync requests made |
+//! | `tetrad_early_messages_total` | counter | consensus messages kept until the schedule horizon reached their height |
+//! | `tetrad_early_messages` | gauge | such messages waiting now |
+//! | `tetrad_consensus_verify_wait_seconds` | histogram | time a consensus message waits for a verification thread |
 
 use std::sync::OnceLock;
 

@@ -511,6 +511,7 @@ impl Task {
                         .collect(),
                 };
                 for peer in targets {
+                    tracing::trace!(%peer, len = bytes.len(), id = %&blake3::hash(&bytes).to_hex()[..12], "consensus out");
                     if self.swarm.is_connected(&peer) {
                         self.swarm.behaviour_mut().consensus.send_request(&peer, bytes.clone());
                     } else {
@@ -583,6 +584,7 @@ impl Task {
             ..
         } = event
         {
+            tracing::trace!(%peer, len = request.len(), id = %&blake3::hash(&request).to_hex()[..12], "consensus in");
             let _ = self.swarm.behaviour_mut().consensus.send_response(channel, 1);
             let Some(&from) = self.index_of.get(&peer) else {
                 metrics::dropped("consensus_from_non_validator", 1);
