@@ -211,6 +211,27 @@ fn delivery_is_in_height_order() {
 }
 
 #[test]
+fn a_committed_height_whose_batch_never_came_is_fetched_again_at_every_status_tick() {
+    let fixture = fixture();
+    let mut backup = fixture.replica(1);
+    let (_, digest, _) = fixture.pre_prepare(0, 1, b"lost");
+    // The pre-prepare is lost; the other three commit.
+    let mut asked = 0;
+    for signer in [0, 2, 3] {
+        let actions = fixture.deliver(&mut backup, signer, commit_message(&fixture, signer, 1, digest));
+        asked += actions.send.iter().filter(|out| matches!(out.message, Message::FetchBatch { .. })).count();
+    }
+    assert_eq!(asked, 1, "asked once when the certificate formed");
+    // The answer is lost too: the status tick asks again.
+    let actions = backup.handle(10 + T, Input::Timer(Timer::Status));
+    assert!(
+        actions.send.iter().any(|out| out.to == Recipient::All
+            && matches!(out.message, Message::FetchBatch { height: Height(1), digest: d } if d == digest)),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn checkpoint_becomes_stable_with_a_quorum_and_moves_the_window() {
     let fixture = fixture();
     let mut backup = fixture.replica(1);

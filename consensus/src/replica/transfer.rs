@@ -45,6 +45,13 @@ impl Replica {
         let cutoff = self.now_ms.saturating_sub(self.config.status_interval_ms);
         let mut resend = Vec::new();
         for (height, slot) in self.log.range(self.committed.next()..) {
+            // Committed by a quorum but the batch never arrived (its pre-prepare was lost):
+            // ask again, with or without a pre-prepare.
+            if let Some(certificate) = &slot.certificate
+                && !slot.batches.contains_key(&certificate.statement.digest)
+            {
+                resend.push(Message::FetchBatch { height: *height, digest: certificate.statement.digest });
+            }
             let Some(pre_prepare) = &slot.pre_prepare else { continue };
             if slot.accepted_at_ms > cutoff {
                 continue;
@@ -59,11 +66,6 @@ impl Replica {
             }
             if let Some(commit) = slot.commits.get(&self.me) {
                 resend.push(Message::Commit(commit.clone()));
-            }
-            if let Some(certificate) = &slot.certificate
-                && !slot.batches.contains_key(&certificate.statement.digest)
-            {
-                resend.push(Message::FetchBatch { height: *height, digest: certificate.statement.digest });
             }
         }
         for message in resend {
