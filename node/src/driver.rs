@@ -165,9 +165,7 @@ impl Driver {
                     None => break,
                 },
                 Some(input) = verified_rx.recv() => {
-                    if let Input::Message { from, message } = &input {
-                        tracing::trace!(%from, kind = message.message().kind(), "consensus handled");
-                    }
+                    trace_handled(&input);
                     inputs.push(input)
                 }
                 Some(done) = self.executed.recv() => self.on_executed(&mut state, done, &mut inputs),
@@ -203,9 +201,7 @@ impl Driver {
             // Drain what else is ready, so one synced write covers many inputs.
             while inputs.len() < INPUTS_PER_ROUND {
                 if let Ok(input) = verified_rx.try_recv() {
-                    if let Input::Message { from, message } = &input {
-                        tracing::trace!(%from, kind = message.message().kind(), "consensus handled");
-                    }
+                    trace_handled(&input);
                     inputs.push(input);
                 } else if let Ok(done) = self.executed.try_recv() {
                     self.on_executed(&mut state, done, &mut inputs);
@@ -557,6 +553,13 @@ fn merge(into: &mut Actions, from: Actions) {
 
 /// Decodes and verifies one consensus message; for a pre-prepare also checks every
 /// transaction of its batch (those in the mempool were verified at admission).
+/// Per-message timing, with the network's `consensus in` and the driver's `consensus event`.
+fn trace_handled(input: &Input) {
+    if let Input::Message { from, message } = input {
+        tracing::trace!(%from, kind = message.message().kind(), "consensus handled");
+    }
+}
+
 /// Why a consensus message did not reach the replica.
 enum Rejected {
     /// Above the schedule horizon: kept until the horizon passes this height.
