@@ -243,10 +243,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Query(command) => crate::client::query(command),
         Command::Testnet(args) => testnet(args),
         Command::Bench(BenchCli { command: Some(BenchCommand::Ledger(args)), .. }) => {
-            crate::bench_ledger::run(&args.into())
+            crate::ops::bench_ledger::run(&args.into())
         }
         Command::Bench(BenchCli { command: None, network }) => {
-            let args = crate::bench::BenchArgs {
+            let args = crate::ops::bench::BenchArgs {
                 validators: network.validators,
                 accounts: network.accounts,
                 txs: network.txs,
@@ -257,14 +257,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 timeout_s: network.timeout_s,
                 keep_dir: network.keep_dir,
             };
-            crate::bench::run(&args).map(|_| ())
+            crate::ops::bench::run(&args).map(|_| ())
         }
     }
 }
 
-impl From<LedgerBenchArgs> for crate::bench_ledger::LedgerBench {
+impl From<LedgerBenchArgs> for crate::ops::bench_ledger::LedgerBench {
     fn from(args: LedgerBenchArgs) -> Self {
-        crate::bench_ledger::LedgerBench {
+        crate::ops::bench_ledger::LedgerBench {
             txs: args.txs,
             accounts: args.accounts,
             block_txs: args.block_txs,
@@ -283,7 +283,7 @@ fn run_node(home: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(crate::node::run(home))
+    runtime.block_on(crate::daemon::node::run(home))
 }
 
 fn testnet(args: TestnetArgs) -> Result<()> {
@@ -291,15 +291,15 @@ fn testnet(args: TestnetArgs) -> Result<()> {
     if args.start && existing.exists() {
         let text = std::fs::read_to_string(&existing)
             .with_context(|| format!("{}: cannot read", existing.display()))?;
-        let file: crate::testnet::TestnetFile = serde_json::from_str(&text)
+        let file: crate::ops::testnet::TestnetFile = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a testnet file", existing.display()))?;
         println!(
             "starting the existing testnet in {} (remove the directory for a fresh one)",
             args.dir.display()
         );
-        return crate::testnet::start(&file);
+        return crate::ops::testnet::start(&file);
     }
-    let plan = crate::testnet::TestnetPlan {
+    let plan = crate::ops::testnet::TestnetPlan {
         validators: args.validators,
         accounts: args.accounts,
         balance: args.balance,
@@ -311,7 +311,7 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         watermark_window: args.watermark_window,
         view_change_timeout_ms: args.view_change_timeout_ms,
     };
-    let file = crate::testnet::create(&plan)?;
+    let file = crate::ops::testnet::create(&plan)?;
     println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display());
     println!("chain id      {}", file.chain_id);
     println!("genesis hash  {}", file.genesis_hash);
@@ -326,7 +326,7 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         );
     }
     if args.start {
-        crate::testnet::start(&file)?;
+        crate::ops::testnet::start(&file)?;
     } else {
         println!("start each with: tetrad run --home <home>   (or pass --start)");
     }

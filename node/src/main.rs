@@ -1,21 +1,15 @@
 //! `tetrad`: the Tetrad node and its command-line tools.
+//!
+//! Rooms by concern: `daemon/` (the validator or full node that `tetrad run` starts),
+//! `client/` (transactions, queries and key rotation against a node's RPC), `ops/` (operator
+//! tooling: testnet, bench); `cli`, `config` and `identity` are shared by all three.
 
-mod api;
-mod bench;
-mod bench_ledger;
 mod cli;
 mod client;
 mod config;
-mod deferred;
-mod driver;
-mod executor;
+mod daemon;
 mod identity;
-mod keys;
-mod mempool;
-mod metrics;
-mod network;
-mod node;
-mod testnet;
+mod ops;
 
 use std::process::ExitCode;
 

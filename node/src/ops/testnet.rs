@@ -103,7 +103,7 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
     }
     for index in 0..plan.accounts {
         let address = match plan.account_seed {
-            Some(seed) => crate::bench::account_key(seed, index).public_key(),
+            Some(seed) => crate::ops::bench::account_key(seed, index).public_key(),
             None => {
                 let key = KeyFile::generate()?;
                 key.write_new(&accounts_dir.join(format!("account-{index}.json")))?;

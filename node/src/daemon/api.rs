@@ -14,17 +14,17 @@ use tetrad_rpc::api::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::driver::ConsensusStatus;
-use crate::executor::Waiters;
-use crate::mempool::Mempool;
-use crate::metrics;
+use crate::daemon::driver::ConsensusStatus;
+use crate::daemon::executor::Waiters;
+use crate::daemon::mempool::Mempool;
+use crate::daemon::metrics;
 
 #[derive(Clone)]
 pub struct Api {
     pub name: String,
     pub genesis: Arc<Genesis>,
     pub genesis_hash: Digest,
-    pub schedule: crate::keys::SharedSchedule,
+    pub schedule: crate::daemon::keys::SharedSchedule,
     pub store: Arc<Store>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub status: Arc<RwLock<ConsensusStatus>>,

@@ -27,12 +27,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Home;
-use crate::deferred::Deferred;
-use crate::executor::{Executed, Job};
-use crate::keys::SharedSchedule;
-use crate::mempool::Mempool;
-use crate::metrics;
-use crate::network::{Command, Event, SYNC_BLOCKS_MAX, SyncBlock};
+use crate::daemon::deferred::Deferred;
+use crate::daemon::executor::{Executed, Job};
+use crate::daemon::keys::SharedSchedule;
+use crate::daemon::mempool::Mempool;
+use crate::daemon::metrics;
+use crate::daemon::network::{Command, Event, SYNC_BLOCKS_MAX, SyncBlock};
 
 /// What `/status` shows of consensus, updated by the driver.
 #[derive(Clone, Debug, Default)]
@@ -135,7 +135,7 @@ impl Driver {
         {
             state.rotation = replica.key_heights().last().copied();
         }
-        let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::network::INBOUND_QUEUE);
+        let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::daemon::network::INBOUND_QUEUE);
         let (early_tx, mut early_rx) = mpsc::channel::<Early>(VERIFICATIONS_MAX);
         let outlets = Outlets { verified: verified_tx, early: early_tx };
         // Every drop reason appears in /metrics from the start, at zero.
@@ -299,7 +299,7 @@ impl Driver {
         if replica.key_heights() != [first] {
             return;
         }
-        match crate::keys::finish_rotation(&self.home) {
+        match crate::daemon::keys::finish_rotation(&self.home) {
             Ok(()) => {
                 info!(activation = %first, "key rotation complete; the old consensus key was erased");
                 state.rotation = None;

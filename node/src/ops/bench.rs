@@ -29,7 +29,7 @@ use tetrad_consensus::{Digest, SecretKey};
 use tetrad_ledger::scratch::ScratchDir;
 use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 
-use crate::testnet::{self, TestnetPlan};
+use crate::ops::testnet::{self, TestnetPlan};
 
 pub struct BenchArgs {
     pub validators: u16,

@@ -32,7 +32,7 @@ use tetrad_ledger::tx::{TX_BYTES_MAX, Tx};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::metrics;
+use crate::daemon::metrics;
 
 /// Most blocks in one sync response, and most bytes.
 pub const SYNC_BLOCKS_MAX: u64 = 64;

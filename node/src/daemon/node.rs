@@ -12,14 +12,15 @@ use tetrad_rpc::Limits;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::api::Api;
+use crate::daemon::api::Api;
 use crate::config::{Config, Home};
-use crate::driver::{ConsensusStatus, Driver};
-use crate::executor::Executor;
-use crate::keys::{OwnKeys, SharedSchedule};
-use crate::mempool::{Mempool, MempoolConfig};
-use crate::network::{self, GossipValidator, NetworkConfig};
-use crate::{identity, metrics};
+use crate::daemon::driver::{ConsensusStatus, Driver};
+use crate::daemon::executor::Executor;
+use crate::daemon::keys::{OwnKeys, SharedSchedule};
+use crate::daemon::mempool::{Mempool, MempoolConfig};
+use crate::daemon::network::{self, GossipValidator, NetworkConfig};
+use crate::daemon::metrics;
+use crate::identity;
 
 /// Runs the node in `home` until a shutdown signal.
 pub async fn run(home_dir: &Path) -> Result<()> {
@@ -160,7 +161,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         status,
         shutdown: shutdown_rx.clone(),
         new_txs,
-        verifications: Arc::new(tokio::sync::Semaphore::new(crate::driver::VERIFICATIONS_MAX)),
+        verifications: Arc::new(tokio::sync::Semaphore::new(crate::daemon::driver::VERIFICATIONS_MAX)),
         gossip: network.gossip.clone(),
     };
     let driver = tokio::spawn(driver.run());

@@ -23,9 +23,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::config::Home;
-use crate::keys::{SharedSchedule, activation_of};
-use crate::mempool::Mempool;
-use crate::metrics;
+use crate::daemon::keys::{SharedSchedule, activation_of};
+use crate::daemon::mempool::Mempool;
+use crate::daemon::metrics;
 
 pub enum Job {
     Block(Committed),

@@ -1,0 +1,6 @@
+//! Operator tooling: `tetrad testnet` (homes, keys and genesis for a local network) and
+//! `tetrad bench` (a real network's throughput and latency; the ledger alone).
+
+pub mod bench;
+pub mod bench_ledger;
+pub mod testnet;
