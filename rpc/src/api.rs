@@ -42,6 +42,47 @@ pub struct StatusView {
     pub syncing: bool,
 }
 
+/// What `GET /health` says of consensus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Work is waiting and heights are being committed (executed, for a full node).
+    Progressing,
+    /// Nothing to do: no transaction waits and nothing is in flight.
+    Idle,
+    /// Behind the others and fetching the blocks it misses, making progress.
+    Syncing,
+    /// Work is waiting but nothing was committed for longer than the stall limit (no quorum,
+    /// view changes that do not complete, no peer to sync from).
+    Stalled,
+    /// The consensus loop has not run for longer than the stall limit.
+    Stopped,
+}
+
+impl Health {
+    /// Answered 200 (`progressing`, `idle`, `syncing`) rather than 503.
+    pub fn is_healthy(self) -> bool {
+        matches!(self, Health::Progressing | Health::Idle | Health::Syncing)
+    }
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    pub status: Health,
+    /// Why, in words.
+    pub reason: String,
+    /// The last executed height.
+    pub height: Height,
+    /// Milliseconds since the last height was committed (executed, for a full node) or, before
+    /// the first, since the node started.
+    pub last_progress_ms: u64,
+    /// Whether work waits: transactions ready to propose, heights in flight, a view change.
+    pub pending_work: bool,
+    /// A node with pending work and no progress for this long is `stalled`.
+    pub stall_after_ms: u64,
+}
+
 /// A committed block: header, its hash, the transaction hashes and the commit certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockView {
@@ -165,6 +206,9 @@ pub struct BlockEvent {
 /// or RocksDB, in microseconds); submission and waiting are asynchronous.
 pub trait NodeApi: Clone + Send + Sync + 'static {
     fn status(&self) -> StatusView;
+
+    /// Whether consensus is making progress, idle, or stuck (see [`Health`]).
+    fn health(&self) -> HealthView;
 
     /// Admits a transaction to the mempool (and gossips it). Returns its hash.
     fn submit(&self, tx: Tx) -> impl Future<Output = Result<Digest, SubmitError>> + Send;

@@ -9,6 +9,7 @@ use tetrad_ledger::{Address, Tx};
 use crate::api::{
     AccountView, BlockRef, BlockView, CheckpointView, NodeApi, StatusView, TxStatus, TxView, ValidatorsView,
 };
+use crate::budget::HeldPermit;
 use crate::errors::{ErrorCode, RpcError};
 use crate::state::AppState;
 
@@ -27,18 +28,23 @@ pub(crate) enum Submitted {
     Committed(Box<TxView>),
 }
 
-/// Admits `tx`, and if `wait`, waits for its commit for at most the server's limit.
+/// Admits `tx`, and if `wait`, waits for its commit for at most the server's limit. A waiting
+/// submission takes a permit of the wait budget before it is admitted (none left: 503, nothing
+/// admitted) and gives back its general permit (`held`) while it waits.
 pub(crate) async fn submit<A: NodeApi>(
     state: &AppState<A>,
     tx: Tx,
     wait: bool,
     timeout_ms: Option<u64>,
+    held: &HeldPermit,
 ) -> Result<Submitted, RpcError> {
     let expected_hash = tx.hash();
+    let wait_permit = if wait { Some(state.budgets.wait_permit(&state.limits)?) } else { None };
     let hash = state.api.submit(tx).await.map_err(|error| RpcError::from_submit(error, &expected_hash))?;
-    if !wait {
+    let Some(_wait_permit) = wait_permit else {
         return Ok(Submitted::Pending(SubmittedView { hash, status: TxStatus::Pending }));
-    }
+    };
+    held.release();
     let timeout = state.limits.wait_timeout(timeout_ms);
     let waited = tokio::select! {
         waited = state.api.wait_committed(hash, timeout) => waited,

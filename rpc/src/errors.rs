@@ -224,6 +224,11 @@ impl Serialize for RpcError {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ErrorMarker(pub ErrorCode);
 
+/// Marks a response whose error status is the answer itself (`/health` when unhealthy): the
+/// outermost middleware leaves it as it is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Verbatim;
+
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RpcError {
         RpcError { code, message: message.into(), data: None }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::NodeApi;
-use crate::errors::RpcError;
+use crate::errors::{ErrorCode, RpcError};
 use crate::state::AppState;
 
 /// `Path<T>` with JSON rejections: `height: expected an unsigned integer, found `abc``.
@@ -84,9 +84,21 @@ impl<A: NodeApi, T: DeserializeOwned> FromRequest<AppState<A>> for JsonBody<T> {
     type Rejection = RpcError;
 
     async fn from_request(request: Request, state: &AppState<A>) -> Result<JsonBody<T>, RpcError> {
-        let body = Bytes::from_request(request, state).await;
-        let bytes = read_body(body, state.limits.body_bytes_max)?;
+        let bytes = body_within(request, state).await?;
         parse_json_body(&bytes).map(JsonBody)
+    }
+}
+
+/// The whole body, read within [`crate::Limits::body_timeout_ms`]: a client that sends a body
+/// slowly holds a permit of the general budget for that long at most, then gets 408.
+pub(crate) async fn body_within<A: NodeApi>(request: Request, state: &AppState<A>) -> Result<Bytes, RpcError> {
+    match tokio::time::timeout(state.limits.body_timeout(), Bytes::from_request(request, state)).await {
+        Ok(body) => read_body(body, state.limits.body_bytes_max),
+        Err(_) => Err(RpcError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within {} ms", state.limits.body_timeout_ms),
+        )
+        .with_data(serde_json::json!({ "body_timeout_ms": state.limits.body_timeout_ms }))),
     }
 }
 

@@ -4,9 +4,7 @@
 //! errors are in the JSON-RPC `error` member with the codes of [`crate::errors`].
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,9 +13,10 @@ use tetrad_consensus::{Digest, Height};
 use tetrad_ledger::{Address, Tx};
 
 use crate::api::{BlockRef, NodeApi};
+use crate::budget::HeldPermit;
 use crate::calls::{self, Submitted};
 use crate::errors::{ErrorMarker, RpcError};
-use crate::extract::{clip, json_kind, parse_params, read_body};
+use crate::extract::{body_within, clip, json_kind, parse_params};
 use crate::state::AppState;
 
 /// The methods, as `method_not_found` lists them.
@@ -40,11 +39,9 @@ pub const INVALID_CALL_LABEL: &str = "jsonrpc";
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Recorded;
 
-pub(crate) async fn handle<A: NodeApi>(
-    State(state): State<AppState<A>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let bytes = match read_body(body, state.limits.body_bytes_max) {
+pub(crate) async fn handle<A: NodeApi>(State(state): State<AppState<A>>, request: Request) -> Response {
+    let held = request.extensions().get::<HeldPermit>().cloned().unwrap_or_default();
+    let bytes = match body_within(request, &state).await {
         Ok(bytes) => bytes,
         Err(error) => {
             // Counted by the middleware, under the route.
@@ -54,7 +51,7 @@ pub(crate) async fn handle<A: NodeApi>(
             return response;
         }
     };
-    let mut response = match answer(&state, &bytes).await {
+    let mut response = match answer(&state, &bytes, &held).await {
         Some(answer) => (StatusCode::OK, Json(answer)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     };
@@ -63,7 +60,7 @@ pub(crate) async fn handle<A: NodeApi>(
 }
 
 /// The answer to a body: one response, an array of them, or nothing (only notifications).
-async fn answer<A: NodeApi>(state: &AppState<A>, bytes: &[u8]) -> Option<Value> {
+async fn answer<A: NodeApi>(state: &AppState<A>, bytes: &[u8], held: &HeldPermit) -> Option<Value> {
     let request = match serde_json::from_slice::<Value>(bytes) {
         Ok(request) => request,
         Err(error) => {
@@ -72,7 +69,7 @@ async fn answer<A: NodeApi>(state: &AppState<A>, bytes: &[u8]) -> Option<Value> 
         }
     };
     let Value::Array(calls) = request else {
-        return call(state, request).await;
+        return call(state, request, held).await;
     };
     if calls.is_empty() {
         let error = RpcError::invalid_request("empty batch: a batch must hold at least one request");
@@ -87,7 +84,8 @@ async fn answer<A: NodeApi>(state: &AppState<A>, bytes: &[u8]) -> Option<Value> 
         .with_data(json!({ "found": calls.len(), "max": state.limits.batch_max }));
         return Some(refuse(state, &error));
     }
-    let answers = futures::future::join_all(calls.into_iter().map(|request| call(state, request))).await;
+    let answers =
+        futures::future::join_all(calls.into_iter().map(|request| call(state, request, held))).await;
     let answers: Vec<Value> = answers.into_iter().flatten().collect();
     if answers.is_empty() { None } else { Some(Value::Array(answers)) }
 }
@@ -147,7 +145,7 @@ impl Call {
 }
 
 /// Answers one call (`None` for a notification), counting it.
-async fn call<A: NodeApi>(state: &AppState<A>, request: Value) -> Option<Value> {
+async fn call<A: NodeApi>(state: &AppState<A>, request: Value, held: &HeldPermit) -> Option<Value> {
     let call = match Call::from_value(request) {
         Ok(call) => call,
         Err((id, error)) => {
@@ -155,7 +153,7 @@ async fn call<A: NodeApi>(state: &AppState<A>, request: Value) -> Option<Value> 
             return Some(error_envelope(id, &error));
         }
     };
-    let result = dispatch(state, &call.method, call.params).await;
+    let result = dispatch(state, &call.method, call.params, held).await;
     let label = METHODS.iter().find(|known| **known == call.method).copied().unwrap_or(INVALID_CALL_LABEL);
     state.api.record_request(label, result.as_ref().map_or_else(|error| error.code.name(), |_| "ok"));
     let id = call.id?;
@@ -214,11 +212,16 @@ struct BatchSubmitParams {
     txs: Vec<Tx>,
 }
 
-async fn dispatch<A: NodeApi>(state: &AppState<A>, method: &str, params: Value) -> Result<Value, RpcError> {
+async fn dispatch<A: NodeApi>(
+    state: &AppState<A>,
+    method: &str,
+    params: Value,
+    held: &HeldPermit,
+) -> Result<Value, RpcError> {
     match method {
         "submit_transaction" => {
             let SubmitParams { tx, wait, timeout_ms } = parse_params(params)?;
-            match calls::submit(state, tx, wait, timeout_ms).await? {
+            match calls::submit(state, tx, wait, timeout_ms, held).await? {
                 Submitted::Pending(view) => to_value(&view),
                 Submitted::Committed(view) => to_value(&view),
             }

@@ -36,12 +36,25 @@
 //!
 //! ## Limits
 //!
-//! Bodies over [`Limits::body_bytes_max`] get 413; more than [`Limits::concurrency_max`]
-//! requests in flight get 503 at once (no queue); a request over [`Limits::request_timeout_ms`]
+//! More than [`Limits::connections_per_client_max`] connections from one IP address (or
+//! [`Limits::connections_max`] in all) are answered 503 and closed; headers must arrive within
+//! [`Limits::header_timeout_ms`] (an idle kept-alive connection is closed after that time too)
+//! and a body within [`Limits::body_timeout_ms`] (else 408). Bodies over
+//! [`Limits::body_bytes_max`] get 413. Requests in flight come from three budgets (see
+//! [`budget`]): `/health` and `/status` ([`Limits::status_concurrency_max`]), waiting submissions
+//! ([`Limits::wait_concurrency_max`]) and the rest ([`Limits::concurrency_max`]); a request whose
+//! budget is empty gets 503 at once (no queue). A request over [`Limits::request_timeout_ms`]
 //! gets 408 (`POST /` and `POST /txs` get [`Limits::wait_timeout_max_ms`] more, `/events` has no
 //! time limit); batches over [`Limits::batch_max`] get -32600.
+//!
+//! ## Health
+//!
+//! `GET /health` answers [`api::HealthView`]: 200 while consensus is making progress, is idle
+//! (nothing to do) or is catching up, 503 when it has work and has made no progress for a while,
+//! or when its loop stopped. [`api::NodeApi::health`] decides which.
 
 pub mod api;
+mod budget;
 mod calls;
 pub mod errors;
 mod events;
@@ -50,6 +63,7 @@ pub mod jsonrpc;
 pub mod limits;
 mod middleware;
 mod rest;
+mod server;
 mod state;
 
 use std::future::Future;
@@ -60,8 +74,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tower::timeout::TimeoutLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -71,6 +83,7 @@ pub use errors::{ErrorCode, RpcError};
 pub use events::BLOCK_EVENT;
 pub use limits::Limits;
 pub use rest::METRICS_CONTENT_TYPE;
+pub use server::Refusal;
 
 use crate::api::NodeApi;
 use crate::state::AppState;
@@ -82,7 +95,8 @@ pub fn router<A: NodeApi>(api: A, limits: Limits) -> Router {
 }
 
 /// Serves `api` on `listener` until `shutdown` resolves, then stops accepting, ends the event
-/// streams and waits for requests in flight to finish.
+/// streams and waits for requests in flight to finish. Connections refused by the connection
+/// limits are counted with `record_request("connection", refusal)`.
 pub async fn serve<A: NodeApi>(
     listener: tokio::net::TcpListener,
     api: A,
@@ -90,21 +104,20 @@ pub async fn serve<A: NodeApi>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_sender, stop_receiver) = watch::channel(false);
-    let app = build(api, limits, Some(stop_receiver));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop_sender.send_replace(true);
-        })
-        .await
+    let app = build(api.clone(), limits, Some(stop_receiver));
+    let refused = move |refusal: Refusal| api.record_request(CONNECTION_LABEL, refusal.name());
+    server::run(listener, app, limits, stop_sender, refused, shutdown).await
 }
+
+/// The metrics label of refused connections.
+pub const CONNECTION_LABEL: &str = "connection";
 
 fn build<A: NodeApi>(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>) -> Router {
     let state = AppState::new(api, limits, stop);
     let layer_error = move |error| std::future::ready(limits::layer_error(error, &limits));
     let queries = Router::new()
         .route("/status", get(rest::status::<A>))
-        .route("/health", get(rest::health))
+        .route("/health", get(rest::health::<A>))
         .route("/blocks/latest", get(rest::latest_block::<A>))
         .route("/blocks/{height}", get(rest::block_at::<A>))
         .route("/blocks/hash/{hash}", get(rest::block_by_hash::<A>))
@@ -130,7 +143,6 @@ fn build<A: NodeApi>(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>
         );
     // Event streams live as long as the client wants: no time limit.
     let streams = Router::new().route("/events", get(events::stream::<A>));
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.permits()));
     Router::new()
         .merge(queries)
         .merge(submissions)
@@ -140,11 +152,7 @@ fn build<A: NodeApi>(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>
             ServiceBuilder::new()
                 .layer(TraceLayer::new_for_http())
                 .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::finish::<A>))
-                // The load shedder must sit right under a layer that calls `poll_ready` (the
-                // error handler does): it refuses when the concurrency limit is not ready.
-                .layer(HandleErrorLayer::new(layer_error))
-                .layer(LoadShedLayer::new())
-                .layer(GlobalConcurrencyLimitLayer::with_semaphore(in_flight))
+                .layer(axum::middleware::from_fn_with_state(state.clone(), budget::admit::<A>))
                 .layer(DefaultBodyLimit::max(limits.body_bytes_max))
                 .layer(RequestBodyLimitLayer::new(limits.body_bytes_max)),
         )

@@ -10,12 +10,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::api::NodeApi;
-use crate::errors::{ErrorCode, ErrorMarker, RpcError};
+use crate::errors::{ErrorCode, ErrorMarker, RpcError, Verbatim};
 use crate::jsonrpc::{Recorded, error_envelope};
 use crate::state::AppState;
 
 /// The metrics label of requests that matched no route: a client cannot make up new labels.
 pub(crate) const UNMATCHED_LABEL: &str = "unmatched";
+/// The outcome of a `/health` request answered 503.
+pub(crate) const UNHEALTHY_OUTCOME: &str = "unhealthy";
 
 pub(crate) async fn finish<A: NodeApi>(
     State(state): State<AppState<A>>,
@@ -26,8 +28,10 @@ pub(crate) async fn finish<A: NodeApi>(
     let method = request.method().clone();
     let mut response = next.run(request).await;
     let status = response.status();
+    let verbatim = response.extensions().get::<Verbatim>().is_some();
     let code = match response.extensions().get::<ErrorMarker>() {
         Some(ErrorMarker(code)) => Some(*code),
+        None if verbatim => None,
         None if status.is_client_error() || status.is_server_error() => {
             let error = replacement(&state, &method, status);
             let code = error.code;
@@ -42,7 +46,8 @@ pub(crate) async fn finish<A: NodeApi>(
             Some(route) => format!("{} {route}", method_label(&method)),
             None => UNMATCHED_LABEL.to_owned(),
         };
-        state.api.record_request(&label, code.map_or("ok", ErrorCode::name));
+        let outcome = if verbatim && !status.is_success() { UNHEALTHY_OUTCOME } else { code.map_or("ok", ErrorCode::name) };
+        state.api.record_request(&label, outcome);
     }
     response
 }

@@ -2,8 +2,8 @@
 //! answer JSON, and errors as `{"error": {"code", "message", "data"?}}` with the code JSON-RPC
 //! would use (see [`crate::errors`]).
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +15,9 @@ use tetrad_ledger::{Address, Tx};
 use crate::api::{
     AccountView, BlockRef, BlockView, CheckpointView, NodeApi, StatusView, TxView, ValidatorsView,
 };
+use crate::budget::HeldPermit;
 use crate::calls::{self, Submitted};
-use crate::errors::{ErrorCode, RpcError};
+use crate::errors::{ErrorCode, RpcError, Verbatim};
 use crate::extract::{JsonBody, UrlPath, UrlQuery, clip};
 use crate::state::AppState;
 
@@ -56,8 +57,15 @@ pub(crate) async fn status<A: NodeApi>(State(state): State<AppState<A>>) -> Json
     Json(calls::status(&state))
 }
 
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// `GET /health`: 200 while the node is healthy (consensus progressing, idle or catching up),
+/// 503 when it is stalled or its consensus loop stopped; the body says which and why.
+pub(crate) async fn health<A: NodeApi>(State(state): State<AppState<A>>) -> Response {
+    let health = state.api.health();
+    let status = if health.status.is_healthy() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut response = (status, Json(health)).into_response();
+    // A 503 here is the answer itself, not an error for the middleware to rewrite.
+    response.extensions_mut().insert(Verbatim);
+    response
 }
 
 pub(crate) async fn latest_block<A: NodeApi>(
@@ -122,10 +130,12 @@ pub(crate) async fn metrics<A: NodeApi>(State(state): State<AppState<A>>) -> Res
 /// `{"hash", "status": "pending"}`, or 200 with the transaction's view once committed.
 pub(crate) async fn submit<A: NodeApi>(
     State(state): State<AppState<A>>,
+    held: Option<Extension<HeldPermit>>,
     UrlQuery(SubmitQuery { wait, timeout_ms }): UrlQuery<SubmitQuery>,
     JsonBody(tx): JsonBody<Tx>,
 ) -> Result<Response, RpcError> {
-    Ok(match calls::submit(&state, tx, wait, timeout_ms).await? {
+    let held = held.map(|Extension(held)| held).unwrap_or_default();
+    Ok(match calls::submit(&state, tx, wait, timeout_ms, &held).await? {
         Submitted::Pending(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
         Submitted::Committed(view) => (StatusCode::OK, Json(view)).into_response(),
     })

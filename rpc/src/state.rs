@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::NodeApi;
+use crate::budget::Budgets;
 use crate::limits::Limits;
 
 #[derive(Clone)]
@@ -13,6 +14,8 @@ pub(crate) struct AppState<A> {
     pub limits: Limits,
     /// Open `/events` streams hold one permit each.
     pub event_streams: Arc<Semaphore>,
+    /// Requests in flight: general, `/health` and `/status`, waiting submissions.
+    pub budgets: Arc<Budgets>,
     /// Becomes true when [`crate::serve`] begins its graceful shutdown; `None` under
     /// [`crate::router`], which never stops on its own.
     pub stop: Option<watch::Receiver<bool>>,
@@ -21,7 +24,8 @@ pub(crate) struct AppState<A> {
 impl<A: NodeApi> AppState<A> {
     pub fn new(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>) -> AppState<A> {
         let event_streams = Arc::new(Semaphore::new(limits.permits()));
-        AppState { api, limits, event_streams, stop }
+        let budgets = Arc::new(Budgets::new(&limits));
+        AppState { api, limits, event_streams, budgets, stop }
     }
 
     /// Resolves when the server begins to shut down (never under [`crate::router`]).

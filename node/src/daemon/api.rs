@@ -9,8 +9,8 @@ use tetrad_genesis::Genesis;
 use tetrad_ledger::tx::{Tx, TxError};
 use tetrad_ledger::{Address, Outcome, Store};
 use tetrad_rpc::api::{
-    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, InternalError, NodeApi, StatusView,
-    SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
+    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, HealthView, InternalError, NodeApi,
+    StatusView, SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -116,6 +116,11 @@ impl Api {
 }
 
 impl NodeApi for Api {
+    fn health(&self) -> HealthView {
+        let liveness = self.status.read().unwrap_or_else(|p| p.into_inner()).liveness.clone();
+        liveness.health(std::time::Instant::now(), self.store.head().height)
+    }
+
     fn status(&self) -> StatusView {
         let head = self.store.head();
         let consensus = self.status.read().unwrap_or_else(|p| p.into_inner()).clone();

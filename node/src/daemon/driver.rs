@@ -8,8 +8,14 @@
 //!
 //! Signatures are verified off this task (`spawn_blocking`), and a pre-prepare's transactions
 //! are checked there too; transactions already in the mempool were verified at admission and
-//! are not verified again. A node whose consensus key is not a validator's runs the same loop
-//! without a replica and follows the chain by block sync.
+//! are not verified again. Messages wait for verification in one queue per sender and are
+//! verified in turn, each sender within its share, stale ones dropped before any signature is
+//! checked (`intake.rs`); the expensive answers to one peer (a batch, the new-view) are rationed
+//! (`answers.rs`). A node whose consensus key is not a validator's runs the same loop without a
+//! replica and follows the chain by block sync.
+//!
+//! Each run of the loop reports the node's liveness for `/health` (`health.rs`). The loop ends
+//! with an error if the network task or the executor is gone: the node then exits.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,15 +33,18 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::Home;
+use crate::daemon::answers::Answers;
 use crate::daemon::deferred::Deferred;
+use crate::daemon::health::Liveness;
+use crate::daemon::intake::{Freshness, Intake, Queued};
 use crate::daemon::executor::{Executed, Job};
 use crate::daemon::keys::SharedSchedule;
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
-use crate::daemon::network::{Command, Event, SYNC_BLOCKS_MAX, SyncBlock};
+use crate::daemon::network::{Command, Event, FrameLimits, SYNC_BLOCKS_MAX, SyncBlock};
 
-/// What `/status` shows of consensus, updated by the driver.
-#[derive(Clone, Debug, Default)]
+/// What `/status` and `/health` show of consensus, updated by the driver.
+#[derive(Clone, Debug)]
 pub struct ConsensusStatus {
     pub validator: Option<ValidatorIndex>,
     pub view: View,
@@ -43,6 +52,30 @@ pub struct ConsensusStatus {
     pub primary: ValidatorIndex,
     pub stable_checkpoint: Height,
     pub syncing: bool,
+    pub liveness: Liveness,
+}
+
+impl ConsensusStatus {
+    pub fn new(validator: Option<ValidatorIndex>, stall_after: Duration) -> ConsensusStatus {
+        ConsensusStatus {
+            validator,
+            view: View::default(),
+            view_active: true,
+            primary: ValidatorIndex::default(),
+            stable_checkpoint: Height::GENESIS,
+            syncing: false,
+            liveness: Liveness::new(Instant::now(), stall_after),
+        }
+    }
+}
+
+/// Why the driver's loop ended other than by a shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("the network task is gone (its event channel closed)")]
+    NetworkGone,
+    #[error("the executor is gone (its job channel closed)")]
+    ExecutorGone,
 }
 
 pub struct Driver {
@@ -67,6 +100,8 @@ pub struct Driver {
     pub verifications: Arc<tokio::sync::Semaphore>,
     /// Transactions to gossip (again).
     pub gossip: mpsc::Sender<tetrad_ledger::Tx>,
+    /// Frame limits from genesis (bound the answers rationed per peer).
+    pub limits: FrameLimits,
 }
 
 /// How long a waiting transaction goes without being gossiped before it is gossiped again, and
@@ -80,6 +115,9 @@ pub const VERIFICATIONS_MAX: usize = 256;
 /// Most inputs handled before the actions are carried out (and synced) together.
 const INPUTS_PER_ROUND: usize = 512;
 
+/// A full node counts as up to date this long after a peer said it has nothing newer.
+const FOLLOWER_UP_TO_DATE_FOR: Duration = Duration::from_secs(5);
+
 struct State {
     started: Instant,
     timers: BTreeMap<Timer, u64>,
@@ -89,6 +127,8 @@ struct State {
     batch_waiting_since: Option<Instant>,
     /// Follower mode: a block-sync request is out.
     fetching: bool,
+    /// Follower mode: when a peer last said it has no block after ours.
+    up_to_date_at: Option<Instant>,
     /// The first height of this validator's next key, until the old one is erased.
     rotation: Option<Height>,
     /// For the stall report: the committed height, since when, last report.
@@ -103,6 +143,14 @@ struct State {
     fetch_peer: u16,
     /// Consensus messages above the schedule horizon, until it passes them.
     deferred: Deferred,
+    /// Consensus messages waiting for verification, per sender.
+    intake: Intake,
+    /// The expensive answers, rationed per peer.
+    answers: Answers,
+    /// The height that last counted as progress (committed, or executed for a full node).
+    progress_height: Height,
+    /// Set when the executor's job channel closed.
+    executor_gone: bool,
 }
 
 impl State {
@@ -112,13 +160,17 @@ impl State {
 }
 
 impl Driver {
-    pub async fn run(mut self) {
+    /// Runs until shutdown (`Ok`) or until the network task or the executor is gone.
+    pub async fn run(mut self) -> Result<(), Stopped> {
+        let validators = self.schedule.get().latest().n();
+        let status_interval = Duration::from_millis((self.params.view_change_timeout_ms / 4).max(1));
         let mut state = State {
             started: Instant::now(),
             timers: BTreeMap::new(),
             delivered: self.store.head().height,
             batch_waiting_since: None,
             fetching: false,
+            up_to_date_at: None,
             fetch_peer: 0,
             requests_pending: false,
             requests_checked: None,
@@ -128,6 +180,10 @@ impl Driver {
             stall_reported: None,
             regossiped: Instant::now(),
             deferred: Deferred::default(),
+            intake: Intake::new(validators, VERIFICATIONS_MAX),
+            answers: Answers::new(validators, self.limits.consensus_bytes_max, status_interval, Instant::now()),
+            progress_height: self.store.head().height,
+            executor_gone: false,
         };
         // A rotation in progress before a restart: finish it once the old key is not needed.
         if let Some(replica) = self.replica.as_ref()
@@ -152,7 +208,11 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut follow = tokio::time::interval(Duration::from_millis(250));
         follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let verification_done = state.intake.done.clone();
         loop {
+            if state.executor_gone {
+                return Err(Stopped::ExecutorGone);
+            }
             let mut inputs: Vec<Input> = Vec::new();
             let next_timer = state.timers.values().min().copied();
             let sleep = match next_timer {
@@ -162,8 +222,9 @@ impl Driver {
             tokio::select! {
                 event = self.events.recv() => match event {
                     Some(event) => self.on_network_event(&mut state, event, &outlets),
-                    None => break,
+                    None => return Err(Stopped::NetworkGone),
                 },
+                _ = verification_done.notified() => {}
                 Some(input) = verified_rx.recv() => {
                     trace_handled(&input);
                     inputs.push(input)
@@ -195,9 +256,10 @@ impl Driver {
                 }
             }
             for (from, bytes) in state.deferred.release(horizon) {
-                self.on_network_event(&mut state, Event::Consensus { from, bytes }, &outlets);
+                self.on_network_event(&mut state, Event::Consensus { from, bytes, ticket: None }, &outlets);
             }
             metrics::gauge("tetrad_early_messages", state.deferred.len() as f64);
+            self.dispatch(&mut state, &outlets);
             // Drain what else is ready, so one synced write covers many inputs.
             while inputs.len() < INPUTS_PER_ROUND {
                 if let Ok(input) = verified_rx.try_recv() {
@@ -218,6 +280,7 @@ impl Driver {
             }
             let Some(replica) = self.replica.as_mut() else {
                 // Follower: executed notices only update the delivered mark.
+                self.beat_follower(&mut state);
                 continue;
             };
             let mut actions = Actions::default();
@@ -231,8 +294,91 @@ impl Driver {
             self.finish_rotation(&mut state);
             self.report_stall(&mut state);
             self.regossip(&mut state);
+            self.beat_validator(&mut state);
         }
         info!("driver stopped");
+        Ok(())
+    }
+
+    /// Hands waiting consensus messages to verification: senders in turn, each within its
+    /// share, with the replica's position for the freshness check.
+    fn dispatch(&mut self, state: &mut State, outlets: &Outlets) {
+        let Some(replica) = self.replica.as_ref() else { return };
+        if state.intake.waiting() == 0 {
+            return;
+        }
+        let freshness =
+            Freshness { view: replica.view(), low: replica.low_watermark(), committed: replica.committed() };
+        let schedule = self.schedule.get();
+        let window = self.params.watermark_window;
+        let verifications = self.verifications.clone();
+        let checks = Checks {
+            schedule,
+            window,
+            mempool: self.mempool.clone(),
+            genesis_hash: self.genesis_hash,
+            params: self.params.clone(),
+            freshness,
+        };
+        state.intake.dispatch(&verifications, |from, queued, verifying| {
+            let Queued { bytes, ticket, arrived } = queued;
+            let checks = checks.clone();
+            let verified = outlets.verified.clone();
+            let early = outlets.early.clone();
+            tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], "consensus event");
+            tokio::task::spawn_blocking(move || {
+                // Both give their places back when this ends, however it ends.
+                let (_verifying, _ticket) = (verifying, ticket);
+                metrics::observe("tetrad_consensus_verify_wait_seconds", arrived.elapsed().as_secs_f64());
+                match checks.check(&bytes) {
+                    Ok(message) => {
+                        tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], kind = message.message().kind(), "consensus verified");
+                        if verified.try_send(Input::Message { from, message }).is_err() {
+                            metrics::dropped("verified_queue_full", 1);
+                        }
+                    }
+                    Err(Rejected::Early(height)) => {
+                        if early.try_send(Early { from, height, bytes }).is_err() {
+                            metrics::dropped("early_queue_full", 1);
+                        }
+                    }
+                    Err(Rejected::Drop(reason)) => {
+                        debug!(%from, reason, "dropped consensus message");
+                        metrics::dropped(reason, 1);
+                    }
+                }
+            });
+        });
+        metrics::gauge("tetrad_consensus_messages_waiting", state.intake.waiting() as f64);
+    }
+
+    /// A validator's liveness for `/health`: progress is a new committed height; work is
+    /// transactions ready, heights in flight or uncommitted, or a view change.
+    fn beat_validator(&mut self, state: &mut State) {
+        let Some(replica) = self.replica.as_ref() else { return };
+        let committed = replica.committed();
+        let progressed = committed > state.progress_height;
+        state.progress_height = state.progress_height.max(committed);
+        let catching_up = replica.committed() > replica.executed().next();
+        let view_changing = !replica.view_active();
+        let pending = state.requests_pending || replica.in_flight() > 0 || view_changing || catching_up;
+        let mut status = self.status_mut();
+        status.liveness.view_changing = view_changing;
+        status.liveness.catching_up = catching_up;
+        status.liveness.beat(Instant::now(), progressed, pending);
+    }
+
+    /// A full node's liveness: progress is a new executed height; it has work until a peer says
+    /// it has nothing newer.
+    fn beat_follower(&mut self, state: &mut State) {
+        let head = self.store.head().height;
+        let progressed = head > state.progress_height;
+        state.progress_height = state.progress_height.max(head);
+        let up_to_date = state.up_to_date_at.is_some_and(|at| at.elapsed() < FOLLOWER_UP_TO_DATE_FOR);
+        let mut status = self.status_mut();
+        status.syncing = !up_to_date;
+        status.liveness.catching_up = !up_to_date;
+        status.liveness.beat(Instant::now(), progressed, !up_to_date);
     }
 
     /// An executed block: the new schedule (and, after this validator's rotation was committed,
@@ -311,46 +457,12 @@ impl Driver {
     fn on_network_event(&mut self, state: &mut State, event: Event, outlets: &Outlets) {
         let verified = &outlets.verified;
         match event {
-            Event::Consensus { from, bytes } => {
+            Event::Consensus { from, bytes, ticket } => {
                 if self.replica.is_none() {
                     return;
                 }
-                let schedule = self.schedule.get();
-                let window = self.params.watermark_window;
-                let mempool = self.mempool.clone();
-                let genesis_hash = self.genesis_hash;
-                let params = self.params.clone();
-                let verified = verified.clone();
-                let early = outlets.early.clone();
-                // At most VERIFICATIONS_MAX messages are being verified at once; beyond that a
-                // flood is dropped (and counted) here instead of queueing without bound.
-                let Ok(permit) = self.verifications.clone().try_acquire_owned() else {
-                    metrics::dropped("verification_queue_full", 1);
-                    return;
-                };
-                let arrived = Instant::now();
-                tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], "consensus event");
-                tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    metrics::observe("tetrad_consensus_verify_wait_seconds", arrived.elapsed().as_secs_f64());
-                    match check_message(&bytes, &schedule, window, &mempool, &genesis_hash, &params) {
-                        Ok(message) => {
-                            tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], kind = message.message().kind(), "consensus verified");
-                            if verified.try_send(Input::Message { from, message }).is_err() {
-                                metrics::dropped("verified_queue_full", 1);
-                            }
-                        }
-                        Err(Rejected::Early(height)) => {
-                            if early.try_send(Early { from, height, bytes }).is_err() {
-                                metrics::dropped("early_queue_full", 1);
-                            }
-                        }
-                        Err(Rejected::Drop(reason)) => {
-                            debug!(%from, reason, "dropped consensus message");
-                            metrics::dropped(reason, 1);
-                        }
-                    }
-                });
+                // Waits in its sender's queue (bounded by the sender's budget) for its turn.
+                state.intake.push(from, Queued { bytes, ticket, arrived: Instant::now() });
             }
             Event::Blocks { from, blocks } => {
                 let schedule = self.schedule.get();
@@ -365,6 +477,9 @@ impl Driver {
                 let delivered = if follower { Some(expected) } else { None };
                 tokio::spawn(async move {
                     let Ok(blocks) = handle.await else { return };
+                    if !blocks.is_empty() && delivered.is_some() {
+                        metrics::count("tetrad_sync_blocks_total", blocks.len() as u64);
+                    }
                     match delivered {
                         None => {
                             let _ = verified.send(Input::Blocks(blocks)).await;
@@ -389,6 +504,10 @@ impl Driver {
                 });
             }
             Event::FetchFailed => state.fetching = false,
+            Event::UpToDate => {
+                state.fetching = false;
+                state.up_to_date_at = Some(Instant::now());
+            }
         }
     }
 
@@ -396,7 +515,6 @@ impl Driver {
     fn follow(&mut self, state: &mut State) {
         let head = self.store.head().height;
         state.delivered = head;
-        self.status_mut().syncing = true;
         if state.fetching {
             return;
         }
@@ -487,12 +605,19 @@ impl Driver {
                 std::process::exit(71);
             }
         }
+        let now = Instant::now();
         for outgoing in send_after_persist.into_iter().chain(send) {
+            let bytes = bytes::Bytes::from(outgoing.message.encode());
             let to = match outgoing.to {
                 Recipient::All => None,
-                Recipient::One(index) => Some(index),
+                Recipient::One(index) => {
+                    if let Err(reason) = state.answers.allow(now, index, &outgoing.message, bytes.len()) {
+                        metrics::dropped(reason, 1);
+                        continue;
+                    }
+                    Some(index)
+                }
             };
-            let bytes = bytes::Bytes::from(outgoing.message.encode());
             if self.network.try_send(Command::Send { to, bytes }).is_err() {
                 metrics::dropped("outbound_queue_full", 1);
             }
@@ -500,11 +625,15 @@ impl Driver {
         for block in committed {
             state.delivered = block.height;
             if self.executor.send(Job::Block(block)).await.is_err() {
+                state.executor_gone = true;
                 return;
             }
         }
         for certificate in stable_checkpoints {
-            let _ = self.executor.send(Job::Checkpoint(certificate)).await;
+            if self.executor.send(Job::Checkpoint(certificate)).await.is_err() {
+                state.executor_gone = true;
+                return;
+            }
         }
         for timer in timers {
             match timer {
@@ -551,8 +680,6 @@ fn merge(into: &mut Actions, from: Actions) {
     into.fetch_blocks.extend(from.fetch_blocks);
 }
 
-/// Decodes and verifies one consensus message; for a pre-prepare also checks every
-/// transaction of its batch (those in the mempool were verified at admission).
 /// Per-message timing, with the network's `consensus in` and the driver's `consensus event`.
 fn trace_handled(input: &Input) {
     if let Input::Message { from, message } = input {
@@ -582,6 +709,34 @@ struct Outlets {
     early: mpsc::Sender<Early>,
 }
 
+/// What checking a consensus message needs, captured when it is handed to verification.
+#[derive(Clone)]
+struct Checks {
+    schedule: Arc<ValidatorSchedule>,
+    window: u64,
+    mempool: Arc<Mutex<Mempool>>,
+    genesis_hash: Digest,
+    params: ConsensusParams,
+    freshness: Freshness,
+}
+
+impl Checks {
+    fn check(&self, bytes: &[u8]) -> Result<tetrad_consensus::VerifiedMessage, Rejected> {
+        check_message(
+            bytes,
+            &self.schedule,
+            self.window,
+            &self.mempool,
+            &self.genesis_hash,
+            &self.params,
+            &self.freshness,
+        )
+    }
+}
+
+/// Decodes a message, drops it if stale (before any signature is checked), then verifies it;
+/// for a pre-prepare also checks every transaction of its batch (those in the mempool were
+/// verified at admission).
 fn check_message(
     bytes: &[u8],
     schedule: &ValidatorSchedule,
@@ -589,8 +744,12 @@ fn check_message(
     mempool: &Mutex<Mempool>,
     genesis_hash: &Digest,
     params: &ConsensusParams,
+    freshness: &Freshness,
 ) -> Result<tetrad_consensus::VerifiedMessage, Rejected> {
     let message = Message::decode(bytes).map_err(|_| Rejected::Drop("malformed_message"))?;
+    if let Some(reason) = freshness.stale(&message) {
+        return Err(Rejected::Drop(reason));
+    }
     let verified = verify(message, schedule, window).map_err(|error| match error {
         VerifyError::BeyondHorizon { height, .. } => Rejected::Early(height),
         error => Rejected::Drop(error.reason()),

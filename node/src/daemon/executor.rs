@@ -61,10 +61,14 @@ pub struct Executor {
 pub const EXECUTOR_QUEUE: usize = 1024;
 
 impl Executor {
-    /// Starts the executor thread.
-    pub fn spawn(self, executed: mpsc::Sender<Executed>) -> std::io::Result<mpsc::Sender<Job>> {
+    /// Starts the executor thread; it ends when the job channel closes (or panics: the node
+    /// watches the handle and exits).
+    pub fn spawn(
+        self,
+        executed: mpsc::Sender<Executed>,
+    ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
         let (jobs_tx, mut jobs) = mpsc::channel::<Job>(EXECUTOR_QUEUE);
-        std::thread::Builder::new().name("executor".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("executor".into()).spawn(move || {
             while let Some(job) = jobs.blocking_recv() {
                 match job {
                     Job::Block(committed) => match self.execute(committed) {
@@ -89,7 +93,7 @@ impl Executor {
                 }
             }
         })?;
-        Ok(jobs_tx)
+        Ok((jobs_tx, thread))
     }
 
     /// Executes the next block. A block at or below the head (a follower fetched it twice)

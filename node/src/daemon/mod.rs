@@ -1,15 +1,22 @@
 //! The daemon (`tetrad run`): the node's long-running parts. `node` assembles them from a home
-//! directory; `driver` owns the replica; `executor` executes committed blocks; `mempool`,
-//! `network` (libp2p), `api` (what the RPC server reaches), `keys` (the schedule and this
-//! validator's keys across a rotation), `deferred` (messages above the schedule horizon) and
-//! `metrics`.
+//! directory and watches them; `driver` owns the replica; `intake` (inbound consensus messages,
+//! per sender) and `answers` (expensive answers, rationed per peer) serve it; `executor`
+//! executes committed blocks; `mempool`, `network` (libp2p), `admission` (who may connect and
+//! who may speak consensus), `wire` (frames and their limits), `api` (what the RPC server
+//! reaches), `health` (what `/health` says), `keys` (the schedule and this validator's keys
+//! across a rotation), `deferred` (messages above the schedule horizon) and `metrics`.
 
+pub mod admission;
+pub mod answers;
 pub mod api;
 pub mod deferred;
 pub mod driver;
 pub mod executor;
+pub mod health;
+pub mod intake;
 pub mod keys;
 pub mod mempool;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod wire;

@@ -1,4 +1,9 @@
 //! `tetrad run`: assembles a node from its home directory and runs it until SIGINT/SIGTERM.
+//!
+//! The node watches its core loops: if the consensus driver, the network task, the executor
+//! thread or the RPC server ends (or panics) while no shutdown was asked for, the reason is
+//! logged and `tetrad run` exits non-zero, so that a supervisor restarts it; a node that stopped
+//! agreeing must not go on answering `/health` as if it were fine.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -12,13 +17,15 @@ use tetrad_rpc::Limits;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::daemon::admission::AdmissionLimits;
 use crate::daemon::api::Api;
 use crate::config::{Config, Home};
 use crate::daemon::driver::{ConsensusStatus, Driver};
+use crate::daemon::health::stall_after;
 use crate::daemon::executor::Executor;
 use crate::daemon::keys::{OwnKeys, SharedSchedule};
 use crate::daemon::mempool::{Mempool, MempoolConfig};
-use crate::daemon::network::{self, GossipValidator, NetworkConfig};
+use crate::daemon::network::{self, FrameLimits, GossipValidator, NetworkConfig};
 use crate::daemon::metrics;
 use crate::identity;
 
@@ -85,6 +92,11 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         .iter()
         .map(|validator| Ok((validator.peer_id.parse()?, validator.p2p_address.parse()?)))
         .collect::<Result<Vec<_>>>()?;
+    let limits = FrameLimits::from_genesis(
+        genesis.validators.len(),
+        genesis.consensus.watermark_window,
+        genesis.consensus.batch_bytes_max as usize,
+    );
     let network = network::start(
         NetworkConfig {
             keypair: identity::network_keypair(&network_key)?,
@@ -96,6 +108,8 @@ pub async fn run(home_dir: &Path) -> Result<()> {
             genesis_hash,
             validators,
             me,
+            limits,
+            admission: AdmissionLimits::default(),
         },
         store.clone(),
         validator,
@@ -106,7 +120,7 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let waiters = Arc::new(Mutex::new(Default::default()));
     let (blocks, _) = broadcast::channel(1024);
     let (executed_tx, executed_rx) = mpsc::channel(network::INBOUND_QUEUE);
-    let executor = Executor {
+    let (executor, executor_thread) = Executor {
         store: store.clone(),
         mempool: mempool.clone(),
         waiters: Arc::clone(&waiters),
@@ -129,7 +143,8 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         }
         None => (None, None),
     };
-    let status = Arc::new(RwLock::new(ConsensusStatus { validator: me, ..ConsensusStatus::default() }));
+    let status =
+        Arc::new(RwLock::new(ConsensusStatus::new(me, stall_after(genesis.consensus.view_change_timeout_ms))));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = Api {
         name: config.name.clone(),
@@ -163,17 +178,30 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         new_txs,
         verifications: Arc::new(tokio::sync::Semaphore::new(crate::daemon::driver::VERIFICATIONS_MAX)),
         gossip: network.gossip.clone(),
+        limits,
     };
-    let driver = tokio::spawn(driver.run());
+    let mut driver = tokio::spawn(driver.run());
+    let mut network_task = network.task;
+    let mut executor_thread = tokio::task::spawn_blocking(move || executor_thread.join());
 
     let mut rpc_shutdown = shutdown_rx.clone();
     let rpc_address = rpc_listener.local_addr()?;
-    let rpc = tokio::spawn(tetrad_rpc::serve(rpc_listener, api, Limits::default(), async move {
+    let mut rpc = tokio::spawn(tetrad_rpc::serve(rpc_listener, api, Limits::default(), async move {
         let _ = rpc_shutdown.changed().await;
     }));
     info!(rpc = %rpc_address, p2p = %config.p2p_listen, "node is up");
 
-    wait_for_signal().await;
+    let stopped = tokio::select! {
+        () = wait_for_signal() => None,
+        result = &mut driver => Some(("consensus driver", outcome(result.map(|run| run.map_err(|e| e.to_string()))))),
+        result = &mut network_task => Some(("network task", outcome(result.map(Ok)))),
+        result = &mut executor_thread => Some(("executor thread", thread_outcome(result))),
+        result = &mut rpc => Some(("RPC server", outcome(result.map(|served| served.map_err(|e| e.to_string()))))),
+    };
+    if let Some((name, reason)) = stopped {
+        tracing::error!(loop_name = name, %reason, "a core loop of the node stopped; exiting so that a supervisor can restart it");
+        bail!("the {name} stopped: {reason}");
+    }
     info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = driver.await;
@@ -182,6 +210,34 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Why a task that should have run until shutdown ended.
+fn outcome(result: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>) -> String {
+    match result {
+        Ok(Ok(())) => "it returned".to_owned(),
+        Ok(Err(error)) => error,
+        Err(error) if error.is_panic() => format!("it panicked: {}", panic_message(error.into_panic())),
+        Err(error) => format!("it was cancelled: {error}"),
+    }
+}
+
+/// Why the executor thread ended (the blocking join of its handle).
+fn thread_outcome(
+    result: std::result::Result<std::thread::Result<()>, tokio::task::JoinError>,
+) -> String {
+    match result {
+        Ok(Ok(())) => "it returned (its job channel closed)".to_owned(),
+        Ok(Err(payload)) => format!("it panicked: {}", panic_message(payload)),
+        Err(error) => format!("waiting for it failed: {error}"),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload.downcast_ref::<&str>().map(|message| (*message).to_owned()).unwrap_or_else(|| "(no message)".to_owned()),
+    }
 }
 
 fn make_replica(
@@ -204,8 +260,9 @@ fn make_replica(
     Ok(Replica::new(config, index, keys, schedule, store.head().height, restored))
 }
 
-/// Gossip messages: every transaction must pass its static checks (a batch with a forged one
-/// is rejected, which penalises the peer that forwarded it); valid ones are admitted.
+/// Gossip messages: every transaction must pass its static checks; a batch with a forged one is
+/// rejected, and the network task then lowers the forwarding peer's gossipsub score (one such
+/// batch graylists it) and bans it if it is a full node. Valid ones are admitted.
 fn gossip_validator(
     store: Arc<Store>,
     mempool: Arc<Mutex<Mempool>>,

@@ -109,7 +109,7 @@ async fn serve_streams_events_over_tcp_and_shuts_down_gracefully() {
         .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
-    let answer = read_until(&mut health, "\"ok\"}").await;
+    let answer = read_until(&mut health, "stall_after_ms").await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
 
     let mut events = tokio::net::TcpStream::connect(address).await.expect("connect");

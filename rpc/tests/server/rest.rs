@@ -9,14 +9,15 @@ use crate::support::{assert_error, get, hex64, post, send, setup, to_json};
 
 #[tokio::test]
 async fn every_url_answers_the_node_view() {
-    let (fixture, _node, app) = setup(Limits::default());
+    let (fixture, node, app) = setup(Limits::default());
+    let health = to_json(&node.state().health);
     let tx = &fixture.txs[0];
     let account = &fixture.accounts[1];
     let mut validators_at_1 = fixture.validators.clone();
     validators_at_1.height = tetrad_consensus::Height(1);
     let cases = vec![
         ("/status".to_owned(), to_json(&fixture.status)),
-        ("/health".to_owned(), json!({ "status": "ok" })),
+        ("/health".to_owned(), health),
         ("/blocks/latest".to_owned(), to_json(&fixture.block)),
         ("/blocks/0".to_owned(), to_json(&fixture.genesis)),
         ("/blocks/1".to_owned(), to_json(&fixture.block)),

@@ -14,7 +14,8 @@ use tetrad_ledger::testkit::{MemoryState, TestChain};
 use tetrad_ledger::tx::encode_payload;
 use tetrad_ledger::{AccountProof, Address, Tx, execute};
 use tetrad_rpc::api::{
-    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, InternalError, NodeApi, StatusView,
+    AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, Health, HealthView, InternalError, NodeApi,
+    StatusView,
     SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
 };
 use tetrad_rpc::{Limits, router};
@@ -173,6 +174,8 @@ pub struct FakeState {
     pub wait_delay: Duration,
     pub submitted: Vec<Tx>,
     pub waits: Vec<Duration>,
+    /// What `health` answers.
+    pub health: HealthView,
 }
 
 pub struct Shared {
@@ -201,6 +204,14 @@ impl FakeNode {
             wait_delay: Duration::ZERO,
             submitted: Vec::new(),
             waits: Vec::new(),
+            health: HealthView {
+                status: Health::Idle,
+                reason: "nothing to do".to_owned(),
+                height: fixture.status.height,
+                last_progress_ms: 0,
+                pending_work: false,
+                stall_after_ms: 6_000,
+            },
         };
         let (blocks, _) = broadcast::channel(EVENTS_CAPACITY);
         FakeNode {
@@ -228,6 +239,10 @@ impl FakeNode {
 impl NodeApi for FakeNode {
     fn status(&self) -> StatusView {
         self.state().status.clone()
+    }
+
+    fn health(&self) -> HealthView {
+        self.state().health.clone()
     }
 
     async fn submit(&self, tx: Tx) -> Result<Digest, SubmitError> {
