@@ -270,6 +270,35 @@ async fn dispatch<A: NodeApi>(
     }
 }
 
+/// Parses a call's parameters as its method would, without calling the node (the fuzz
+/// targets' way into every parameter parser).
+pub(crate) fn check_params(method: &str, params: Value) -> Result<(), RpcError> {
+    match method {
+        "submit_transaction" => parse_params::<SubmitParams>(params).map(drop),
+        "submit_transactions" => parse_params::<BatchSubmitParams>(params).map(drop),
+        "get_transaction" => parse_params::<HashParams>(params).map(drop),
+        "get_block" => parse_params::<BlockParams>(params).map(drop),
+        "get_account" => parse_params::<AddressParams>(params).map(drop),
+        "get_checkpoint" | "get_validators" => parse_params::<HeightParams>(params).map(drop),
+        "get_status" => parse_params::<NoParams>(params).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a `POST /` body as the server does, down to every call's parameters.
+pub(crate) fn check_body(bytes: &[u8], batch_max: usize) {
+    let Ok(request) = serde_json::from_slice::<Value>(bytes) else { return };
+    let calls = match request {
+        Value::Array(calls) => calls.into_iter().take(batch_max).collect(),
+        other => vec![other],
+    };
+    for request in calls {
+        if let Ok(call) = Call::from_value(request) {
+            let _ = check_params(&call.method, call.params);
+        }
+    }
+}
+
 fn to_value(value: &impl serde::Serialize) -> Result<Value, RpcError> {
     serde_json::to_value(value)
         .map_err(|error| RpcError::internal(format!("cannot encode the result: {error}")))

@@ -59,6 +59,8 @@ mod calls;
 pub mod errors;
 mod events;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jsonrpc;
 pub mod limits;
 mod middleware;

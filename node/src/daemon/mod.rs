@@ -12,6 +12,8 @@ pub mod api;
 pub mod deferred;
 pub mod driver;
 pub mod executor;
+#[cfg(test)]
+mod fuzzing;
 pub mod health;
 pub mod intake;
 pub mod keys;
