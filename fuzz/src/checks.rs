@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 
 use tetrad_consensus::certificate::Signed;
 use tetrad_consensus::wire::{Message, Status};
-use tetrad_consensus::{Batch, Checkpoint, Commit, Digest, Height, PrePrepare, Prepare, ValidatorIndex, View};
+use tetrad_consensus::{
+    Batch, Checkpoint, Commit, Digest, Height, PrePrepare, Prepare, ValidatorIndex, View,
+};
 use tetrad_ledger::testkit::TestChain;
 use tetrad_ledger::tx::{Tx, decode_payload, encode_payload};
 
@@ -45,7 +47,12 @@ fn chain() -> &'static TestChain {
 /// Decoding is canonical: what decodes encodes back to the same bytes.
 fn assert_round_trip<T: borsh::BorshSerialize>(value: &T, bytes: &[u8]) {
     let encoded = borsh::to_vec(value).unwrap_or_default();
-    assert!(encoded == bytes, "decodes but encodes to {} other bytes (input {} bytes)", encoded.len(), bytes.len());
+    assert!(
+        encoded == bytes,
+        "decodes but encodes to {} other bytes (input {} bytes)",
+        encoded.len(),
+        bytes.len()
+    );
 }
 
 /// A consensus message as the driver decodes it.
@@ -114,7 +121,8 @@ pub fn transaction(bytes: &[u8]) {
     }
     if let Ok(tx) = serde_json::from_slice::<Tx>(bytes) {
         let json = serde_json::to_vec(&tx).unwrap_or_default();
-        let again: Tx = serde_json::from_slice(&json).unwrap_or_else(|error| panic!("re-encoded JSON: {error}"));
+        let again: Tx =
+            serde_json::from_slice(&json).unwrap_or_else(|error| panic!("re-encoded JSON: {error}"));
         assert_eq!(again, tx);
     }
 }
@@ -142,7 +150,12 @@ fn signed<T: tetrad_consensus::certificate::Statement>(body: T) -> Signed<T> {
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let chain = chain();
     let txs: Vec<Tx> = (0..3).map(|nonce| chain.transfer(0, nonce, 1, 5 + nonce)).collect();
-    let batch = Batch { view: View(2), proposer: ValidatorIndex(2), timestamp_ms: 1_700_000_000_000, payload: encode_payload(&txs) };
+    let batch = Batch {
+        view: View(2),
+        proposer: ValidatorIndex(2),
+        timestamp_ms: 1_700_000_000_000,
+        payload: encode_payload(&txs),
+    };
     let digest = batch.digest();
     let messages = vec![
         Message::PrePrepare {
@@ -151,7 +164,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         },
         Message::Prepare(signed(Prepare { view: View(2), height: Height(7), digest })),
         Message::Commit(signed(Commit { view: View(2), height: Height(7), digest })),
-        Message::Checkpoint(signed(Checkpoint { height: Height(16), header_hash: digest, state_root: Digest::ZERO })),
+        Message::Checkpoint(signed(Checkpoint {
+            height: Height(16),
+            header_hash: digest,
+            state_root: Digest::ZERO,
+        })),
         Message::Status(Status { view: View(2), view_active: true, committed: Height(6), stable: Height(0) }),
         Message::FetchBatch { height: Height(7), digest },
         Message::Batch { height: Height(7), batch: std::sync::Arc::new(batch.clone()) },
@@ -159,9 +176,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let block = SyncBlock { batch, certificate: chain.certify(View(2), Height(7), digest) };
     let request = SyncRequest { from: Height(1), to: Height(64) };
     let tx_json = serde_json::to_vec(&txs[0]).unwrap_or_default();
-    let call = |method: &str, params: serde_json::Value| {
-        serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params })
-    };
+    let call = |method: &str, params: serde_json::Value| serde_json::json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
     match target {
         "consensus_message" => messages.iter().map(Message::encode).collect(),
         "frame" => messages
@@ -171,14 +186,19 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .chain([framed(&borsh::to_vec(&request).unwrap_or_default())])
             .collect(),
         "sync_request" => vec![borsh::to_vec(&request).unwrap_or_default()],
-        "sync_response" => vec![borsh::to_vec(&vec![block.clone(), block]).unwrap_or_default(), vec![0, 0, 0, 0]],
+        "sync_response" => {
+            vec![borsh::to_vec(&vec![block.clone(), block]).unwrap_or_default(), vec![0, 0, 0, 0]]
+        }
         "gossip_batch" => vec![borsh::to_vec(&txs).unwrap_or_default()],
         "transaction" => vec![txs[0].encode(), encode_payload(&txs), tx_json],
         "jsonrpc_body" => vec![
             call("submit_transaction", serde_json::json!({ "tx": txs[0], "wait": true, "timeout_ms": 100 })),
             call("get_block", serde_json::json!({ "height": 3 })),
             call("get_transaction", serde_json::json!({ "hash": digest })),
-            serde_json::json!([call("get_status", serde_json::json!({})), call("get_account", serde_json::json!({ "address": txs[0].body.from }))]),
+            serde_json::json!([
+                call("get_status", serde_json::json!({})),
+                call("get_account", serde_json::json!({ "address": txs[0].body.from }))
+            ]),
         ]
         .iter()
         .map(|value| value.to_string().into_bytes())

@@ -36,7 +36,8 @@ fn health_follows_progress_stall_and_recovery() {
     let key = cluster.account_key(0);
     let to = cluster.account_key(1).public_key();
     let tx = cluster.transfer(&key, 0, to, 5);
-    let (code, body) = cluster.post(0, "/txs?wait=true&timeout_ms=20000", &serde_json::to_value(&tx).expect("json"));
+    let (code, body) =
+        cluster.post(0, "/txs?wait=true&timeout_ms=20000", &serde_json::to_value(&tx).expect("json"));
     assert_eq!(code, 200, "{body}");
     wait_health(&cluster, 0, 200, &["idle", "progressing"], Duration::from_secs(10));
 
@@ -60,7 +61,11 @@ fn health_follows_progress_stall_and_recovery() {
     let hash = body["hash"].as_str().expect("hash").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.get(0, &format!("/txs/{hash}")).1["status"] != "committed" {
-        assert!(Instant::now() < deadline, "the waiting transaction did not commit; log:\n{}", tail(&cluster.log(0)));
+        assert!(
+            Instant::now() < deadline,
+            "the waiting transaction did not commit; log:\n{}",
+            tail(&cluster.log(0))
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -40,7 +40,11 @@ impl request_response::Codec for RawCodec {
     type Request = Frame;
     type Response = u8;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Frame> {
         let mut length = [0u8; 4];
         io.read_exact(&mut length).await?;
         let length = u32::from_le_bytes(length) as usize;
@@ -52,7 +56,11 @@ impl request_response::Codec for RawCodec {
         Ok(Frame::Whole(bytes))
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<u8> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<u8> {
         let mut ack = [0u8; 1];
         io.read_exact(&mut ack).await?;
         Ok(ack[0])
@@ -114,7 +122,11 @@ fn peer(cluster: &Cluster, keypair: libp2p::identity::Keypair) -> Peer {
     let protocol = consensus_protocol(cluster);
     libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(libp2p::tcp::Config::default().nodelay(true), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
         .expect("tcp")
         .with_behaviour(move |_| {
             request_response::Behaviour::with_codec(
@@ -136,7 +148,8 @@ fn stranger(cluster: &Cluster) -> Peer {
 
 /// Validator `index`'s network key, as the node derives it.
 fn validator_keypair(cluster: &Cluster, index: usize) -> libp2p::identity::Keypair {
-    let key = tetrad_genesis::KeyFile::read(&cluster.home(index).join("network_key.json")).expect("network key");
+    let key =
+        tetrad_genesis::KeyFile::read(&cluster.home(index).join("network_key.json")).expect("network key");
     let mut seed = key.secret.seed();
     libp2p::identity::Keypair::ed25519_from_bytes(&mut seed).expect("ed25519 key")
 }
@@ -176,7 +189,12 @@ async fn still_connected(peer: &mut Peer, to: PeerId, wait: Duration) -> bool {
 }
 
 /// How a request ended: acknowledged, or failed (and how), and after how long.
-async fn request(peer: &mut Peer, to: PeerId, frame: Frame, timeout: Duration) -> (Result<u8, String>, Duration) {
+async fn request(
+    peer: &mut Peer,
+    to: PeerId,
+    frame: Frame,
+    timeout: Duration,
+) -> (Result<u8, String>, Duration) {
     let started = Instant::now();
     let id = peer.behaviour_mut().send_request(&to, frame);
     let outcome = drive(peer, timeout, |_, event| match event {
@@ -239,7 +257,8 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     //    not offered to it, so the frame is never read.
     let mut outsider = stranger(&cluster);
     assert!(connect(&mut outsider, node0, &address0).await, "a full node may connect");
-    let (outcome, _) = request(&mut outsider, node0, Frame::Whole(status_message()), Duration::from_secs(10)).await;
+    let (outcome, _) =
+        request(&mut outsider, node0, Frame::Whole(status_message()), Duration::from_secs(10)).await;
     assert_eq!(outcome, Err("unsupported protocols".to_owned()), "a stranger's consensus frame");
 
     // 2. Full nodes from one address: up to the bound (4), then refused after the handshake.
@@ -247,7 +266,9 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     let mut admitted = 0;
     for _ in 0..6 {
         let mut full_node = stranger(&cluster);
-        if connect(&mut full_node, node0, &address0).await && still_connected(&mut full_node, node0, Duration::from_millis(500)).await {
+        if connect(&mut full_node, node0, &address0).await
+            && still_connected(&mut full_node, node0, Duration::from_millis(500)).await
+        {
             admitted += 1;
         }
         full_nodes.push(full_node);
@@ -265,11 +286,16 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     assert_eq!(*byzantine.local_peer_id(), validator1);
     byzantine.listen_on(address1).expect("listen at validator 1's address");
     assert!(connect(&mut byzantine, node0, &address0).await, "validator 1 connects");
-    let (outcome, took) = request(&mut byzantine, node0, Frame::PrefixOnly(16 << 20), Duration::from_secs(8)).await;
+    let (outcome, took) =
+        request(&mut byzantine, node0, Frame::PrefixOnly(16 << 20), Duration::from_secs(8)).await;
     assert!(outcome.is_err(), "an oversized frame was acknowledged: {outcome:?}");
-    assert!(took < Duration::from_secs(3), "the oversized frame was not refused at once: {outcome:?} after {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the oversized frame was not refused at once: {outcome:?} after {took:?}"
+    );
     // A frame within the limit is still taken.
-    let (outcome, _) = request(&mut byzantine, node0, Frame::Whole(status_message()), Duration::from_secs(10)).await;
+    let (outcome, _) =
+        request(&mut byzantine, node0, Frame::Whole(status_message()), Duration::from_secs(10)).await;
     assert_eq!(outcome, Ok(1));
 
     // 4. Commit a block, then ask node 0 for its batch 50 times in a row: it answers once per
@@ -277,7 +303,8 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     let key = cluster.account_key(0);
     let to = cluster.account_key(1).public_key();
     let tx = cluster.transfer(&key, 0, to, 5);
-    let (code, body) = cluster.post(0, "/txs?wait=true&timeout_ms=30000", &serde_json::to_value(&tx).expect("json"));
+    let (code, body) =
+        cluster.post(0, "/txs?wait=true&timeout_ms=30000", &serde_json::to_value(&tx).expect("json"));
     assert_eq!(code, 200, "{body}\n{}", tail(&cluster.log(0)));
     let height = body["height"].as_u64().expect("height");
     let (_, block) = cluster.get(0, &format!("/blocks/{height}"));
@@ -316,7 +343,11 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
             for nonce in 0..8 {
                 let tx = net.transfer(&key, nonce, to, 1);
                 let started = Instant::now();
-                let (code, body) = net.post(nonce as usize % 2 * 2, "/txs?wait=true&timeout_ms=20000", &serde_json::to_value(&tx).expect("json"));
+                let (code, body) = net.post(
+                    nonce as usize % 2 * 2,
+                    "/txs?wait=true&timeout_ms=20000",
+                    &serde_json::to_value(&tx).expect("json"),
+                );
                 assert_eq!(code, 200, "submission {nonce} during the flood: {body}");
                 latencies.push(started.elapsed());
             }
@@ -328,7 +359,11 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     while Instant::now() < flood_until && !submitter.is_finished() {
         for _ in 0..200 {
             let prepare = Message::Prepare(Signed {
-                body: Prepare { view: View(view), height: Height(height + 1 + sent % 32), digest: Digest::of(&sent.to_le_bytes()) },
+                body: Prepare {
+                    view: View(view),
+                    height: Height(height + 1 + sent % 32),
+                    digest: Digest::of(&sent.to_le_bytes()),
+                },
                 signer: ValidatorIndex(1),
                 signature: Signature([7; 64]),
             });

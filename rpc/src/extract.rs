@@ -91,7 +91,10 @@ impl<A: NodeApi, T: DeserializeOwned> FromRequest<AppState<A>> for JsonBody<T> {
 
 /// The whole body, read within [`crate::Limits::body_timeout_ms`]: a client that sends a body
 /// slowly holds a permit of the general budget for that long at most, then gets 408.
-pub(crate) async fn body_within<A: NodeApi>(request: Request, state: &AppState<A>) -> Result<Bytes, RpcError> {
+pub(crate) async fn body_within<A: NodeApi>(
+    request: Request,
+    state: &AppState<A>,
+) -> Result<Bytes, RpcError> {
     match tokio::time::timeout(state.limits.body_timeout(), Bytes::from_request(request, state)).await {
         Ok(body) => read_body(body, state.limits.body_bytes_max),
         Err(_) => Err(RpcError::new(

@@ -40,8 +40,8 @@
 //! [`Limits::connections_max`] in all) are answered 503 and closed; headers must arrive within
 //! [`Limits::header_timeout_ms`] (an idle kept-alive connection is closed after that time too)
 //! and a body within [`Limits::body_timeout_ms`] (else 408). Bodies over
-//! [`Limits::body_bytes_max`] get 413. Requests in flight come from three budgets (see
-//! [`budget`]): `/health` and `/status` ([`Limits::status_concurrency_max`]), waiting submissions
+//! [`Limits::body_bytes_max`] get 413. Requests in flight come from three budgets (`budget.rs`):
+//! `/health` and `/status` ([`Limits::status_concurrency_max`]), waiting submissions
 //! ([`Limits::wait_concurrency_max`]) and the rest ([`Limits::concurrency_max`]); a request whose
 //! budget is empty gets 503 at once (no queue). A request over [`Limits::request_timeout_ms`]
 //! gets 408 (`POST /` and `POST /txs` get [`Limits::wait_timeout_max_ms`] more, `/events` has no

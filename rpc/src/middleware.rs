@@ -46,7 +46,11 @@ pub(crate) async fn finish<A: NodeApi>(
             Some(route) => format!("{} {route}", method_label(&method)),
             None => UNMATCHED_LABEL.to_owned(),
         };
-        let outcome = if verbatim && !status.is_success() { UNHEALTHY_OUTCOME } else { code.map_or("ok", ErrorCode::name) };
+        let outcome = if verbatim && !status.is_success() {
+            UNHEALTHY_OUTCOME
+        } else {
+            code.map_or("ok", ErrorCode::name)
+        };
         state.api.record_request(&label, outcome);
     }
     response

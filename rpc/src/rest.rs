@@ -3,12 +3,11 @@
 //! would use (see [`crate::errors`]).
 
 use axum::extract::State;
-use axum::{Extension, Json};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tetrad_consensus::{Digest, Height};
 use tetrad_ledger::{Address, Tx};
 

@@ -25,6 +25,7 @@ use std::net::IpAddr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -35,7 +36,6 @@ use libp2p::swarm::{
     ConnectionDenied, ConnectionHandlerEvent, ConnectionId, NetworkBehaviour, SubstreamProtocol, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
-use libp2p::PeerId;
 
 use crate::daemon::metrics;
 
@@ -224,7 +224,8 @@ impl Admission {
         if self.banned.len() >= BANNED_MAX {
             self.banned.retain(|_, until| *until > now);
             if self.banned.len() >= BANNED_MAX
-                && let Some(oldest) = self.banned.iter().min_by_key(|(_, until)| **until).map(|(peer, _)| *peer)
+                && let Some(oldest) =
+                    self.banned.iter().min_by_key(|(_, until)| **until).map(|(peer, _)| *peer)
             {
                 self.banned.remove(&oldest);
             }
@@ -409,7 +410,9 @@ impl<B: NetworkBehaviour> NetworkBehaviour for ValidatorsOnly<B> {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         let known = match &event {
-            FromSwarm::ConnectionEstablished(established) => self.connections.contains(&established.connection_id),
+            FromSwarm::ConnectionEstablished(established) => {
+                self.connections.contains(&established.connection_id)
+            }
             FromSwarm::AddressChange(change) => self.connections.contains(&change.connection_id),
             FromSwarm::ConnectionClosed(closed) => self.connections.remove(&closed.connection_id),
             _ => true,
@@ -462,7 +465,10 @@ mod tests {
         // Full nodes: two from one address, then that address is full.
         assert_eq!(admission.established(id(), PeerId::random(), ip(1), now), Ok(()));
         assert_eq!(admission.established(id(), PeerId::random(), ip(1), now), Ok(()));
-        assert_eq!(admission.established(id(), PeerId::random(), ip(1), now), Err(Refused::FullNodesFromAddress(2)));
+        assert_eq!(
+            admission.established(id(), PeerId::random(), ip(1), now),
+            Err(Refused::FullNodesFromAddress(2))
+        );
         let third = PeerId::random();
         let third_id = id();
         assert_eq!(admission.established(third_id, third, ip(2), now), Ok(()));

@@ -58,11 +58,13 @@ impl Answers {
     }
 
     /// Bytes of answers one peer may take in a burst.
+    #[cfg(test)]
     pub fn capacity(&self) -> f64 {
         self.capacity
     }
 
     /// Bytes of answers per second one peer may take over time.
+    #[cfg(test)]
     pub fn refill_per_second(&self) -> f64 {
         self.refill_per_second
     }
@@ -131,7 +133,12 @@ mod tests {
     use super::*;
 
     fn batch(height: u64, payload: usize) -> Message {
-        let batch = Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: height, payload: vec![7; payload] };
+        let batch = Batch {
+            view: View(0),
+            proposer: ValidatorIndex(0),
+            timestamp_ms: height,
+            payload: vec![7; payload],
+        };
         Message::Batch { height: Height(height), batch: Arc::new(batch) }
     }
 
@@ -148,7 +155,10 @@ mod tests {
         // Another peer asking for the same batch is answered.
         assert_eq!(answers.allow(start, ValidatorIndex(2), &message, 200), Ok(()));
         // After an interval the same peer is answered again.
-        assert_eq!(answers.allow(start + Duration::from_millis(500), ValidatorIndex(1), &message, 200), Ok(()));
+        assert_eq!(
+            answers.allow(start + Duration::from_millis(500), ValidatorIndex(1), &message, 200),
+            Ok(())
+        );
     }
 
     #[test]
@@ -163,7 +173,11 @@ mod tests {
             }
         }
         assert_eq!(sent as f64, answers.capacity(), "a burst gets the capacity, no more");
-        assert_eq!(answers.allow(start, ValidatorIndex(0), &batch(1, 10), frame), Ok(()), "others unaffected");
+        assert_eq!(
+            answers.allow(start, ValidatorIndex(0), &batch(1, 10), frame),
+            Ok(()),
+            "others unaffected"
+        );
         // A second later the peer has a second's refill.
         let later = start + Duration::from_secs(1);
         let mut more = 0usize;

@@ -35,9 +35,11 @@ use tracing::{debug, info, warn};
 use crate::config::Home;
 use crate::daemon::answers::Answers;
 use crate::daemon::deferred::Deferred;
-use crate::daemon::health::Liveness;
-use crate::daemon::intake::{Freshness, Intake, Queued};
 use crate::daemon::executor::{Executed, Job};
+use crate::daemon::health::Liveness;
+use crate::daemon::intake::{
+    Freshness, Intake, PEER_QUEUE_MESSAGES_MAX, PEER_VERIFICATIONS_MAX, Queued, Ticket,
+};
 use crate::daemon::keys::SharedSchedule;
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
@@ -180,8 +182,13 @@ impl Driver {
             stall_reported: None,
             regossiped: Instant::now(),
             deferred: Deferred::default(),
-            intake: Intake::new(validators, VERIFICATIONS_MAX),
-            answers: Answers::new(validators, self.limits.consensus_bytes_max, status_interval, Instant::now()),
+            intake: Intake::new(validators, PEER_VERIFICATIONS_MAX),
+            answers: Answers::new(
+                validators,
+                self.limits.consensus_bytes_max,
+                status_interval,
+                Instant::now(),
+            ),
             progress_height: self.store.head().height,
             executor_gone: false,
         };
@@ -191,8 +198,11 @@ impl Driver {
         {
             state.rotation = replica.key_heights().last().copied();
         }
-        let (verified_tx, mut verified_rx) = mpsc::channel::<Input>(crate::daemon::network::INBOUND_QUEUE);
-        let (early_tx, mut early_rx) = mpsc::channel::<Early>(VERIFICATIONS_MAX);
+        // Each verified message keeps its sender's ticket until the replica takes it, so no
+        // sender can fill this channel beyond its budget.
+        let verified_capacity = validators.saturating_mul(PEER_QUEUE_MESSAGES_MAX).saturating_add(1024);
+        let (verified_tx, mut verified_rx) = mpsc::channel::<(Input, Option<Ticket>)>(verified_capacity);
+        let (early_tx, mut early_rx) = mpsc::channel::<Early>(verified_capacity);
         let outlets = Outlets { verified: verified_tx, early: early_tx };
         // Every drop reason appears in /metrics from the start, at zero.
         for reason in tetrad_consensus::DropReason::ALL {
@@ -225,7 +235,7 @@ impl Driver {
                     None => return Err(Stopped::NetworkGone),
                 },
                 _ = verification_done.notified() => {}
-                Some(input) = verified_rx.recv() => {
+                Some((input, _ticket)) = verified_rx.recv() => {
                     trace_handled(&input);
                     inputs.push(input)
                 }
@@ -246,7 +256,7 @@ impl Driver {
             // Messages that came too early wait for the horizon; those it has passed go through
             // verification again.
             let horizon = self.schedule.get().horizon();
-            while let Ok(Early { from, height, bytes }) = early_rx.try_recv() {
+            while let Ok(Early { from, height, bytes, .. }) = early_rx.try_recv() {
                 if height > Height(horizon.0.saturating_add(self.params.watermark_window)) {
                     metrics::dropped("beyond_schedule_horizon", 1);
                 } else if let Err(reason) = state.deferred.insert(from, height, bytes) {
@@ -262,7 +272,7 @@ impl Driver {
             self.dispatch(&mut state, &outlets);
             // Drain what else is ready, so one synced write covers many inputs.
             while inputs.len() < INPUTS_PER_ROUND {
-                if let Ok(input) = verified_rx.try_recv() {
+                if let Ok((input, _ticket)) = verified_rx.try_recv() {
                     trace_handled(&input);
                     inputs.push(input);
                 } else if let Ok(done) = self.executed.try_recv() {
@@ -327,18 +337,19 @@ impl Driver {
             let early = outlets.early.clone();
             tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], "consensus event");
             tokio::task::spawn_blocking(move || {
-                // Both give their places back when this ends, however it ends.
-                let (_verifying, _ticket) = (verifying, ticket);
+                // The verification place comes back when this ends, however it ends; the ticket
+                // when the replica has taken the message (or it was dropped).
+                let _verifying = verifying;
                 metrics::observe("tetrad_consensus_verify_wait_seconds", arrived.elapsed().as_secs_f64());
                 match checks.check(&bytes) {
                     Ok(message) => {
                         tracing::trace!(%from, id = %&blake3::hash(&bytes).to_hex()[..12], kind = message.message().kind(), "consensus verified");
-                        if verified.try_send(Input::Message { from, message }).is_err() {
+                        if verified.try_send((Input::Message { from, message }, ticket)).is_err() {
                             metrics::dropped("verified_queue_full", 1);
                         }
                     }
                     Err(Rejected::Early(height)) => {
-                        if early.try_send(Early { from, height, bytes }).is_err() {
+                        if early.try_send(Early { from, height, bytes, _ticket: ticket }).is_err() {
                             metrics::dropped("early_queue_full", 1);
                         }
                     }
@@ -482,7 +493,7 @@ impl Driver {
                     }
                     match delivered {
                         None => {
-                            let _ = verified.send(Input::Blocks(blocks)).await;
+                            let _ = verified.send((Input::Blocks(blocks), None)).await;
                         }
                         Some(mut next) => {
                             for block in blocks {
@@ -695,17 +706,19 @@ enum Rejected {
     Drop(&'static str),
 }
 
-/// A message to check again once the schedule horizon reaches `height`.
+/// A message to check again once the schedule horizon reaches `height` (with its sender's
+/// ticket until the driver has taken it).
 struct Early {
     from: ValidatorIndex,
     height: Height,
     bytes: bytes::Bytes,
+    _ticket: Option<Ticket>,
 }
 
 /// Where verification results go: verified inputs to the replica, early messages back to the
 /// driver to wait.
 struct Outlets {
-    verified: mpsc::Sender<Input>,
+    verified: mpsc::Sender<(Input, Option<Ticket>)>,
     early: mpsc::Sender<Early>,
 }
 
@@ -805,5 +818,71 @@ fn log_view_change((view, active): (View, bool), replica: &Replica) {
         info!(view = %replica.view(), "new view installed");
     } else {
         warn!(from = %view, state = %replica.describe(), "view change started");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tetrad_ledger::scratch::ScratchDir;
+    use tetrad_ledger::testkit::TestChain;
+
+    use super::*;
+    use crate::daemon::mempool::MempoolConfig;
+
+    /// A full node's driver over a fresh store, with the ends of its channels.
+    fn driver(dir: &ScratchDir) -> (Driver, mpsc::Sender<Event>, watch::Sender<bool>, mpsc::Receiver<Job>) {
+        let chain = TestChain::new(4, 2, 1000);
+        let store = Arc::new(Store::open_or_init(&dir.join("data"), &chain.genesis).expect("store"));
+        let schedule = SharedSchedule::new(store.registry().schedule(Height::GENESIS).expect("schedule"));
+        let (network, _commands) = mpsc::channel(16);
+        let (events_tx, events) = mpsc::channel(16);
+        let (executor, jobs) = mpsc::channel(16);
+        let (_executed_tx, executed) = mpsc::channel(16);
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (gossip, _gossip_rx) = mpsc::channel(16);
+        let params = ConsensusParams::default();
+        let driver = Driver {
+            replica: None,
+            safety: None,
+            store,
+            mempool: Arc::new(Mutex::new(Mempool::new(MempoolConfig::default()))),
+            schedule,
+            home: Home::new(dir.path()),
+            genesis_hash: chain.genesis_hash,
+            network,
+            events,
+            executor,
+            executed,
+            status: Arc::new(RwLock::new(ConsensusStatus::new(None, Duration::from_secs(6)))),
+            shutdown,
+            new_txs: Arc::new(tokio::sync::Notify::new()),
+            verifications: Arc::new(tokio::sync::Semaphore::new(VERIFICATIONS_MAX)),
+            gossip,
+            limits: FrameLimits::from_genesis(4, params.watermark_window, params.batch_bytes_max as usize),
+            params,
+        };
+        (driver, events_tx, shutdown_tx, jobs)
+    }
+
+    #[tokio::test]
+    async fn the_driver_stops_with_an_error_when_the_network_task_is_gone() {
+        let dir = ScratchDir::new("driver-network-gone").expect("scratch dir");
+        let (driver, events, _shutdown, _jobs) = driver(&dir);
+        let running = tokio::spawn(driver.run());
+        drop(events);
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(5), running).await.expect("stops").expect("no panic");
+        assert!(matches!(stopped, Err(Stopped::NetworkGone)), "{stopped:?}");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_is_not_an_error() {
+        let dir = ScratchDir::new("driver-shutdown").expect("scratch dir");
+        let (driver, _events, shutdown, _jobs) = driver(&dir);
+        let running = tokio::spawn(driver.run());
+        shutdown.send(true).expect("driver listening");
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(5), running).await.expect("stops").expect("no panic");
+        assert!(stopped.is_ok(), "{stopped:?}");
     }
 }

@@ -103,10 +103,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 fn run_one(target: &str, check: fn(&[u8]), input: &[u8], seed: u64) {
     if catch_unwind(AssertUnwindSafe(|| check(input))).is_err() {
         let shown: String = input.iter().take(4096).map(|byte| format!("{byte:02x}")).collect();
-        panic!(
-            "fuzz target {target} panicked (TETRAD_FUZZ_SEED={seed}) on {} bytes: {shown}",
-            input.len()
-        );
+        panic!("fuzz target {target} panicked (TETRAD_FUZZ_SEED={seed}) on {} bytes: {shown}", input.len());
     }
 }
 
@@ -115,7 +112,8 @@ fn every_decoder_survives_its_corpus_and_mutations() {
     let budget = Duration::from_millis(
         std::env::var("TETRAD_FUZZ_MS").ok().and_then(|ms| ms.parse().ok()).unwrap_or(1500),
     );
-    let seed: u64 = std::env::var("TETRAD_FUZZ_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(0x7e7a_d000);
+    let seed: u64 =
+        std::env::var("TETRAD_FUZZ_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(0x7e7a_d000);
     let write = std::env::var_os("TETRAD_WRITE_CORPUS").is_some();
     let mut report = Vec::new();
     for (target, check) in checks::TARGETS {

@@ -8,7 +8,7 @@
 //!   nobody else's. The [`Ticket`] that admitted a message gives its place back when dropped,
 //!   wherever that happens.
 //! - **Queue share**: the driver keeps one queue per peer and hands messages to verification in
-//!   turn, one per peer per pass, each peer with at most [`Intake::share`] verifications at once
+//!   turn, one per peer per pass, each peer with at most [`PEER_VERIFICATIONS_MAX`] at once
 //!   ([`Intake::dispatch`]); the rest wait in their own queue.
 //! - **Freshness**: before its signatures (and a pre-prepare's transactions) are checked, a
 //!   message is held against the replica's view, low watermark and committed height
@@ -30,8 +30,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 pub const PEER_QUEUE_MESSAGES_MAX: usize = 4096;
 /// The smallest byte budget per peer (a window of pipelined pre-prepares of ordinary size).
 pub const PEER_QUEUE_BYTES_MIN: usize = 64 << 20;
-/// The fewest verifications one peer may have running at once.
-pub const PEER_VERIFICATIONS_MIN: usize = 8;
+/// Verifications one peer may have running at once. Small: verification is CPU work on a few
+/// cores, so a sender with many running threads would take the others' CPU, not just their
+/// places; eight keep both cores busy for an honest sender under load.
+pub const PEER_VERIFICATIONS_MAX: usize = 8;
 
 /// Bytes one peer may have received and not yet verified: four of the largest frames, at least
 /// [`PEER_QUEUE_BYTES_MIN`].
@@ -77,6 +79,7 @@ impl InboundBudgets {
     }
 
     /// Messages and bytes `peer` holds now.
+    #[cfg(test)]
     pub fn load(&self, peer: ValidatorIndex) -> (usize, usize) {
         self.peers
             .get(peer.as_usize())
@@ -145,19 +148,20 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Queues for `validators` peers sharing `verifications_max` verifications at once.
-    pub fn new(validators: usize, verifications_max: usize) -> Intake {
+    /// Queues for `validators` peers, each with `share` verifications at once at most.
+    pub fn new(validators: usize, share: usize) -> Intake {
         let validators = validators.max(1);
         Intake {
             queues: (0..validators).map(|_| VecDeque::new()).collect(),
             running: Arc::new((0..validators).map(|_| AtomicUsize::new(0)).collect()),
-            share: (verifications_max / validators).max(PEER_VERIFICATIONS_MIN),
+            share: share.max(1),
             next: 0,
             done: Arc::new(Notify::new()),
         }
     }
 
     /// Verifications one peer may have running at once.
+    #[cfg(test)]
     pub fn share(&self) -> usize {
         self.share
     }
@@ -175,7 +179,11 @@ impl Intake {
 
     /// Hands queued messages to `start`, one per peer in turn, while the peer is under its share
     /// and `global` has permits.
-    pub fn dispatch(&mut self, global: &Arc<Semaphore>, mut start: impl FnMut(ValidatorIndex, Queued, Verifying)) {
+    pub fn dispatch(
+        &mut self,
+        global: &Arc<Semaphore>,
+        mut start: impl FnMut(ValidatorIndex, Queued, Verifying),
+    ) {
         let peers = self.queues.len();
         loop {
             let mut started = false;
@@ -191,8 +199,12 @@ impl Intake {
                 };
                 let Some(queued) = self.queues[peer].pop_front() else { continue };
                 running.fetch_add(1, Ordering::Relaxed);
-                let verifying =
-                    Verifying { _global: permit, running: self.running.clone(), peer, done: self.done.clone() };
+                let verifying = Verifying {
+                    _global: permit,
+                    running: self.running.clone(),
+                    peer,
+                    done: self.done.clone(),
+                };
                 start(ValidatorIndex(peer as u16), queued, verifying);
                 started = true;
             }
@@ -252,7 +264,8 @@ mod tests {
     #[test]
     fn a_peer_over_its_budget_is_refused_and_others_are_not() {
         let budgets = InboundBudgets::new(4, 3, 1000);
-        let mut held: Vec<Ticket> = (0..3).map(|_| budgets.admit(ValidatorIndex(1), 10).expect("room")).collect();
+        let mut held: Vec<Ticket> =
+            (0..3).map(|_| budgets.admit(ValidatorIndex(1), 10).expect("room")).collect();
         assert!(budgets.admit(ValidatorIndex(1), 10).is_none(), "a fourth message");
         assert!(budgets.admit(ValidatorIndex(2), 10).is_some(), "another peer");
         assert!(budgets.admit(ValidatorIndex(2), 1001).is_none(), "over the byte budget");
@@ -266,28 +279,34 @@ mod tests {
     async fn dispatch_takes_peers_in_turn_within_their_share() {
         let budgets = InboundBudgets::new(4, 10_000, 1 << 30);
         let global = Arc::new(Semaphore::new(16));
-        let mut intake = Intake::new(4, 16);
-        assert_eq!(intake.share(), PEER_VERIFICATIONS_MIN);
+        let mut intake = Intake::new(4, PEER_VERIFICATIONS_MAX);
+        assert_eq!(intake.share(), PEER_VERIFICATIONS_MAX);
         // A flooding peer 3 and an honest peer 0 with two votes.
         for _ in 0..1000 {
             let ticket = budgets.admit(ValidatorIndex(3), 10).expect("room");
-            intake.push(ValidatorIndex(3), Queued { bytes: bytes(10), ticket: Some(ticket), arrived: Instant::now() });
+            intake.push(
+                ValidatorIndex(3),
+                Queued { bytes: bytes(10), ticket: Some(ticket), arrived: Instant::now() },
+            );
         }
         for _ in 0..2 {
             let ticket = budgets.admit(ValidatorIndex(0), 10).expect("room");
-            intake.push(ValidatorIndex(0), Queued { bytes: bytes(10), ticket: Some(ticket), arrived: Instant::now() });
+            intake.push(
+                ValidatorIndex(0),
+                Queued { bytes: bytes(10), ticket: Some(ticket), arrived: Instant::now() },
+            );
         }
         let mut started = Vec::new();
         intake.dispatch(&global, |peer, _, verifying| started.push((peer, verifying)));
         let from = |peer: u16| started.iter().filter(|(p, _)| *p == ValidatorIndex(peer)).count();
         assert_eq!(from(0), 2, "the honest votes are verified at once");
-        assert_eq!(from(3), PEER_VERIFICATIONS_MIN, "the flood gets its share, no more");
-        assert_eq!(intake.waiting(), 1000 - PEER_VERIFICATIONS_MIN);
+        assert_eq!(from(3), PEER_VERIFICATIONS_MAX, "the flood gets its share, no more");
+        assert_eq!(intake.waiting(), 1000 - PEER_VERIFICATIONS_MAX);
         // A finished verification frees a place in its peer's share.
         started.retain(|(peer, _)| *peer != ValidatorIndex(3));
         let mut more = 0;
         intake.dispatch(&global, |_, _, _| more += 1);
-        assert_eq!(more, PEER_VERIFICATIONS_MIN);
+        assert_eq!(more, PEER_VERIFICATIONS_MAX);
     }
 
     #[test]

@@ -46,6 +46,8 @@ use crate::daemon::metrics;
 pub use crate::daemon::wire::{FrameLimits, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest};
 use crate::daemon::wire::{SYNC_REQUEST_BYTES_MAX, read_frame, read_framed};
 
+/// Executed-block notices waiting for the driver, at most.
+pub const INBOUND_QUEUE: usize = 16_384;
 /// Most transactions in one gossip message, and how long admitted ones wait to fill one.
 pub const GOSSIP_TXS_MAX: usize = 1024;
 const GOSSIP_FLUSH: Duration = Duration::from_millis(5);
@@ -88,8 +90,15 @@ pub enum Command {
 pub enum Event {
     /// A consensus message; `ticket` holds its place in the sender's budget until dropped
     /// (`None` for a message the driver kept back itself).
-    Consensus { from: ValidatorIndex, bytes: Bytes, ticket: Option<Ticket> },
-    Blocks { from: ValidatorIndex, blocks: Vec<SyncBlock> },
+    Consensus {
+        from: ValidatorIndex,
+        bytes: Bytes,
+        ticket: Option<Ticket>,
+    },
+    Blocks {
+        from: ValidatorIndex,
+        blocks: Vec<SyncBlock>,
+    },
     /// A peer answered a sync request with no block: it has nothing after ours.
     UpToDate,
     /// A sync request failed (no connection, refused, timed out).
@@ -252,8 +261,6 @@ pub struct Network {
     pub gossip: mpsc::Sender<Tx>,
     /// Number of connected peers.
     pub peers: Arc<Mutex<usize>>,
-    /// What each validator has sent and the driver has not yet verified.
-    pub inbound: Arc<InboundBudgets>,
     /// The network task; it ends only if the node's side of its channels closes.
     pub task: JoinHandle<()>,
 }
@@ -267,7 +274,9 @@ fn protocol(genesis_hash: &Digest, name: &str) -> StreamProtocol {
 
 /// Gossipsub's peer scoring: only invalid messages count (a quiet chain delivers few messages,
 /// so delivery-rate penalties would punish honest peers; validators may share an address).
-fn gossip_scoring(topic: &gossipsub::IdentTopic) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+fn gossip_scoring(
+    topic: &gossipsub::IdentTopic,
+) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let topic_params = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         time_in_mesh_weight: 0.0,
@@ -387,9 +396,9 @@ pub async fn start(
     let (event_tx, event_rx) = mpsc::channel(events_capacity);
     let (gossip_tx, gossip_rx) = mpsc::channel(GOSSIP_TXS_MAX * 64);
     let peers = Arc::new(Mutex::new(0usize));
-    let task = Task::new(swarm, config, store, validator, topic, event_tx, peers.clone(), inbound.clone());
+    let task = Task::new(swarm, config, store, validator, topic, event_tx, peers.clone(), inbound);
     let task = tokio::spawn(task.run(command_rx, gossip_rx));
-    Ok(Network { commands: command_tx, events: event_rx, gossip: gossip_tx, peers, inbound, task })
+    Ok(Network { commands: command_tx, events: event_rx, gossip: gossip_tx, peers, task })
 }
 
 /// A block-sync answer read from the store, on its way back to the network task.

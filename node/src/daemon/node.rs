@@ -17,16 +17,16 @@ use tetrad_rpc::Limits;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::config::{Config, Home};
 use crate::daemon::admission::AdmissionLimits;
 use crate::daemon::api::Api;
-use crate::config::{Config, Home};
 use crate::daemon::driver::{ConsensusStatus, Driver};
-use crate::daemon::health::stall_after;
 use crate::daemon::executor::Executor;
+use crate::daemon::health::stall_after;
 use crate::daemon::keys::{OwnKeys, SharedSchedule};
 use crate::daemon::mempool::{Mempool, MempoolConfig};
-use crate::daemon::network::{self, FrameLimits, GossipValidator, NetworkConfig};
 use crate::daemon::metrics;
+use crate::daemon::network::{self, FrameLimits, GossipValidator, NetworkConfig};
 use crate::identity;
 
 /// Runs the node in `home` until a shutdown signal.
@@ -143,8 +143,10 @@ pub async fn run(home_dir: &Path) -> Result<()> {
         }
         None => (None, None),
     };
-    let status =
-        Arc::new(RwLock::new(ConsensusStatus::new(me, stall_after(genesis.consensus.view_change_timeout_ms))));
+    let status = Arc::new(RwLock::new(ConsensusStatus::new(
+        me,
+        stall_after(genesis.consensus.view_change_timeout_ms),
+    )));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = Api {
         name: config.name.clone(),
@@ -223,9 +225,7 @@ fn outcome(result: std::result::Result<std::result::Result<(), String>, tokio::t
 }
 
 /// Why the executor thread ended (the blocking join of its handle).
-fn thread_outcome(
-    result: std::result::Result<std::thread::Result<()>, tokio::task::JoinError>,
-) -> String {
+fn thread_outcome(result: std::result::Result<std::thread::Result<()>, tokio::task::JoinError>) -> String {
     match result {
         Ok(Ok(())) => "it returned (its job channel closed)".to_owned(),
         Ok(Err(payload)) => format!("it panicked: {}", panic_message(payload)),
@@ -236,7 +236,10 @@ fn thread_outcome(
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(message) => *message,
-        Err(payload) => payload.downcast_ref::<&str>().map(|message| (*message).to_owned()).unwrap_or_else(|| "(no message)".to_owned()),
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_owned())
+            .unwrap_or_else(|| "(no message)".to_owned()),
     }
 }
 
@@ -312,5 +315,25 @@ async fn wait_for_signal() {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_loop_that_panicked_or_returned_is_named_with_its_reason() {
+        let panicked = tokio::spawn(async { panic!("the replica broke an invariant") }).await;
+        assert_eq!(outcome(panicked.map(Ok)), "it panicked: the replica broke an invariant");
+        let formatted = tokio::spawn(async {
+            let height = 7;
+            panic!("height {height}");
+        })
+        .await;
+        assert_eq!(outcome(formatted.map(Ok)), "it panicked: height 7");
+        assert_eq!(outcome(Ok(Err("the network task is gone".to_owned()))), "the network task is gone");
+        let thread = std::thread::spawn(|| panic!("executor died")).join();
+        assert_eq!(thread_outcome(Ok(thread)), "it panicked: executor died");
     }
 }

@@ -97,8 +97,10 @@ impl FrameLimits {
             statement: Checkpoint { height: Height(0), header_hash: Digest::ZERO, state_root: Digest::ZERO },
             signatures: signatures(validators),
         };
-        let prepared =
-            encoded_len(&PreparedCertificate { pre_prepare: pre_prepare.clone(), prepares: signatures(validators) });
+        let prepared = encoded_len(&PreparedCertificate {
+            pre_prepare: pre_prepare.clone(),
+            prepares: signatures(validators),
+        });
         let view_change = encoded_len(&signed(ViewChange {
             new_view: View(0),
             checkpoint: Some(checkpoint),
@@ -141,7 +143,10 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> 
     io.read_exact(&mut length).await?;
     let length = u32::from_le_bytes(length) as usize;
     if length > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {length} bytes exceeds {max}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes exceeds {max}"),
+        ));
     }
     let mut bytes = Vec::with_capacity(length.min(FRAME_CHUNK_BYTES));
     while bytes.len() < length {
@@ -164,7 +169,10 @@ pub fn decode<V: BorshDeserialize>(bytes: &[u8]) -> io::Result<V> {
 }
 
 /// Reads a frame of at most `max` bytes and decodes it.
-pub async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(io: &mut T, max: usize) -> io::Result<V> {
+pub async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<V> {
     decode(&read_frame(io, max).await?)
 }
 
@@ -183,7 +191,8 @@ mod tests {
         let wide = FrameLimits::from_genesis(40, 1000, 1 << 20);
         assert_eq!(wide.consensus_bytes_max, MESSAGE_BYTES_MAX);
         // The largest block fits the block limit exactly.
-        let batch = Batch { view: View(1), proposer: ValidatorIndex(3), timestamp_ms: 9, payload: vec![1; 1 << 20] };
+        let batch =
+            Batch { view: View(1), proposer: ValidatorIndex(3), timestamp_ms: 9, payload: vec![1; 1 << 20] };
         let certificate = Certificate {
             statement: Commit { view: View(1), height: Height(7), digest: batch.digest() },
             signatures: signatures(4),
@@ -197,16 +206,27 @@ mod tests {
     fn a_new_view_of_full_windows_fits() {
         let (validators, window) = (4usize, 64u64);
         let limits = FrameLimits::from_genesis(validators, window, 1024 + 8);
-        assert_eq!(limits.consensus_bytes_max, BORSH_PREALLOCATION_BYTES_MAX, "never below borsh's preallocation");
-        let pre_prepare = |height: u64| signed(PrePrepare { view: View(1), height: Height(height), digest: Digest::ZERO });
+        assert_eq!(
+            limits.consensus_bytes_max, BORSH_PREALLOCATION_BYTES_MAX,
+            "never below borsh's preallocation"
+        );
+        let pre_prepare =
+            |height: u64| signed(PrePrepare { view: View(1), height: Height(height), digest: Digest::ZERO });
         let view_change = signed(ViewChange {
             new_view: View(2),
             checkpoint: Some(Certificate {
-                statement: Checkpoint { height: Height(16), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+                statement: Checkpoint {
+                    height: Height(16),
+                    header_hash: Digest::ZERO,
+                    state_root: Digest::ZERO,
+                },
                 signatures: signatures(validators),
             }),
             prepared: (17..17 + window)
-                .map(|height| PreparedCertificate { pre_prepare: pre_prepare(height), prepares: signatures(validators) })
+                .map(|height| PreparedCertificate {
+                    pre_prepare: pre_prepare(height),
+                    prepares: signatures(validators),
+                })
                 .collect(),
         });
         let new_view = Message::NewView(signed(NewView {
@@ -225,11 +245,18 @@ mod tests {
                 signed(ViewChange {
                     new_view: View(2),
                     checkpoint: Some(Certificate {
-                        statement: Checkpoint { height: Height(16), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+                        statement: Checkpoint {
+                            height: Height(16),
+                            header_hash: Digest::ZERO,
+                            state_root: Digest::ZERO
+                        },
                         signatures: signatures(40),
                     }),
                     prepared: (17..17 + window)
-                        .map(|height| PreparedCertificate { pre_prepare: pre_prepare(height), prepares: signatures(40) })
+                        .map(|height| PreparedCertificate {
+                            pre_prepare: pre_prepare(height),
+                            prepares: signatures(40)
+                        })
                         .collect(),
                 });
                 40

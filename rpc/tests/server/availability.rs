@@ -13,7 +13,7 @@ use tetrad_rpc::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::{Fixture, FakeNode, assert_error, get, post, setup};
+use crate::support::{FakeNode, Fixture, assert_error, get, post, setup};
 
 /// Starts `tetrad_rpc::serve` on a free loopback port; the server stops when the test ends.
 async fn start(node: &FakeNode, limits: Limits) -> SocketAddr {

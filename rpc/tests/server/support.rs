@@ -15,8 +15,7 @@ use tetrad_ledger::tx::encode_payload;
 use tetrad_ledger::{AccountProof, Address, Tx, execute};
 use tetrad_rpc::api::{
     AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, Health, HealthView, InternalError, NodeApi,
-    StatusView,
-    SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
+    StatusView, SubmitError, TxStatus, TxView, ValidatorView, ValidatorsView,
 };
 use tetrad_rpc::{Limits, router};
 use tokio::sync::broadcast;
