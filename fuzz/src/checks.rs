@@ -157,7 +157,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         payload: encode_payload(&txs),
     };
     let digest = batch.digest();
-    let messages = vec![
+    let messages = [
         Message::PrePrepare {
             pre_prepare: signed(PrePrepare { view: View(2), height: Height(7), digest }),
             batch: std::sync::Arc::new(batch.clone()),
@@ -191,7 +191,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         }
         "gossip_batch" => vec![borsh::to_vec(&txs).unwrap_or_default()],
         "transaction" => vec![txs[0].encode(), encode_payload(&txs), tx_json],
-        "jsonrpc_body" => vec![
+        "jsonrpc_body" => [
             call("submit_transaction", serde_json::json!({ "tx": txs[0], "wait": true, "timeout_ms": 100 })),
             call("get_block", serde_json::json!({ "height": 3 })),
             call("get_transaction", serde_json::json!({ "hash": digest })),

@@ -117,8 +117,7 @@ impl FrameLimits {
         let consensus_bytes_max = proposal
             .max(new_view)
             .saturating_add(FRAME_SLACK_BYTES)
-            .max(BORSH_PREALLOCATION_BYTES_MAX)
-            .min(MESSAGE_BYTES_MAX);
+            .clamp(BORSH_PREALLOCATION_BYTES_MAX, MESSAGE_BYTES_MAX);
         let commit = Commit { view: View(0), height: Height(0), digest: Digest::ZERO };
         let block_bytes_max = encoded_len(&SyncBlock {
             batch: empty_batch,
