@@ -38,8 +38,8 @@ else
     export RUSTC_BOOTSTRAP=1
 fi
 export CARGO_TARGET_DIR="${TETRAD_FUZZ_TARGET_DIR:-$HOME/.cache/tetrad/target-fuzz}"
-workspace_target="${TETRAD_WORKSPACE_TARGET_DIR:-$HOME/.cache/tetrad/target}"
-rocksdb=$(ls -t "$workspace_target"/release/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
+rocksdb=$(ls -t "${CARGO_TARGET_DIR_WORKSPACE:-$HOME/.cache/tetrad/target}"*/release/build/librocksdb-sys-*/out/librocksdb.a \
+    2>/dev/null | head -1 || true)
 if [ -n "$rocksdb" ]; then
     export ROCKSDB_LIB_DIR
     ROCKSDB_LIB_DIR=$(dirname "$rocksdb")
