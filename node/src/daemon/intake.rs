@@ -304,9 +304,10 @@ mod tests {
         assert_eq!(intake.waiting(), 1000 - PEER_VERIFICATIONS_MAX);
         // A finished verification frees a place in its peer's share.
         started.retain(|(peer, _)| *peer != ValidatorIndex(3));
-        let mut more = 0;
-        intake.dispatch(&global, |_, _, _| more += 1);
-        assert_eq!(more, PEER_VERIFICATIONS_MAX);
+        let mut more = Vec::new();
+        intake.dispatch(&global, |peer, _, verifying| more.push((peer, verifying)));
+        assert_eq!(more.len(), PEER_VERIFICATIONS_MAX);
+        assert!(more.iter().all(|(peer, _)| *peer == ValidatorIndex(3)));
     }
 
     #[test]
