@@ -6,13 +6,13 @@
 //!
 //! The same format holds consensus keys, network (libp2p) keys and account keys.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tetrad_consensus::{PublicKey, SecretKey};
+
+use crate::durable::{self, Existing};
 
 /// Key files are small; anything bigger is not one.
 const KEY_FILE_BYTES_MAX: u64 = 4096;
@@ -62,8 +62,20 @@ impl KeyFile {
         self.secret.public_key()
     }
 
-    /// Writes the key with mode 0600. Fails if `path` exists.
+    /// Writes the key with mode 0600. Fails if `path` exists. Durable and never torn: the key
+    /// is written to a temporary file, synced, linked into place and the directory synced (see
+    /// [`crate::durable`]), so a crash leaves either no key file or the whole one.
     pub fn write_new(&self, path: &Path) -> Result<(), KeyFileError> {
+        self.write(path, Existing::Refuse)
+    }
+
+    /// Writes the key with mode 0600 over whatever `path` holds, atomically (temporary file,
+    /// sync, rename, directory sync): a crash leaves the old file or the new one, whole.
+    pub fn write_replacing(&self, path: &Path) -> Result<(), KeyFileError> {
+        self.write(path, Existing::Replace)
+    }
+
+    fn write(&self, path: &Path, existing: Existing) -> Result<(), KeyFileError> {
         let write = |source| KeyFileError::Write { path: path.to_path_buf(), source };
         let json = KeyFileJson {
             kind: "ed25519".into(),
@@ -73,15 +85,13 @@ impl KeyFile {
         let mut text =
             serde_json::to_string_pretty(&json).map_err(|error| write(std::io::Error::other(error)))?;
         text.push('\n');
-        let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(file) => file,
+        match durable::write_file(path, text.as_bytes(), 0o600, existing) {
+            Ok(()) => Ok(()),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(KeyFileError::Exists { path: path.to_path_buf() });
+                Err(KeyFileError::Exists { path: path.to_path_buf() })
             }
-            Err(error) => return Err(write(error)),
-        };
-        file.write_all(text.as_bytes()).map_err(write)?;
-        file.sync_all().map_err(write)
+            Err(error) => Err(write(error)),
+        }
     }
 
     /// Reads a key file, refusing files that group or others can read.

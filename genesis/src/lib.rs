@@ -17,6 +17,7 @@
 //!
 //! Reads and writes files only where a function says so (`load`, `save`, key files).
 
+pub mod durable;
 pub mod keyfile;
 
 use std::collections::HashMap;
@@ -195,15 +196,14 @@ impl Genesis {
         Self::parse(path, &text)
     }
 
-    /// Writes the genesis as pretty JSON (atomically: a temporary file, then a rename).
+    /// Writes the genesis as pretty JSON, durably and atomically (a synced temporary file
+    /// renamed over `path`, then the directory synced; see [`durable`]).
     pub fn save(&self, path: &Path) -> Result<(), GenesisError> {
         let write = |source| GenesisError::Write { path: path.to_path_buf(), source };
         let mut text =
             serde_json::to_string_pretty(self).map_err(|error| write(std::io::Error::other(error)))?;
         text.push('\n');
-        let temporary = path.with_extension("json.tmp");
-        std::fs::write(&temporary, text).map_err(write)?;
-        std::fs::rename(&temporary, path).map_err(write)
+        durable::write_file(path, text.as_bytes(), 0o644, durable::Existing::Replace).map_err(write)
     }
 
     /// Checks every rule of a valid genesis; the first broken one is returned.

@@ -14,6 +14,17 @@ use crate::storage::StorageError;
 /// A raw key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// Keys of the node's own notes about the store (who it belongs to) start with this byte;
+/// consensus records never do (their keys start with an ASCII letter), and [`SafetyStore::records`]
+/// leaves them out.
+const NOTE_PREFIX: u8 = 0xff;
+
+fn note_key(name: &str) -> Vec<u8> {
+    let mut key = vec![NOTE_PREFIX];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 pub struct SafetyStore {
     db: DB,
     path: PathBuf,
@@ -52,14 +63,33 @@ impl SafetyStore {
         self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))
     }
 
-    /// Every record, for restoring the replica after a restart.
+    /// Every consensus record, for restoring the replica after a restart (the node's notes are
+    /// not among them).
     pub fn records(&self) -> Result<Vec<KeyValue>, StorageError> {
         let mut records = Vec::new();
         for entry in self.db.iterator(IteratorMode::Start) {
             let (key, value) = entry.map_err(|source| self.rocks(source))?;
+            if key.first() == Some(&NOTE_PREFIX) {
+                break;
+            }
             records.push((key.to_vec(), value.to_vec()));
         }
         Ok(records)
+    }
+
+    /// Whether a safety store exists at `path` (a RocksDB database, not just a directory).
+    pub fn exists(path: &Path) -> bool {
+        path.join("CURRENT").is_file()
+    }
+
+    /// A note the node keeps beside the records (for example whose records these are).
+    pub fn note(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get(note_key(name)).map_err(|source| self.rocks(source))
+    }
+
+    /// Writes a note, synced.
+    pub fn set_note(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.write(&[(note_key(name), value.to_vec())], &[])
     }
 }
 
@@ -87,5 +117,22 @@ mod tests {
             store.records().expect("records"),
             vec![(b"a2".to_vec(), b"y".to_vec()), (b"b1".to_vec(), b"z".to_vec())]
         );
+    }
+
+    #[test]
+    fn notes_are_kept_apart_from_the_records() {
+        let dir = ScratchDir::new("safety-notes").expect("scratch");
+        let path = dir.join("safety");
+        assert!(!SafetyStore::exists(&path));
+        {
+            let store = SafetyStore::open(&path).expect("open");
+            store.set_note("owner", b"v1").expect("note");
+            store.write(&[(b"v".to_vec(), b"7".to_vec())], &[]).expect("write");
+        }
+        assert!(SafetyStore::exists(&path));
+        let store = SafetyStore::open(&path).expect("reopen");
+        assert_eq!(store.note("owner").expect("note"), Some(b"v1".to_vec()));
+        assert_eq!(store.note("other").expect("note"), None);
+        assert_eq!(store.records().expect("records"), vec![(b"v".to_vec(), b"7".to_vec())]);
     }
 }

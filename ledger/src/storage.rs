@@ -450,6 +450,11 @@ impl Store {
         Ok(Some(Block { header, batch, certificate }))
     }
 
+    /// The commit certificate of the block at `height` (without reading the block).
+    pub fn certificate(&self, height: Height) -> Result<Option<CommitCertificate>, StorageError> {
+        self.get(CF_CERTIFICATES, &be(height))
+    }
+
     pub fn height_of(&self, block_hash: &Digest) -> Result<Option<Height>, StorageError> {
         match self.get_raw(CF_BLOCK_HASHES, &block_hash.0)? {
             Some(bytes) => {

@@ -32,6 +32,13 @@ enum Command {
     Run {
         #[arg(long)]
         home: PathBuf,
+        /// Start a validator whose safety records (HOME/safety) are missing, empty or older than
+        /// its chain database, which the node otherwise refuses: it may then sign something
+        /// that conflicts with what it signed before the records were lost. The node stays
+        /// silent (signs nothing) until the network is W + K heights past anything it may have
+        /// signed.
+        #[arg(long)]
+        accept_double_sign_risk: bool,
     },
     /// Create a local network: keys, genesis, one home per validator, funded accounts.
     Testnet(TestnetArgs),
@@ -121,8 +128,10 @@ enum KeysCommand {
     /// Print a key file's public key (account address / consensus key) and libp2p peer id.
     Show { file: PathBuf },
     /// Rotate the consensus key of the validator in HOME while it runs: writes the next key into
-    /// the home, submits the rotation signed by the current key, waits for the commit, and
-    /// reports the activation height.
+    /// the home (durably, before anything is sent), submits the rotation signed by the current
+    /// key, waits for the commit, and reports the activation height. Safe to run again: a
+    /// rotation in progress (consensus_key.next.json exists) is found and reported, or the same
+    /// transaction is submitted again; the next key file is never deleted.
     Rotate {
         #[arg(long)]
         home: PathBuf,
@@ -238,7 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Genesis(command) => genesis(command),
         Command::Init(args) => init(args),
-        Command::Run { home } => run_node(&home),
+        Command::Run { home, accept_double_sign_risk } => run_node(&home, accept_double_sign_risk),
         Command::Tx(command) => crate::client::tx(command),
         Command::Query(command) => crate::client::query(command),
         Command::Testnet(args) => testnet(args),
@@ -274,7 +283,7 @@ impl From<LedgerBenchArgs> for crate::ops::bench_ledger::LedgerBench {
     }
 }
 
-fn run_node(home: &Path) -> Result<()> {
+fn run_node(home: &Path, accept_double_sign_risk: bool) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -283,7 +292,7 @@ fn run_node(home: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(crate::daemon::node::run(home))
+    runtime.block_on(crate::daemon::node::run(home, accept_double_sign_risk))
 }
 
 fn testnet(args: TestnetArgs) -> Result<()> {
@@ -478,7 +487,8 @@ fn init(args: InitArgs) -> Result<()> {
         .unwrap_or_else(|| "full-node".to_string());
     let config = Config { name, p2p_listen: args.p2p_listen, rpc_listen: args.rpc_listen };
     config.validate().context("invalid --p2p-listen or --rpc-listen")?;
-    std::fs::create_dir_all(&home.dir).with_context(|| format!("{}: cannot create", home.dir.display()))?;
+    tetrad_genesis::durable::create_dir(&home.dir)
+        .with_context(|| format!("{}: cannot create", home.dir.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))

@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use tetrad_genesis::durable::{self, Existing};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const GENESIS_FILE: &str = "genesis.json";
 pub const CONSENSUS_KEY_FILE: &str = "consensus_key.json";
 pub const NETWORK_KEY_FILE: &str = "network_key.json";
 pub const NEXT_CONSENSUS_KEY_FILE: &str = "consensus_key.next.json";
+pub const RETIRED_CONSENSUS_KEY_FILE: &str = "consensus_key.retired.json";
 pub const DATA_DIR: &str = "data";
 pub const SAFETY_DIR: &str = "safety";
 
@@ -63,6 +65,11 @@ impl Home {
         self.dir.join(NEXT_CONSENSUS_KEY_FILE)
     }
 
+    /// During the key swap only: the old key, until it is erased (see `keys.rs`).
+    pub fn retired_consensus_key(&self) -> PathBuf {
+        self.dir.join(RETIRED_CONSENSUS_KEY_FILE)
+    }
+
     pub fn network_key(&self) -> PathBuf {
         self.dir.join(NETWORK_KEY_FILE)
     }
@@ -87,15 +94,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Writes a new `config.toml` durably (synced temporary file, linked into place, directory
+    /// synced); refuses to overwrite one.
     pub fn save_new(&self, path: &Path) -> Result<()> {
-        if path.exists() {
-            bail!("{}: already exists; refusing to overwrite", path.display());
-        }
         let text = format!(
             "# Tetrad node configuration\n\n{}",
             toml::to_string_pretty(self).context("encoding config.toml")?
         );
-        std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+        match durable::write_file(path, text.as_bytes(), 0o644, Existing::Refuse) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                bail!("{}: already exists; refusing to overwrite", path.display())
+            }
+            Err(error) => Err(error).with_context(|| format!("{}: cannot write", path.display())),
+        }
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Net, TETRAD, path_str, tail};
-use tetrad_consensus::{CommitCertificate, PublicKey, ValidatorSet};
+use common::{Cluster, Net, StopOnDrop, TETRAD, keep_busy, keys_at, path_str, signs_soon, tail};
+use tetrad_consensus::{CommitCertificate, PublicKey, ValidatorIndex, ValidatorSet};
 use tetrad_genesis::KeyFile;
+use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
+use tetrad_ledger::validators::possession_digest;
 
 const ACCOUNTS: u64 = 8;
 const VIEW_CHANGE_TIMEOUT_MS: u64 = 2000;
@@ -19,16 +21,6 @@ const VIEW_CHANGE_TIMEOUT_MS: u64 = 2000;
 fn create() -> Cluster {
     // K = 4 and W = 8 keep activations about a dozen blocks after each rotation.
     Cluster::create_with("rotation", 4, ACCOUNTS, &["--checkpoint-interval", "4", "--watermark-window", "8"])
-}
-
-/// Sets a flag when dropped, so helper threads stop also when the test panics (the test owns
-/// the cluster; its processes die with it).
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
 }
 
 #[test]
@@ -149,88 +141,37 @@ fn all_four_validators_rotate_while_transfers_continue() {
     late.assert_chain(&cluster.chain(0, head));
 }
 
-fn keys_at(cluster: &Net, height: u64) -> Vec<PublicKey> {
-    let (_, set) = cluster.get(0, &format!("/validators?height={height}"));
-    set["validators"]
-        .as_array()
-        .expect("validators")
-        .iter()
-        .map(|validator| serde_json::from_value(validator["consensus_key"].clone()).expect("key"))
-        .collect()
-}
-
-/// Whether validator `index` signed any commit certificate in `(from, to]` (certificates are
-/// checked against the set of their height, so a signature there was made with the right key).
-fn signed_between(cluster: &Net, index: u64, from: u64, to: u64) -> bool {
-    (from + 1..=to).any(|height| {
-        let (_, block) = cluster.get(0, &format!("/blocks/{height}"));
-        let certificate: CommitCertificate =
-            serde_json::from_value(block["certificate"].clone()).expect("certificate");
-        let set = ValidatorSet::new(cluster.genesis_hash, keys_at(cluster, height)).expect("set");
-        certificate.verify(&set).is_ok() && certificate.signers().any(|signer| u64::from(signer.0) == index)
-    })
-}
-
-/// Whether validator `index` signs a certificate above `from` within a minute of blocks. A
-/// certificate holds the first quorum of commits: a replica that just restarted and caught up
-/// may be the slowest for a while, so it gets blocks until it is among them.
-fn signs_soon(cluster: &Net, index: usize, from: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let target = cluster.height(0).expect("height") + 8;
-        cluster.wait_height(0, target, Duration::from_secs(60));
-        cluster.wait_height(index, target, Duration::from_secs(60));
-        if signed_between(cluster, index as u64, from, cluster.height(0).expect("height")) {
-            return true;
-        }
-    }
-    false
-}
-
-/// Keeps transfers flowing (one every 50 ms) until the returned flag is set.
-fn keep_busy(cluster: &Net) -> (StopOnDrop, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (cluster, flag) = (cluster.clone(), stop.clone());
-    let handle = std::thread::spawn(move || {
-        let key = cluster.account_key(0);
-        let to = cluster.account_key(1).public_key();
-        let (_, account) = cluster.get(0, &format!("/accounts/{}", key.public_key()));
-        let mut nonce = account["nonce"].as_u64().expect("nonce");
-        while !flag.load(Ordering::SeqCst) {
-            let tx = cluster.transfer(&key, nonce, to, 1);
-            for node in [0, 2, 3] {
-                if matches!(cluster.submit(node, &tx).0, 200 | 202) {
-                    nonce += 1;
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    (StopOnDrop(stop), handle)
-}
-
-/// Restarts validator 1 with `kill -9` before its rotation is committed, between the commit and
-/// the activation, and after the activation; each time it comes back signing with the right key.
+/// A crash at every step of a rotation: validator 1 is killed (`kill -9`) and restarted
+/// - before the submit (the next key is on disk, a torn temporary file beside it),
+/// - after the submit (the client died before the answer; the retry finds or resubmits it),
+/// - after the commit, in the states a crash inside the node's key swap leaves: the first link of
+///   the swap, and the old binary's half-done erase (the current file zeroed in place),
+/// - after the swap, with the old key still waiting to be erased;
+///
+/// each time it comes back with the right key (it signs, or it finishes the swap), and at the
+/// end no file of its home holds the old secret. The swap's every syscall is covered by the
+/// unit tests of `daemon::keys`; these are the states a real process must start from.
 #[test]
-fn a_rotating_validator_restarts_with_the_right_key() {
+fn a_rotating_validator_survives_a_crash_at_every_step() {
     let mut cluster = create();
     cluster.start_all();
-    let (stop, load) = keep_busy(&cluster);
     let home = cluster.home(1);
+    let current_path = home.join("consensus_key.json");
+    let next = home.join("consensus_key.next.json");
+    let retired = home.join("consensus_key.retired.json");
+    let old = KeyFile::read(&current_path).expect("key");
     let restart = |cluster: &mut Cluster| {
         cluster.kill9(1);
         cluster.start(1);
         cluster.wait_up(1, Duration::from_secs(30));
     };
-    drop(stop);
-    let _ = load.join();
 
-    // Before the commit: a next key is on disk, but nothing was submitted.
-    let next = home.join("consensus_key.next.json");
+    // Before the submit: the next key is on disk (and a torn temporary file of a client killed
+    // while writing another one), nothing was submitted.
     let output =
         Command::new(TETRAD).args(["keys", "generate", "--out", path_str(&next)]).output().expect("generate");
     assert!(output.status.success());
+    std::fs::write(home.join("consensus_key.next.json.tmp"), b"{\"type\": \"ed2").expect("torn temp");
     restart(&mut cluster);
     let (stop, load) = keep_busy(&cluster);
     let from = cluster.height(0).expect("height");
@@ -242,27 +183,40 @@ fn a_rotating_validator_restarts_with_the_right_key() {
     drop(stop);
     let _ = load.join();
 
-    // Between the commit and the activation: rotate (reusing that next key), then kill at once.
-    let output =
-        Command::new(TETRAD).args(["keys", "rotate", "--home", path_str(&home)]).output().expect("rotate");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("reusing the next key"), "{stdout}");
-    let new = KeyFile::read(&next).expect("next").public_key();
+    // After the submit: the rotation went to the node, and the node died at once. The retried
+    // command finds it committed or submits the same transaction again.
+    let next_key = KeyFile::read(&next).expect("next");
+    let tx = rotation_tx(&cluster, 1, &old, &next_key, nonce_of(&cluster, &old.public_key()));
+    let _ = cluster.submit(1, &tx);
     restart(&mut cluster);
-    assert!(next.exists(), "the next key vanished before the activation");
+    let (ok, output) = rotate(&home);
+    assert!(ok, "the retried rotate after a crash: {output}");
+    assert!(output.contains("reusing the next key") || output.contains("already committed"), "{output}");
+    assert_eq!(KeyFile::read(&next).expect("next").public_key(), next_key.public_key());
+
+    // After the commit, inside the swap: its first step (the old key also linked as retired).
+    cluster.kill9(1);
+    std::fs::hard_link(&current_path, &retired).expect("link");
+    cluster.start(1);
+    cluster.wait_up(1, Duration::from_secs(30));
+    // The old binary's crash between zeroing the old key in place and the rename.
+    cluster.kill9(1);
+    let length = std::fs::metadata(&current_path).expect("key").len() as usize;
+    std::fs::write(&current_path, vec![0u8; length]).expect("zero");
+    cluster.start(1);
+    cluster.wait_up(1, Duration::from_secs(30));
     let (stop, load) = keep_busy(&cluster);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while next.exists() {
-        assert!(Instant::now() < deadline, "v1 did not finish the rotation; log:\n{}", tail(&cluster.log(1)));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(KeyFile::read(&home.join("consensus_key.json")).expect("key").public_key(), new);
+    wait_rotation_finished(&cluster, 1);
+    assert_eq!(KeyFile::read(&current_path).expect("key").public_key(), next_key.public_key());
+    assert!(!retired.exists(), "the retired key file was not erased");
     drop(stop);
     let _ = load.join();
 
-    // After the activation: it comes back with the new key only, and signs with it.
-    restart(&mut cluster);
+    // After the swap, before the erase: the old key waits in the retired file.
+    cluster.kill9(1);
+    old.write_new(&retired).expect("retired");
+    cluster.start(1);
+    cluster.wait_up(1, Duration::from_secs(30));
     let (stop, load) = keep_busy(&cluster);
     let from = cluster.height(0).expect("height");
     assert!(
@@ -270,7 +224,162 @@ fn a_rotating_validator_restarts_with_the_right_key() {
         "v1 did not sign with its new key after restarting; log:\n{}",
         tail(&cluster.log(1))
     );
-    assert_eq!(keys_at(&cluster, cluster.height(0).expect("height"))[1], new);
+    assert_eq!(keys_at(&cluster, cluster.height(0).expect("height"))[1], next_key.public_key());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while retired.exists() {
+        assert!(Instant::now() < deadline, "the retired key was not erased; log:\n{}", tail(&cluster.log(1)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stop);
+    let _ = load.join();
+    assert_no_file_holds(&home, &old);
+}
+
+/// A `RotateValidatorKey` transaction as `keys rotate` makes it.
+fn rotation_tx(cluster: &Net, validator: u16, current: &KeyFile, next: &KeyFile, nonce: u64) -> Tx {
+    let genesis_hash = cluster.genesis_hash;
+    let index = ValidatorIndex(validator);
+    let digest = possession_digest(&genesis_hash, index, &current.public_key(), &next.public_key());
+    let kind = TxKind::RotateValidatorKey {
+        validator: index,
+        new_key: next.public_key(),
+        proof_of_possession: next.secret.sign_digest(&digest),
+    };
+    let body = TxBody { chain: chain_tag(&genesis_hash), from: current.public_key(), nonce, kind };
+    Tx::sign(body, &current.secret, &genesis_hash)
+}
+
+/// No file in `home` outside the databases holds `key`'s secret (hex, as key files write it).
+fn assert_no_file_holds(home: &std::path::Path, key: &KeyFile) {
+    let secret = hex::encode(key.secret.seed());
+    for entry in std::fs::read_dir(home).expect("home") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).expect("read");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&secret),
+                "{} still holds the old secret",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Runs `tetrad keys rotate` for `home`; its exit status and stdout (stderr appended).
+fn rotate(home: &std::path::Path) -> (bool, String) {
+    let output =
+        Command::new(TETRAD).args(["keys", "rotate", "--home", path_str(home)]).output().expect("rotate");
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Waits (bounded) until the node has erased its old key: no next key file is left.
+fn wait_rotation_finished(cluster: &Cluster, node: usize) {
+    let home = cluster.home(node);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while home.join("consensus_key.next.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "v{node} did not finish its rotation; log:\n{}",
+            tail(&cluster.log(node))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The nonce of `address` on node 0 (0 for an account the chain has never seen).
+fn nonce_of(cluster: &Net, address: &PublicKey) -> u64 {
+    match cluster.get(0, &format!("/accounts/{address}")) {
+        (200, account) => account["nonce"].as_u64().expect("nonce"),
+        _ => 0,
+    }
+}
+
+/// The operator's retry of `keys rotate` between the commit and the activation (the chain is
+/// idle, so the activation waits): the retry finds the committed rotation, reports it,
+/// submits nothing, and the scheduled key stays on disk; the node later switches to it.
+#[test]
+fn a_retried_rotation_keeps_the_scheduled_key() {
+    let mut cluster = create();
+    cluster.start_all();
+    let home = cluster.home(1);
+    let old = KeyFile::read(&home.join("consensus_key.json")).expect("key").public_key();
+    let (ok, first) = rotate(&home);
+    assert!(ok, "first rotate: {first}");
+    let next = home.join("consensus_key.next.json");
+    let new = KeyFile::read(&next).expect("next key").public_key();
+    let nonce = nonce_of(&cluster, &old);
+
+    let (ok, retry) = rotate(&home);
+    assert!(ok, "a retried rotate must report the committed rotation: {retry}");
+    assert!(retry.contains("already committed"), "{retry}");
+    assert!(next.exists(), "the retry deleted the scheduled key; output:\n{retry}");
+    assert_eq!(KeyFile::read(&next).expect("next key").public_key(), new);
+    assert_eq!(nonce_of(&cluster, &old), nonce, "the retry submitted another rotation");
+
+    // The node switches to the scheduled key and erases the old one.
+    let (stop, load) = keep_busy(&cluster);
+    wait_rotation_finished(&cluster, 1);
+    assert_eq!(KeyFile::read(&home.join("consensus_key.json")).expect("key").public_key(), new);
+    let from = cluster.height(0).expect("height");
+    assert!(
+        signs_soon(&cluster, 1, from),
+        "v1 does not sign after its rotation; log:\n{}",
+        tail(&cluster.log(1))
+    );
+    drop(stop);
+    let _ = load.join();
+}
+
+/// The README's resync after a rotation: stop, delete `data/`, start. The node finds its key in
+/// the validator registry once it has synced the rotation, and validates again without a second
+/// restart.
+#[test]
+fn a_rotated_validator_resynced_from_scratch_is_still_a_validator() {
+    let mut cluster = create();
+    cluster.start_all();
+    let home = cluster.home(1);
+    let (stop, load) = keep_busy(&cluster);
+    let (ok, output) = rotate(&home);
+    assert!(ok, "rotate: {output}");
+    wait_rotation_finished(&cluster, 1);
+    // Let the new key sign a while, so the resync crosses the rotation.
+    let after = cluster.height(0).expect("height") + 8;
+    cluster.wait_height(0, after, Duration::from_secs(60));
+
+    // The chain stands still while v1 resyncs (a resync under load chases a moving head).
+    drop(stop);
+    let _ = load.join();
+    cluster.stop(1);
+    std::fs::remove_dir_all(home.join("data")).expect("remove data/");
+    cluster.start(1);
+    cluster.wait_up(1, Duration::from_secs(30));
+    let target = cluster.height(0).expect("height");
+    cluster.wait_height(1, target, Duration::from_secs(90));
+    let (stop, load) = keep_busy(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status(1).expect("status");
+        if status["validating"].as_bool() == Some(true) && status["validator"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v1 is not a validator after the resync: {status}; log:\n{}",
+            tail(&cluster.log(1))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let from = cluster.height(0).expect("height");
+    assert!(
+        signs_soon(&cluster, 1, from),
+        "v1 does not sign after the resync; log:\n{}",
+        tail(&cluster.log(1))
+    );
     drop(stop);
     let _ = load.join();
 }

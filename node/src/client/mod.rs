@@ -195,84 +195,243 @@ pub fn tx(command: TxCommand) -> Result<()> {
     Ok(())
 }
 
-/// `tetrad keys rotate`: a new consensus key for the validator of `home`, generated into the
-/// home as the next key (0600; an existing one is reused, so a retry resubmits the same key),
-/// a `RotateValidatorKey` transaction signed by the current key with the new key's proof of
-/// possession, submitted and waited for. Reports the activation height.
+/// Nonces of the validator's account searched back for an earlier submission of a rotation.
+const ROTATION_LOOKBACK_NONCES: u64 = 64;
+
+/// How often a pending rotation is asked about while `keys rotate` waits for it.
+const ROTATION_POLL: Duration = Duration::from_millis(250);
+
+/// `tetrad keys rotate`: rotates the consensus key of the validator of `home`, idempotently.
+///
+/// The validator is the one whose peer id the home's network key has (network keys never
+/// rotate). A rotation is in progress while `consensus_key.next.json` exists; a retry of the
+/// command (after a timeout, a crash, a lost answer) finds it and reports it:
+///
+/// - the next key is already the chain's key for the validator: the rotation is in effect;
+/// - the chain holds the rotation transaction (found by its hash: signatures are
+///   deterministic, so the same key and nonce make the same transaction): it is committed, and
+///   its certificate is checked;
+/// - otherwise the same transaction is submitted (again) and waited for.
+///
+/// A new next key is durable (file and directory synced) before its rotation is submitted. The
+/// next key file is never deleted here: not on a refusal, not on a timeout (a retry reuses it).
+/// The node erases the old key once everything it signed is final.
 pub fn rotate(home: &Path, rpc: Option<String>, timeout_ms: u64) -> Result<()> {
     let home = crate::config::Home::new(home);
     let config = crate::config::Config::load(&home.config())?;
     let rpc = rpc.unwrap_or_else(|| format!("http://{}", config.rpc_listen));
     let genesis = Genesis::load(&home.genesis())?;
-    let genesis_hash = genesis.hash();
-    let current = KeyFile::read(&home.consensus_key())?;
-    let validators = get(&rpc, "/validators")?;
-    let index = validators["validators"]
-        .as_array()
-        .context("no validators")?
-        .iter()
-        .find(|validator| validator["consensus_key"].as_str() == Some(current.public_key().to_hex().as_str()))
-        .and_then(|validator| validator["index"].as_u64())
-        .with_context(|| {
+    let network_key = KeyFile::read(&home.network_key())?;
+    let peer_id = crate::identity::peer_id(&network_key)?.to_string();
+    let index =
+        genesis.validators.iter().position(|validator| validator.peer_id == peer_id).with_context(|| {
             format!(
-                "{}: its key {} is not a validator's current consensus key (a rotation may be in progress; see /validators)",
-                home.consensus_key().display(),
-                current.public_key()
+                "{}: peer id {peer_id} is no validator's in {} (not a validator home)",
+                home.network_key().display(),
+                home.genesis().display()
             )
         })?;
     let validator = tetrad_consensus::ValidatorIndex(index as u16);
+    let current = KeyFile::read(&home.consensus_key())?;
     let next_path = home.next_consensus_key();
-    let next = if next_path.exists() {
-        println!("reusing the next key in {}", next_path.display());
-        KeyFile::read(&next_path)?
-    } else {
-        let key = KeyFile::generate()?;
-        key.write_new(&next_path)?;
-        println!("wrote the next consensus key to {} (mode 0600)", next_path.display());
-        key
-    };
-    let from = current.public_key();
-    let nonce = match get(&rpc, &format!("/accounts/{from}")) {
-        Ok(account) => account["nonce"].as_u64().context("account has no nonce")?,
-        Err(error) if error.to_string().contains(" 404 ") => 0,
-        Err(error) => return Err(error),
-    };
-    let digest =
-        tetrad_ledger::validators::possession_digest(&genesis_hash, validator, &from, &next.public_key());
-    let kind = TxKind::RotateValidatorKey {
-        validator,
-        new_key: next.public_key(),
-        proof_of_possession: next.secret.sign_digest(&digest),
-    };
-    let tx = Tx::sign(
-        TxBody { chain: chain_tag(&genesis_hash), from, nonce, kind },
-        &current.secret,
-        &genesis_hash,
-    );
-    let hash = tx.hash();
-    let path = format!("/txs?wait=true&timeout_ms={timeout_ms}");
-    let timeout = Duration::from_millis(timeout_ms) + Duration::from_secs(10);
-    let answer = post(&rpc, &path, &serde_json::to_value(&tx)?, timeout)?;
-    let height = Height(answer["height"].as_u64().context("the node's answer has no height")?);
-    if answer["status"].as_str() != Some("committed") {
-        let reason = answer["receipt"]["outcome"]["error"].clone();
-        // Never scheduled: the next key is of no use.
-        let _ = std::fs::remove_file(&next_path);
-        bail!("the rotation was committed at height {height} but refused: {reason}");
+    let next = if next_path.exists() { Some(KeyFile::read(&next_path)?) } else { None };
+    let chain_key = chain_key_of(&rpc, index)?;
+    let rotation = Rotation { rpc: &rpc, genesis: &genesis, validator, current: &current };
+    match next {
+        Some(next) if next.public_key() == chain_key => {
+            println!(
+                "the rotation of validator {validator} to {} is in effect (the chain's validator set holds it)",
+                next.public_key()
+            );
+            println!(
+                "the node erases the old key from {} once everything it signed is final",
+                home.consensus_key().display()
+            );
+            Ok(())
+        }
+        Some(next) if current.public_key() == chain_key => {
+            println!("reusing the next key in {} (a rotation in progress)", next_path.display());
+            if let Some((tx, height, status)) = rotation.find_earlier(&next)? {
+                return rotation.report(&home, &next, &tx, height, &status, "already committed");
+            }
+            rotation.submit(&home, &next, timeout_ms)
+        }
+        Some(next) => bail!(
+            "the chain's consensus key for validator {validator} is {chain_key}, but {} holds {} and \
+             {} holds {}: neither is it. Nothing was changed; see /validators and the node's log",
+            home.consensus_key().display(),
+            current.public_key(),
+            next_path.display(),
+            next.public_key()
+        ),
+        None if current.public_key() == chain_key => {
+            let key = KeyFile::generate()?;
+            // Durable (synced file and directory) before the rotation that names it is sent.
+            key.write_new(&next_path)?;
+            println!("wrote the next consensus key to {} (mode 0600)", next_path.display());
+            rotation.submit(&home, &key, timeout_ms)
+        }
+        None => bail!(
+            "{}: its key {} is not the chain's consensus key {chain_key} for validator {validator} \
+             (a rotation may be in progress; see /validators); nothing was changed",
+            home.consensus_key().display(),
+            current.public_key()
+        ),
     }
-    let (_, source) = verify_inclusion(&rpc, &genesis, height, &hash)?;
-    let activation =
-        tetrad_consensus::validators::activation_boundary(height, genesis.consensus.checkpoint_interval)
-            .next();
-    println!(
-        "rotation of validator {validator} committed at height {height} (certificate checked against {source})"
-    );
-    println!("new consensus key {} signs heights from {activation} on", next.public_key());
-    println!(
-        "the node switches keys at height {activation}, then erases the old key from {}",
-        home.consensus_key().display()
-    );
-    Ok(())
+}
+
+/// The chain's consensus key of validator `index` for the next height.
+fn chain_key_of(rpc: &str, index: usize) -> Result<PublicKey> {
+    let validators = get(rpc, "/validators")?;
+    let entry = validators["validators"]
+        .as_array()
+        .context("no validators")?
+        .iter()
+        .find(|validator| validator["index"].as_u64() == Some(index as u64))
+        .with_context(|| format!("/validators has no validator {index}"))?;
+    serde_json::from_value(entry["consensus_key"].clone()).context("/validators: consensus_key")
+}
+
+/// A rotation of `validator`'s key, signed by `current`.
+struct Rotation<'a> {
+    rpc: &'a str,
+    genesis: &'a Genesis,
+    validator: tetrad_consensus::ValidatorIndex,
+    current: &'a KeyFile,
+}
+
+impl Rotation<'_> {
+    /// The rotation to `next` with `nonce`: the same bytes every time.
+    fn tx(&self, next: &KeyFile, nonce: u64) -> Tx {
+        let genesis_hash = self.genesis.hash();
+        let from = self.current.public_key();
+        let digest = tetrad_ledger::validators::possession_digest(
+            &genesis_hash,
+            self.validator,
+            &from,
+            &next.public_key(),
+        );
+        let kind = TxKind::RotateValidatorKey {
+            validator: self.validator,
+            new_key: next.public_key(),
+            proof_of_possession: next.secret.sign_digest(&digest),
+        };
+        Tx::sign(
+            TxBody { chain: chain_tag(&genesis_hash), from, nonce, kind },
+            &self.current.secret,
+            &genesis_hash,
+        )
+    }
+
+    /// The current key's account nonce (0 for an account the chain has not seen).
+    fn nonce(&self) -> Result<u64> {
+        match get(self.rpc, &format!("/accounts/{}", self.current.public_key())) {
+            Ok(account) => account["nonce"].as_u64().context("account has no nonce"),
+            Err(error) if error.to_string().contains(" 404 ") => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// An earlier submission of the rotation to `next` that the chain committed: `(tx, height,
+    /// status)`. Looks at the nonces this account used, newest first.
+    fn find_earlier(&self, next: &KeyFile) -> Result<Option<(Tx, Height, String)>> {
+        let nonce = self.nonce()?;
+        for earlier in (nonce.saturating_sub(ROTATION_LOOKBACK_NONCES)..nonce).rev() {
+            let tx = self.tx(next, earlier);
+            if let Some(view) = find_tx(self.rpc, &tx.hash())?
+                && let (Some(height), Some(status)) = (view["height"].as_u64(), view["status"].as_str())
+                && status == "committed"
+            {
+                return Ok(Some((tx, Height(height), status.to_string())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Submits the rotation to `next` (or waits for the same transaction if it is pending) and
+    /// reports the outcome.
+    fn submit(&self, home: &crate::config::Home, next: &KeyFile, timeout_ms: u64) -> Result<()> {
+        let tx = self.tx(next, self.nonce()?);
+        let hash = tx.hash();
+        let deadline = std::time::Instant::now() + Duration::from_millis(timeout_ms);
+        if find_tx(self.rpc, &hash)?.is_none() {
+            let path = format!("/txs?wait=true&timeout_ms={timeout_ms}");
+            let timeout = Duration::from_millis(timeout_ms) + Duration::from_secs(10);
+            if let Err(error) = post(self.rpc, &path, &serde_json::to_value(&tx)?, timeout) {
+                // Refused, timed out, or the answer was lost: what the chain holds decides.
+                if find_tx(self.rpc, &hash).ok().flatten().is_none() {
+                    return Err(error.context(format!(
+                        "the rotation {hash} was not accepted; the next key stays in {} and the same \
+                         command submits the same rotation again",
+                        home.next_consensus_key().display()
+                    )));
+                }
+            }
+        }
+        loop {
+            if let Some(view) = find_tx(self.rpc, &hash)?
+                && let (Some(height), Some(status)) = (view["height"].as_u64(), view["status"].as_str())
+            {
+                return self.report(home, next, &tx, Height(height), status, "committed");
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the rotation {hash} was submitted but not committed within {timeout_ms} ms; the \
+                     next key stays in {}; run the same command again: it finds the rotation or \
+                     submits the same transaction again",
+                    home.next_consensus_key().display()
+                );
+            }
+            std::thread::sleep(ROTATION_POLL);
+        }
+    }
+
+    /// Checks the certificate of the block that holds `tx` and prints the outcome.
+    fn report(
+        &self,
+        home: &crate::config::Home,
+        next: &KeyFile,
+        tx: &Tx,
+        height: Height,
+        status: &str,
+        what: &str,
+    ) -> Result<()> {
+        let (_, source) = verify_inclusion(self.rpc, self.genesis, height, &tx.hash())?;
+        let validator = self.validator;
+        if status != "committed" {
+            let reason = find_tx(self.rpc, &tx.hash())?
+                .map(|view| view["receipt"]["outcome"]["error"].clone())
+                .unwrap_or_default();
+            bail!(
+                "the rotation of validator {validator} is in block {height} (certificate checked \
+                 against {source}) but the chain refused it: {reason}. The next key stays in {}",
+                home.next_consensus_key().display()
+            );
+        }
+        let activation = tetrad_consensus::validators::activation_boundary(
+            height,
+            self.genesis.consensus.checkpoint_interval,
+        )
+        .next();
+        println!(
+            "rotation of validator {validator} {what} at height {height} (certificate checked against {source})"
+        );
+        println!("new consensus key {} signs heights from {activation} on", next.public_key());
+        println!(
+            "the node switches keys at height {activation}, then erases the old key from {}",
+            home.consensus_key().display()
+        );
+        Ok(())
+    }
+}
+
+/// The node's view of a transaction (`None`: it knows no such transaction).
+fn find_tx(rpc: &str, hash: &Digest) -> Result<Option<Value>> {
+    match get(rpc, &format!("/txs/{hash}")) {
+        Ok(view) => Ok(Some(view)),
+        Err(error) if error.to_string().contains(" 404 ") => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Fetches the block at `height`, checks its commit certificate against the genesis validator

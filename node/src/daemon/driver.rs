@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tetrad_consensus::wire::{Message, VerifiedBlock, VerifyError, verify};
 use tetrad_consensus::{
-    Actions, Digest, Height, Input, Recipient, Replica, Timer, TimerAction, ValidatorIndex,
+    Actions, Digest, Height, Input, Recipient, Replica, SecretKey, Timer, TimerAction, ValidatorIndex,
     ValidatorSchedule, View,
 };
 use tetrad_genesis::ConsensusParams;
@@ -40,7 +40,7 @@ use crate::daemon::health::Liveness;
 use crate::daemon::intake::{
     Freshness, Intake, PEER_QUEUE_MESSAGES_MAX, PEER_VERIFICATIONS_MAX, Queued, Ticket,
 };
-use crate::daemon::keys::SharedSchedule;
+use crate::daemon::keys::{self, OwnKeys, SharedSchedule};
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
 use crate::daemon::network::{Command, Event, FrameLimits, SYNC_BLOCKS_MAX, SyncBlock};
@@ -84,6 +84,15 @@ pub struct Driver {
     pub replica: Option<Replica>,
     /// Where the replica's safety records go (validators only).
     pub safety: Option<Arc<SafetyStore>>,
+    /// The replica's keys: `(first height, key)` (its keyring at the start).
+    pub keys: Vec<(Height, SecretKey)>,
+    /// A validator whose key the registry of its data/ does not hold yet (a resync after a
+    /// rotation): it follows the chain until the registry holds it, then starts its replica.
+    pub pending: Option<Pending>,
+    /// With `--accept-double-sign-risk`: the highest height this node knows it might have
+    /// signed; the replica stays silent until the network is past every height it might have
+    /// signed (see [`Margin`]).
+    pub margin_from: Option<Height>,
     pub store: Arc<Store>,
     pub mempool: Arc<Mutex<Mempool>>,
     pub schedule: SharedSchedule,
@@ -104,6 +113,59 @@ pub struct Driver {
     pub gossip: mpsc::Sender<tetrad_ledger::Tx>,
     /// Frame limits from genesis (bound the answers rationed per peer).
     pub limits: FrameLimits,
+}
+
+/// A validator that waits for its consensus key to appear in the registry.
+pub struct Pending {
+    pub index: ValidatorIndex,
+    pub keys: OwnKeys,
+}
+
+/// The safety margin of a validator started with `--accept-double-sign-risk`: its records of
+/// what it signed may be incomplete, so it sends nothing it signs until its low watermark (the
+/// last stable checkpoint, made by the others) is past every height it might have signed.
+///
+/// Those heights are at most (the network's stable checkpoint when the records were lost) +
+/// W: a replica never signs above its own low watermark + W, and its low watermark never passes
+/// the network's. The network's committed height bounds that checkpoint from above; it is read
+/// from the status messages of a quorum of validators (at least one of which is honest and
+/// has committed every stable checkpoint), so the margin is
+/// `max(local evidence, highest committed height reported) + W + K`.
+struct Margin {
+    /// The highest height local evidence (data/, safety/) says this validator might have signed.
+    local: Height,
+    /// Committed heights from the status messages of other validators.
+    heard: BTreeMap<ValidatorIndex, Height>,
+    /// Silent until the low watermark reaches this height; `None` until a quorum was heard.
+    until: Option<Height>,
+}
+
+/// How often a validator that waits for its key looks for it in the registry.
+const PROMOTION_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Retries of the on-disk key swap after a failure: doubling from the first to the last.
+const KEY_SWAP_RETRY_FIRST: Duration = Duration::from_secs(1);
+const KEY_SWAP_RETRY_LAST: Duration = Duration::from_secs(300);
+
+/// The on-disk side of a key rotation: whether it still has to run, and its retry schedule.
+struct KeySwap {
+    needed: bool,
+    next_try: Instant,
+    retry_after: Duration,
+    /// The last reason it could not run yet (logged once per reason).
+    waiting: Option<String>,
+}
+
+impl KeySwap {
+    fn new(needed: bool) -> KeySwap {
+        metrics::gauge("tetrad_key_swap_pending", if needed { 1.0 } else { 0.0 });
+        KeySwap { needed, next_try: Instant::now(), retry_after: KEY_SWAP_RETRY_FIRST, waiting: None }
+    }
+
+    fn retry_later(&mut self) {
+        self.next_try = Instant::now() + self.retry_after;
+        self.retry_after = (self.retry_after * 2).min(KEY_SWAP_RETRY_LAST);
+    }
 }
 
 /// How long a waiting transaction goes without being gossiped before it is gossiped again, and
@@ -131,8 +193,15 @@ struct State {
     fetching: bool,
     /// Follower mode: when a peer last said it has no block after ours.
     up_to_date_at: Option<Instant>,
-    /// The first height of this validator's next key, until the old one is erased.
-    rotation: Option<Height>,
+    /// The replica's keys, `(first height, key)`: what it was given (the replica forgets the
+    /// old ones itself; `key_heights` says which it still holds).
+    keys: Vec<(Height, SecretKey)>,
+    /// Finishing a rotation on disk.
+    swap: KeySwap,
+    /// When a waiting validator last looked for its key in the registry.
+    promotion_checked: Option<Instant>,
+    /// `--accept-double-sign-risk`: silent until the margin is passed.
+    margin: Option<Margin>,
     /// For the stall report: the committed height, since when, last report.
     stall_height: Height,
     stall_since: Instant,
@@ -176,7 +245,10 @@ impl Driver {
             fetch_peer: 0,
             requests_pending: false,
             requests_checked: None,
-            rotation: None,
+            keys: std::mem::take(&mut self.keys),
+            swap: KeySwap::new(false),
+            promotion_checked: None,
+            margin: self.margin_from.map(|local| Margin { local, heard: BTreeMap::new(), until: None }),
             stall_height: Height::GENESIS,
             stall_since: Instant::now(),
             stall_reported: None,
@@ -192,11 +264,12 @@ impl Driver {
             progress_height: self.store.head().height,
             executor_gone: false,
         };
-        // A rotation in progress before a restart: finish it once the old key is not needed.
-        if let Some(replica) = self.replica.as_ref()
-            && replica.key_heights().len() > 1
-        {
-            state.rotation = replica.key_heights().last().copied();
+        if state.margin.is_some() {
+            warn!(
+                "{}: this validator stays silent (it signs nothing) until the network is past every \
+                 height it might have signed",
+                crate::daemon::safety_check::ACCEPT_RISK_FLAG
+            );
         }
         // Each verified message keeps its sender's ticket until the replica takes it, so no
         // sender can fill this channel beyond its budget.
@@ -209,9 +282,8 @@ impl Driver {
             metrics::dropped_absolute(reason.name(), 0);
         }
         metrics::counter_absolute("tetrad_view_changes_total", 0);
-        if let Some(replica) = self.replica.as_mut() {
-            let actions = replica.start(state.now_ms());
-            self.carry_out(&mut state, actions).await;
+        if self.replica.is_some() {
+            self.start_replica(&mut state).await;
         }
         let tick = Duration::from_millis(self.params.batch_timeout_ms.clamp(1, 1000) / 2 + 1);
         let mut ticker = tokio::time::interval(tick);
@@ -288,11 +360,15 @@ impl Driver {
                 state.timers.remove(&timer);
                 inputs.push(Input::Timer(timer));
             }
-            let Some(replica) = self.replica.as_mut() else {
-                // Follower: executed notices only update the delivered mark.
+            if self.replica.is_none() {
+                // Follower: executed notices only update the delivered mark. A validator waiting
+                // for its key starts its replica once the registry holds it.
                 self.beat_follower(&mut state);
+                self.promote(&mut state).await;
                 continue;
-            };
+            }
+            self.watch_margin(&mut state, &inputs);
+            let Some(replica) = self.replica.as_mut() else { continue };
             let mut actions = Actions::default();
             let view_before = (replica.view(), replica.view_active());
             for input in inputs {
@@ -301,7 +377,7 @@ impl Driver {
             log_view_change(view_before, replica);
             self.propose(&mut state, &mut actions);
             self.carry_out(&mut state, actions).await;
-            self.finish_rotation(&mut state);
+            self.settle_keys(&mut state);
             self.report_stall(&mut state);
             self.regossip(&mut state);
             self.beat_validator(&mut state);
@@ -396,17 +472,149 @@ impl Driver {
     /// its next key) reach the replica before the executed notice.
     fn on_executed(&mut self, state: &mut State, done: Executed, inputs: &mut Vec<Input>) {
         state.delivered = state.delivered.max(done.height);
-        inputs.push(Input::Schedule(done.schedule));
+        inputs.push(Input::Schedule(done.schedule.clone()));
         if let Some((first, key)) = done.new_key {
             info!(activation = %first, "this validator's key rotation was committed; the new key signs from the activation height");
-            state.rotation = Some(first);
+            if state.keys.iter().all(|(known, _)| *known < first) {
+                state.keys.push((first, key.clone()));
+                state.swap = KeySwap::new(true);
+            }
             inputs.push(Input::AddKey { from: first, key });
+        }
+        if let Some(replica) = self.replica.as_ref() {
+            // Blocks the follower handed to the executor before the replica started: the
+            // replica knows those up to where it started; later ones reach it from the store.
+            if done.height <= replica.executed() {
+                return;
+            }
+            if done.height > replica.committed() {
+                match self.stored_block(done.height, &done.schedule) {
+                    Some(block) => inputs.push(Input::Blocks(vec![block])),
+                    None => return,
+                }
+            }
         }
         inputs.push(Input::Executed {
             height: done.height,
             header_hash: done.header_hash,
             state_root: done.state_root,
         });
+    }
+
+    /// A block of the store, its certificate verified again (for the replica).
+    fn stored_block(&self, height: Height, schedule: &ValidatorSchedule) -> Option<VerifiedBlock> {
+        let block = match self.store.block(height) {
+            Ok(Some(block)) => block,
+            Ok(None) => return None,
+            Err(error) => {
+                warn!(%height, %error, "reading an executed block for the replica");
+                return None;
+            }
+        };
+        VerifiedBlock::verify(Arc::new(block.batch), block.certificate, schedule)
+            .inspect_err(|error| warn!(%height, %error, "an executed block does not verify"))
+            .ok()
+    }
+
+    /// Starts the replica's timers and decides whether the key files need a swap.
+    async fn start_replica(&mut self, state: &mut State) {
+        let now = state.now_ms();
+        let Some(replica) = self.replica.as_mut() else { return };
+        let actions = replica.start(now);
+        let me = replica.me();
+        let several = replica.key_heights().len() > 1;
+        let needed = several || state.keys.last().is_some_and(|(_, key)| keys::needs_settle(&self.home, key));
+        state.swap = KeySwap::new(needed);
+        self.status_mut().validator = Some(me);
+        self.carry_out(state, actions).await;
+    }
+
+    /// A validator that waits for its key: once the registry (which grows as the chain is
+    /// followed) holds one of its keys, its replica starts at the head, restored from its
+    /// safety records.
+    async fn promote(&mut self, state: &mut State) {
+        let Some(pending) = self.pending.as_ref() else { return };
+        let Some(safety) = self.safety.as_ref() else { return };
+        if state.promotion_checked.is_some_and(|at| at.elapsed() < PROMOTION_CHECK_EVERY) {
+            return;
+        }
+        state.promotion_checked = Some(Instant::now());
+        if pending.keys.keyring(&self.store.registry(), Height::GENESIS).is_none() {
+            return;
+        }
+        let restored = match crate::daemon::node::restore_from(safety) {
+            Ok(restored) => restored,
+            Err(error) => {
+                tracing::error!(%error, "cannot start the replica; stopping");
+                std::process::exit(71);
+            }
+        };
+        let low = restored.stable.as_ref().map(|stable| stable.statement.height).unwrap_or_default();
+        let registry = self.store.registry();
+        let Some((index, keys)) = pending.keys.keyring(&registry, low) else { return };
+        if index != pending.index {
+            warn!(
+                found = %index,
+                expected = %pending.index,
+                "this home's consensus key is another validator's; staying a follower"
+            );
+            self.pending = None;
+            return;
+        }
+        let schedule = self.schedule.get();
+        let replica = crate::daemon::node::make_replica(
+            &self.store,
+            restored,
+            &self.params,
+            index,
+            keys.clone(),
+            schedule,
+        );
+        info!(
+            validator = %index,
+            height = %self.store.head().height,
+            first = %keys[0].0,
+            "the registry holds this validator's consensus key: validating"
+        );
+        self.pending = None;
+        self.replica = Some(replica);
+        state.keys = keys;
+        state.delivered = self.store.head().height;
+        self.start_replica(state).await;
+    }
+
+    /// `--accept-double-sign-risk`: fixes the margin once a quorum of validators said how far
+    /// they committed, and ends the silence when the low watermark passes it.
+    fn watch_margin(&mut self, state: &mut State, inputs: &[Input]) {
+        let (Some(margin), Some(replica)) = (state.margin.as_mut(), self.replica.as_ref()) else { return };
+        if margin.until.is_none() {
+            for input in inputs {
+                if let Input::Message { from, message } = input
+                    && let Message::Status(status) = message.message()
+                {
+                    let heard = margin.heard.entry(*from).or_default();
+                    *heard = (*heard).max(status.committed);
+                }
+            }
+            let quorum = replica.schedule().latest().quorum();
+            if margin.heard.len() >= quorum {
+                let network = margin.heard.values().copied().max().unwrap_or_default();
+                let until = Height(
+                    margin.local.max(network).0
+                        + self.params.watermark_window
+                        + self.params.checkpoint_interval,
+                );
+                info!(%until, local = %margin.local, %network, "safety margin: silent until the low watermark reaches it");
+                margin.until = Some(until);
+            }
+        }
+        if let Some(until) = margin.until
+            && replica.low_watermark() >= until
+        {
+            info!(%until, "safety margin passed: this validator signs again");
+            state.margin = None;
+        }
+        metrics::gauge("tetrad_silent", if state.margin.is_some() { 1.0 } else { 0.0 });
     }
 
     /// Gossips again what has waited a while: a peer (the primary, say) that lost a gossip
@@ -450,18 +658,41 @@ impl Driver {
     }
 
     /// After a rotation: once the replica no longer holds the old key (the low watermark passed
-    /// the activation), erase it from disk.
-    fn finish_rotation(&mut self, state: &mut State) {
-        let (Some(first), Some(replica)) = (state.rotation, self.replica.as_ref()) else { return };
-        if replica.key_heights() != [first] {
+    /// the activation, so everything the old key signed is final), the key files are swapped
+    /// and the old key erased (`keys::settle`). A failure is retried with a doubling delay,
+    /// counted in `tetrad_key_swap_failures_total`; `tetrad_key_swap_pending` is 1 until done.
+    fn settle_keys(&mut self, state: &mut State) {
+        let Some(replica) = self.replica.as_ref() else { return };
+        if !state.swap.needed || Instant::now() < state.swap.next_try {
             return;
         }
-        match crate::daemon::keys::finish_rotation(&self.home) {
-            Ok(()) => {
-                info!(activation = %first, "key rotation complete; the old consensus key was erased");
-                state.rotation = None;
+        let heights = replica.key_heights();
+        let [first] = heights[..] else { return };
+        let Some((_, keep)) = state.keys.iter().find(|(height, _)| *height == first) else { return };
+        let registry = self.store.registry();
+        let index = replica.me();
+        let earlier = keys::earlier_keys(&registry, index, &keep.public_key());
+        match tokio::task::block_in_place(|| keys::settle(&self.home, keep, &earlier)) {
+            Ok(keys::Settled::Done) => {
+                info!(first = %first, "key rotation complete on disk: consensus_key.json holds the key in use; the old key was erased");
+                state.swap = KeySwap::new(false);
             }
-            Err(error) => warn!(%error, "erasing the old consensus key"),
+            Ok(keys::Settled::NotYet(reason)) => {
+                if state.swap.waiting.as_ref() != Some(&reason) {
+                    info!(%reason, "the key files wait for the validator registry");
+                    state.swap.waiting = Some(reason);
+                }
+                state.swap.retry_later();
+            }
+            Err(error) => {
+                metrics::count("tetrad_key_swap_failures_total", 1);
+                state.swap.retry_later();
+                warn!(
+                    error = %format!("{error:#}"),
+                    retry_in_s = state.swap.next_try.saturating_duration_since(Instant::now()).as_secs(),
+                    "finishing the key rotation on disk failed; the old key is still on disk"
+                );
+            }
         }
     }
 
@@ -551,6 +782,9 @@ impl Driver {
     /// batch timeout (large batches under heavy load).
     fn propose(&mut self, state: &mut State, actions: &mut Actions) {
         let Some(replica) = self.replica.as_mut() else { return };
+        if state.margin.is_some() {
+            return;
+        }
         let now = state.now_ms();
         let mut mempool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
         let store = &self.store;
@@ -618,6 +852,10 @@ impl Driver {
         }
         let now = Instant::now();
         for outgoing in send_after_persist.into_iter().chain(send) {
+            if state.margin.is_some() && is_signed(&outgoing.message) {
+                metrics::dropped("silent_safety_margin", 1);
+                continue;
+            }
             let bytes = bytes::Bytes::from(outgoing.message.encode());
             let to = match outgoing.to {
                 Recipient::All => None,
@@ -678,6 +916,20 @@ impl Driver {
             status.stable_checkpoint = replica.low_watermark();
             status.syncing = replica.committed() > replica.executed().next();
         }
+    }
+}
+
+/// Whether a message carries this replica's signature (what a silent replica must not send).
+/// Status messages, batch requests and batches carry none.
+fn is_signed(message: &Message) -> bool {
+    match message {
+        Message::PrePrepare { .. }
+        | Message::Prepare(_)
+        | Message::Commit(_)
+        | Message::Checkpoint(_)
+        | Message::ViewChange(_)
+        | Message::NewView(_) => true,
+        Message::Status(_) | Message::FetchBatch { .. } | Message::Batch { .. } => false,
     }
 }
 

@@ -19,6 +19,9 @@
 //! | `tetrad_early_messages_total` | counter | consensus messages kept until the schedule horizon reached their height |
 //! | `tetrad_early_messages` | gauge | such messages waiting now |
 //! | `tetrad_consensus_verify_wait_seconds` | histogram | time a consensus message waits for a verification thread |
+//! | `tetrad_key_swap_pending` | gauge | 1 while a key rotation is not finished on disk (the old key is not erased yet) |
+//! | `tetrad_key_swap_failures_total` | counter | failed attempts to finish a key rotation on disk (retried with a doubling delay up to 5 min) |
+//! | `tetrad_silent` | gauge | 1 while a validator started with `--accept-double-sign-risk` waits out its safety margin (it signs nothing) |
 
 use std::sync::OnceLock;
 

@@ -4,7 +4,8 @@
 //! executes committed blocks; `mempool`, `network` (libp2p), `admission` (who may connect and
 //! who may speak consensus), `wire` (frames and their limits), `api` (what the RPC server
 //! reaches), `health` (what `/health` says), `keys` (the schedule and this validator's keys
-//! across a rotation), `deferred` (messages above the schedule horizon) and `metrics`.
+//! across a rotation), `safety_check` (are the safety records whole before a validator signs),
+//! `deferred` (messages above the schedule horizon) and `metrics`.
 
 pub mod admission;
 pub mod answers;
@@ -21,4 +22,5 @@ pub mod mempool;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod safety_check;
 pub mod wire;

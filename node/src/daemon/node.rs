@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result, bail};
-use tetrad_consensus::safety::restore;
+use tetrad_consensus::safety::{Restored, restore};
 use tetrad_consensus::{Replica, ReplicaConfig, ValidatorIndex, ValidatorSchedule};
 use tetrad_genesis::{Genesis, KeyFile};
 use tetrad_ledger::{SafetyStore, Store};
@@ -27,10 +27,12 @@ use crate::daemon::keys::{OwnKeys, SharedSchedule};
 use crate::daemon::mempool::{Mempool, MempoolConfig};
 use crate::daemon::metrics;
 use crate::daemon::network::{self, FrameLimits, GossipValidator, NetworkConfig};
+use crate::daemon::safety_check;
 use crate::identity;
 
-/// Runs the node in `home` until a shutdown signal.
-pub async fn run(home_dir: &Path) -> Result<()> {
+/// Runs the node in `home` until a shutdown signal. `accept_double_sign_risk`: start a validator
+/// whose safety records are missing or older than its chain (see `safety_check.rs`).
+pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
     let home = Home::new(home_dir);
     if !home.config().exists() {
         bail!("{}: not a node home (no config.toml); create one with `tetrad init`", home_dir.display());
@@ -39,6 +41,9 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let genesis = Genesis::load(&home.genesis())?;
     crate::cli::check_peer_ids(&genesis, &home.genesis())?;
     let own_keys = OwnKeys::load(&home)?;
+    for note in &own_keys.notes {
+        warn!("{note}");
+    }
     let network_key = KeyFile::read(&home.network_key())?;
     let genesis_hash = genesis.hash();
     genesis.validator_set().with_context(|| format!("{}: validator set", home.genesis().display()))?;
@@ -52,28 +57,49 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let registry = store.registry();
     let schedule =
         SharedSchedule::new(registry.schedule(head.height).context("the stored validator registry")?);
-    // Which validator this node is: any epoch's key for some index that this home holds.
-    let keyring = own_keys.keyring(&registry);
-    let me = keyring.as_ref().map(|(index, _)| *index);
-    if let Some(index) = me {
-        let peer_id = identity::peer_id(&network_key)?.to_string();
-        let expected = &genesis.validators[index.as_usize()].peer_id;
-        if &peer_id != expected {
-            bail!(
-                "{}: peer id {peer_id} is not validators[{index}].peer_id {expected} of {}",
-                home.network_key().display(),
-                home.genesis().display()
-            );
+    let me = identify(&home, &genesis, &own_keys, &registry, &network_key)?;
+    // A validator's safety records are checked against the chain before anything is signed.
+    let checked = match me {
+        Some(index) => Some(safety_check::open_checked(
+            &home,
+            &store,
+            genesis_hash,
+            index,
+            &genesis.consensus,
+            accept_double_sign_risk,
+        )?),
+        None => {
+            if accept_double_sign_risk {
+                warn!("{} is ignored: this node is not a validator", safety_check::ACCEPT_RISK_FLAG);
+            }
+            None
         }
-    }
+    };
+    let low = checked
+        .as_ref()
+        .and_then(|checked| checked.restored.stable.as_ref())
+        .map(|stable| stable.statement.height)
+        .unwrap_or_default();
+    let keyring = own_keys.keyring(&registry, low).map(|(_, keys)| keys);
+    let role = match (me, &keyring) {
+        (Some(_), Some(_)) => "validator",
+        (Some(_), None) => "validator waiting for its key in the registry",
+        (None, _) => "full node",
+    };
     info!(
         node = %config.name,
         chain = %genesis.chain_id,
         genesis = %genesis_hash,
         height = %head.height,
-        role = if me.is_some() { "validator" } else { "full node" },
+        role,
         "starting"
     );
+    if let (Some(index), None) = (me, &keyring) {
+        // The registry of this data/ does not know this home's key yet: the key was rotated
+        // after the last block here (a resync after a rotation). Following the chain brings
+        // the rotation, and the driver starts validating then.
+        info!(validator = %index, "following the chain until the registry holds this home's consensus key");
+    }
 
     // Bind the RPC port first: a port conflict is reported before anything else starts.
     let rpc_listener = tokio::net::TcpListener::bind(&config.rpc_listen).await.with_context(|| {
@@ -132,19 +158,25 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     .context("starting the executor thread")?;
 
     let params = genesis.consensus.clone();
-    let (replica, safety) = match me {
-        Some(index) => {
-            let safety = Arc::new(
-                SafetyStore::open(&home.safety())
-                    .with_context(|| format!("opening the safety records in {}", home.safety().display()))?,
-            );
-            let keys = keyring.map(|(_, keys)| keys).unwrap_or_default();
-            (Some(make_replica(&store, &safety, &params, index, keys, schedule.get())?), Some(safety))
+    let (replica, safety, margin_from) = match checked {
+        Some(checked) => {
+            let replica = match (me, &keyring) {
+                (Some(index), Some(keys)) => {
+                    Some(make_replica(&store, checked.restored, &params, index, keys.clone(), schedule.get()))
+                }
+                _ => None,
+            };
+            (replica, Some(Arc::new(checked.safety)), checked.margin_from)
         }
-        None => (None, None),
+        None => (None, None, None),
     };
+    let pending = match (me, &replica) {
+        (Some(index), None) => Some(crate::daemon::driver::Pending { index, keys: own_keys }),
+        _ => None,
+    };
+    let validating = replica.as_ref().map(Replica::me);
     let status = Arc::new(RwLock::new(ConsensusStatus::new(
-        me,
+        validating,
         stall_after(genesis.consensus.view_change_timeout_ms),
     )));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -165,6 +197,9 @@ pub async fn run(home_dir: &Path) -> Result<()> {
     let driver = Driver {
         replica,
         safety,
+        keys: keyring.unwrap_or_default(),
+        pending,
+        margin_from,
         store: store.clone(),
         mempool,
         schedule,
@@ -243,24 +278,58 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn make_replica(
+/// Which validator this home is: the genesis validator whose peer id its network key has
+/// (network keys never rotate, so this holds across consensus key rotations and a resync).
+/// Refuses a home whose consensus keys belong to another validator than its network key.
+fn identify(
+    home: &Home,
+    genesis: &Genesis,
+    own_keys: &OwnKeys,
+    registry: &tetrad_ledger::ValidatorRegistry,
+    network_key: &KeyFile,
+) -> Result<Option<ValidatorIndex>> {
+    let peer_id = identity::peer_id(network_key)?.to_string();
+    let by_peer = genesis
+        .validators
+        .iter()
+        .position(|validator| validator.peer_id == peer_id)
+        .map(|index| ValidatorIndex(index as u16));
+    if let Some((index, _)) = own_keys.keyring(registry, tetrad_consensus::Height::GENESIS)
+        && by_peer != Some(index)
+    {
+        let expected = &genesis.validators[index.as_usize()].peer_id;
+        bail!(
+            "{}: peer id {peer_id} is not validators[{index}].peer_id {expected} of {}",
+            home.network_key().display(),
+            home.genesis().display()
+        );
+    }
+    Ok(by_peer)
+}
+
+/// The replica of validator `index`, restored from its safety records, at the store's head.
+pub fn make_replica(
     store: &Store,
-    safety: &SafetyStore,
+    restored: Restored,
     params: &tetrad_genesis::ConsensusParams,
     index: ValidatorIndex,
     keys: Vec<(tetrad_consensus::Height, tetrad_consensus::SecretKey)>,
     schedule: Arc<ValidatorSchedule>,
-) -> Result<Replica> {
-    let records = safety.records()?;
-    let restored = restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-        .map_err(|error| anyhow::anyhow!("consensus safety records are unreadable: {error}"))?;
+) -> Replica {
     let config = ReplicaConfig::new(
         params.checkpoint_interval,
         params.watermark_window,
         params.view_change_timeout_ms,
         params.view_change_timeout_max_ms,
     );
-    Ok(Replica::new(config, index, keys, schedule, store.head().height, restored))
+    Replica::new(config, index, keys, schedule, store.head().height, restored)
+}
+
+/// What a validator's safety records say it signed (to restore its replica).
+pub fn restore_from(safety: &SafetyStore) -> Result<Restored> {
+    let records = safety.records()?;
+    restore(records.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        .map_err(|error| anyhow::anyhow!("consensus safety records are unreadable: {error}"))
 }
 
 /// Gossip messages: every transaction must pass its static checks; a batch with a forged one is

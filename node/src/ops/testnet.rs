@@ -119,7 +119,7 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
     let mut nodes = Vec::new();
     for (index, (consensus, network)) in keys.into_iter().enumerate() {
         let home = Home::new(&plan.dir.join(format!("v{index}")));
-        std::fs::create_dir_all(&home.dir)
+        tetrad_genesis::durable::create_dir(&home.dir)
             .with_context(|| format!("{}: cannot create", home.dir.display()))?;
         consensus.write_new(&home.consensus_key())?;
         network.write_new(&home.network_key())?;
@@ -151,8 +151,14 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
         nodes,
     };
     let path = plan.dir.join("testnet.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&file)? + "\n")
-        .with_context(|| format!("{}: cannot write", path.display()))?;
+    let text = serde_json::to_string_pretty(&file)? + "\n";
+    tetrad_genesis::durable::write_file(
+        &path,
+        text.as_bytes(),
+        0o644,
+        tetrad_genesis::durable::Existing::Replace,
+    )
+    .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(file)
 }
 

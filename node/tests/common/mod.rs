@@ -7,10 +7,12 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tetrad_consensus::Digest;
+use tetrad_consensus::{CommitCertificate, Digest, PublicKey, ValidatorSet};
 use tetrad_genesis::KeyFile;
 use tetrad_ledger::Address;
 use tetrad_ledger::scratch::ScratchDir;
@@ -106,6 +108,11 @@ impl Cluster {
     }
 
     pub fn start(&mut self, node: usize) {
+        self.start_with(node, &[]);
+    }
+
+    /// Starts `node` with extra `tetrad run` flags.
+    pub fn start_with(&mut self, node: usize, extra: &[&str]) {
         assert!(self.children[node].is_none(), "node {node} is running");
         let home = self.home(node);
         let log =
@@ -113,6 +120,7 @@ impl Cluster {
         let child = Command::new(TETRAD)
             .args(["run", "--home"])
             .arg(&home)
+            .args(extra)
             .env("RUST_LOG", "info,libp2p=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -141,6 +149,21 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits (bounded) for `node` to exit by itself; its exit status, or `None` if it still
+    /// runs (it keeps running then).
+    pub fn wait_exit(&mut self, node: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.children[node].as_mut().expect("node was started");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[node] = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// SIGTERM and wait for a clean exit (bounded).
@@ -376,4 +399,75 @@ impl FullNode {
             assert_eq!(block["hash"].as_str(), Some(hash.as_str()), "full node, height {}", index + 1);
         }
     }
+}
+
+/// Sets a flag when dropped, so helper threads stop also when the test panics (the test owns
+/// the cluster; its processes die with it).
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn keys_at(cluster: &Net, height: u64) -> Vec<PublicKey> {
+    let (_, set) = cluster.get(0, &format!("/validators?height={height}"));
+    set["validators"]
+        .as_array()
+        .expect("validators")
+        .iter()
+        .map(|validator| serde_json::from_value(validator["consensus_key"].clone()).expect("key"))
+        .collect()
+}
+
+/// Whether validator `index` signed any commit certificate in `(from, to]` (certificates are
+/// checked against the set of their height, so a signature there was made with the right key).
+pub fn signed_between(cluster: &Net, index: u64, from: u64, to: u64) -> bool {
+    (from + 1..=to).any(|height| {
+        let (_, block) = cluster.get(0, &format!("/blocks/{height}"));
+        let certificate: CommitCertificate =
+            serde_json::from_value(block["certificate"].clone()).expect("certificate");
+        let set = ValidatorSet::new(cluster.genesis_hash, keys_at(cluster, height)).expect("set");
+        certificate.verify(&set).is_ok() && certificate.signers().any(|signer| u64::from(signer.0) == index)
+    })
+}
+
+/// Whether validator `index` signs a certificate above `from` within a minute of blocks. A
+/// certificate holds the first quorum of commits: a replica that just restarted and caught up
+/// may be the slowest for a while, so it gets blocks until it is among them.
+pub fn signs_soon(cluster: &Net, index: usize, from: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let target = cluster.height(0).expect("height") + 8;
+        cluster.wait_height(0, target, Duration::from_secs(60));
+        cluster.wait_height(index, target, Duration::from_secs(60));
+        if signed_between(cluster, index as u64, from, cluster.height(0).expect("height")) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Keeps transfers flowing (one every 50 ms) until the returned flag is set.
+pub fn keep_busy(cluster: &Net) -> (StopOnDrop, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (cluster, flag) = (cluster.clone(), stop.clone());
+    let handle = std::thread::spawn(move || {
+        let key = cluster.account_key(0);
+        let to = cluster.account_key(1).public_key();
+        let (_, account) = cluster.get(0, &format!("/accounts/{}", key.public_key()));
+        let mut nonce = account["nonce"].as_u64().expect("nonce");
+        while !flag.load(Ordering::SeqCst) {
+            let tx = cluster.transfer(&key, nonce, to, 1);
+            for node in [0, 2, 3] {
+                if matches!(cluster.submit(node, &tx).0, 200 | 202) {
+                    nonce += 1;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    (StopOnDrop(stop), handle)
 }
