@@ -91,8 +91,11 @@ pub struct ComposePlan {
 }
 
 /// The compose network's subnet for these node addresses, once every address is checked to be
-/// an IPv4 container address in it.
+/// an IPv4 container address in it (and the image name to be one).
 pub fn check_hosts(hosts: &[IpAddr], plan: &ComposePlan) -> Result<Subnet> {
+    if plan.image.is_empty() || plan.image.chars().any(|c| c.is_whitespace() || c == '"' || c == '$') {
+        bail!("--image {:?}: not an image name", plan.image);
+    }
     let mut ips = Vec::new();
     for host in hosts {
         match host {
@@ -131,9 +134,6 @@ pub fn compose_yaml(file: &TestnetFile, plan: &ComposePlan) -> Result<String> {
     for (index, (node, host)) in file.nodes.iter().zip(&hosts).enumerate() {
         let host_port = u32::from(plan.base_port) + 2 * index as u32 + 1;
         nodes.push((node.name.as_str(), *host, host_port));
-    }
-    if plan.image.is_empty() || plan.image.chars().any(|c| c.is_whitespace() || c == '"') {
-        bail!("--image {:?}: not an image name", plan.image);
     }
     let image = &plan.image;
     let names: Vec<&str> = nodes.iter().map(|(name, _, _)| *name).collect();
