@@ -208,8 +208,9 @@ fn init_uses_keys_made_in_the_home_in_place() {
     std::fs::create_dir(&home).expect("home");
     let consensus = std::fs::read(dir.join("v1-consensus.json")).expect("key");
     let network = std::fs::read(dir.join("v1-network.json")).expect("key");
-    std::fs::write(home.join("consensus_key.json"), &consensus).expect("copy");
-    std::fs::write(home.join("network_key.json"), &network).expect("copy");
+    // Copies keep the key files' mode 0600.
+    std::fs::copy(dir.join("v1-consensus.json"), home.join("consensus_key.json")).expect("copy");
+    std::fs::copy(dir.join("v1-network.json"), home.join("network_key.json")).expect("copy");
     let out = ok(&["init", "--home", p(&home), "--genesis", p(&genesis)]);
     assert!(out.contains("role            validator 1 (v1)"), "{out}");
     assert_eq!(std::fs::read(home.join("consensus_key.json")).expect("key"), consensus, "the key is kept");
@@ -217,7 +218,7 @@ fn init_uses_keys_made_in_the_home_in_place() {
     // A different key given for a home that already has one is refused (never overwritten).
     let other = dir.join("other");
     std::fs::create_dir(&other).expect("dir");
-    std::fs::write(other.join("consensus_key.json"), &consensus).expect("copy");
+    std::fs::copy(dir.join("v1-consensus.json"), other.join("consensus_key.json")).expect("copy");
     let error = fails(&[
         "init",
         "--home",
