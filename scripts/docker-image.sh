@@ -27,8 +27,10 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
     TETRAD_DOCKER_BASE="$base" bash scripts/docker-base.sh
 fi
 
-context="$(mktemp -d "${TMPDIR:-/tmp}/tetrad-docker-context.XXXXXX")"
-trap 'rm -rf "$context"' EXIT
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/tetrad-docker-image.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+context="$scratch/context"
+mkdir "$context"
 cp docker/Dockerfile "$context/Dockerfile"
 cp "$binary" "$context/tetrad"
 # The binary as built carries symbols; the image does not need them.
@@ -36,7 +38,14 @@ if command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$context/tetrad" 2>/dev/null || true
 fi
 chmod 0755 "$context/tetrad"
-DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --quiet --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
-    -t "$image" "$context" >/dev/null
+# The classic builder: it needs no buildx plugin (this machine's client has none) and uses the
+# local base image without asking a registry. Its deprecation notice is shown only on failure.
+if ! DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --quiet \
+    --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+    -t "$image" "$context" >"$scratch/build.log" 2>&1; then
+    cat "$scratch/build.log" >&2
+    echo "docker-image: docker build failed" >&2
+    exit 1
+fi
 size="$(docker image inspect -f '{{.Size}}' "$image")"
 echo "docker-image: built $image ($(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}'); base $base, binary $(du -h "$context/tetrad" | cut -f1))" >&2
