@@ -155,6 +155,8 @@ volumes="$(for node in "${nodes[@]}"; do docker inspect -f '{{range .Mounts}}{{i
 [ "$volumes" = ${#nodes[@]} ] || fail "expected ${#nodes[@]} distinct home volumes, found $volumes"
 [ "$(docker inspect -f '{{.Config.User}}' "$(container_of v0)")" = "10001:10001" ] || fail "the node does not run as user 10001"
 
+[ "$(field full0 /status validating)" = False ] || fail "full0 is not a full node (its /status says validating)"
+[ "$(field v0 /status validating)" = True ] || fail "v0 is not validating"
 recipient="$("$tetrad" keys show "$dir/accounts/account-9.json" | awk '/public key/ {print $3}')"
 expected_balance="$(balance v0)"
 [ -n "$expected_balance" ] || fail "v0 does not answer /accounts/$recipient"
@@ -191,6 +193,10 @@ others=()
 for node in "${nodes[@]}"; do [ "$node" = "$cut" ] || others+=("$node"); done
 docker network disconnect "$network" "$(container_of "$cut")"
 transfer 3 14 "${others[0]}" "${others[@]}"
+# Asked from inside its container (its published port is gone with the network): it is behind.
+cut_balance="$(docker exec "$(container_of "$cut")" tetrad query account "$recipient" --rpc http://127.0.0.1:8545 --json \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["balance"])')" || fail "$cut does not answer from inside its container"
+[ "$cut_balance" != "$expected_balance" ] || fail "$cut shows the transfer while disconnected: the cut did not cut"
 docker network connect --ip "$cut_ip" "$network" "$(container_of "$cut")"
 wait_balance 90 "$cut"
 
