@@ -19,3 +19,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --release --workspace --locked --no-fail-fast
 fi
+
+# The image, built from the release binary above, and a 4-validator + full node network of its
+# containers (kill, pause, disconnect, SIGTERM, down -v). Needs the Docker engine: a missing or
+# stopped engine fails here, it is not skipped. Bounded (TETRAD_COMPOSE_TEST_TIMEOUT_S, 600 s).
+echo "== containers (scripts/compose-test.sh, scripts/operator-test.sh)" >&2
+bash scripts/compose-test.sh
+# The README's four validators on four machines, with the machines played by containers.
+bash scripts/operator-test.sh

@@ -30,7 +30,7 @@ enum Command {
     Init(InitArgs),
     /// Run a node from its home directory (logs go to stderr; RUST_LOG is honoured).
     Run {
-        #[arg(long)]
+        #[arg(long, env = "TETRAD_HOME")]
         home: PathBuf,
         /// Start a validator whose safety records (HOME/safety) are missing, empty or older than
         /// its chain database, which the node otherwise refuses: it may then sign something
@@ -48,6 +48,18 @@ enum Command {
     /// Ask a node about its status, blocks, transactions, accounts, checkpoints, validators.
     #[command(subcommand)]
     Query(crate::client::QueryCommand),
+    /// Ask a node's GET /health; exit 0 if it answers 200 (progressing, idle, syncing), 1
+    /// otherwise (stalled, stopped, no answer). The image's HEALTHCHECK.
+    Health {
+        /// The node to ask (default: the RPC address of the node in --home).
+        #[arg(long, conflicts_with = "home")]
+        rpc: Option<String>,
+        /// A node home: its config.toml's rpc_listen is asked (0.0.0.0 as 127.0.0.1).
+        #[arg(long, env = "TETRAD_HOME")]
+        home: Option<PathBuf>,
+        #[arg(long, default_value_t = 3_000)]
+        timeout_ms: u64,
+    },
     /// Benchmark a local network (or, with `ledger`, execution and storage alone).
     Bench(BenchCli),
 }
@@ -114,8 +126,23 @@ struct TestnetArgs {
     #[arg(long)]
     view_change_timeout_ms: Option<u64>,
     /// Also start every validator and stop them all on Ctrl-C.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hosts")]
     start: bool,
+    /// One IP address per node, comma-separated: the first --validators are validators, any
+    /// more are full nodes (full0, …). Every node then listens on all interfaces at p2p port
+    /// 26000 and RPC port 8545, and the genesis holds these addresses.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<std::net::IpAddr>,
+    /// Also write DIR/compose.yaml: one container per node at its --hosts address, each with its
+    /// own volume; node i's RPC published on 127.0.0.1:base+2i+1.
+    #[arg(long, requires = "hosts")]
+    compose: bool,
+    /// The image of the compose file's containers (scripts/docker-image.sh builds it).
+    #[arg(long, default_value = "tetrad:local")]
+    image: String,
+    /// The compose network (default: the /24 of the first --hosts address).
+    #[arg(long, requires = "compose")]
+    subnet: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,10 +228,12 @@ struct InitArgs {
     /// The genesis file (copied into the home).
     #[arg(long)]
     genesis: PathBuf,
-    /// Consensus key file to use (copied); a new key is generated if absent.
+    /// Consensus key file to use (copied); default: HOME/consensus_key.json if it exists (used
+    /// in place), else a new key.
     #[arg(long)]
     consensus_key: Option<PathBuf>,
-    /// Network key file to use (copied); a new key is generated if absent.
+    /// Network key file to use (copied); default: HOME/network_key.json if it exists (used in
+    /// place), else a new key.
     #[arg(long)]
     network_key: Option<PathBuf>,
     /// Node name; defaults to the validator's genesis name, or "full-node".
@@ -250,6 +279,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { home, accept_double_sign_risk } => run_node(&home, accept_double_sign_risk),
         Command::Tx(command) => crate::client::tx(command),
         Command::Query(command) => crate::client::query(command),
+        Command::Health { rpc, home, timeout_ms } => crate::client::health(rpc, home, timeout_ms),
         Command::Testnet(args) => testnet(args),
         Command::Bench(BenchCli { command: Some(BenchCommand::Ledger(args)), .. }) => {
             crate::ops::bench_ledger::run(&args.into())
@@ -308,6 +338,18 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         );
         return crate::ops::testnet::start(&file);
     }
+    let compose = if args.compose {
+        let plan = crate::ops::compose::ComposePlan {
+            image: args.image.clone(),
+            subnet: args.subnet.as_deref().map(crate::ops::compose::Subnet::parse).transpose()?,
+            base_port: args.base_port,
+        };
+        // Refused before anything is written.
+        crate::ops::compose::check_hosts(&args.hosts, &plan)?;
+        Some(plan)
+    } else {
+        None
+    };
     let plan = crate::ops::testnet::TestnetPlan {
         validators: args.validators,
         accounts: args.accounts,
@@ -319,9 +361,19 @@ fn testnet(args: TestnetArgs) -> Result<()> {
         checkpoint_interval: args.checkpoint_interval,
         watermark_window: args.watermark_window,
         view_change_timeout_ms: args.view_change_timeout_ms,
+        hosts: args.hosts.clone(),
     };
     let file = crate::ops::testnet::create(&plan)?;
-    println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display());
+    let full_nodes = file.nodes.iter().filter(|node| node.full_node).count();
+    match full_nodes {
+        0 => println!("created a {}-validator testnet in {}", file.nodes.len(), args.dir.display()),
+        _ => println!(
+            "created a {}-validator testnet with {full_nodes} full node{} in {}",
+            file.nodes.len() - full_nodes,
+            if full_nodes == 1 { "" } else { "s" },
+            args.dir.display()
+        ),
+    }
     println!("chain id      {}", file.chain_id);
     println!("genesis hash  {}", file.genesis_hash);
     println!("accounts      {} keys in {}", file.accounts, file.accounts_dir.display());
@@ -334,8 +386,22 @@ fn testnet(args: TestnetArgs) -> Result<()> {
             node.home.display()
         );
     }
-    if args.start {
+    if let Some(compose) = compose {
+        let path = args.dir.join("compose.yaml");
+        let text = crate::ops::compose::compose_yaml(&file, &compose)?;
+        tetrad_genesis::durable::write_file(
+            &path,
+            text.as_bytes(),
+            0o644,
+            tetrad_genesis::durable::Existing::Refuse,
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+        println!("compose file  {} (image {})", path.display(), compose.image);
+        println!("start it with: scripts/compose.sh up   (TETRAD_COMPOSE_DIR={})", args.dir.display());
+    } else if args.start {
         crate::ops::testnet::start(&file)?;
+    } else if !args.hosts.is_empty() {
+        println!("copy each home to its machine and start it there with: tetrad run --home <home>");
     } else {
         println!("start each with: tetrad run --home <home>   (or pass --start)");
     }
@@ -458,6 +524,18 @@ fn load_or_generate(source: Option<&Path>) -> Result<KeyFile> {
     }
 }
 
+fn existing(path: &Path) -> Option<PathBuf> {
+    path.exists().then(|| path.to_path_buf())
+}
+
+/// Whether `source` is the file `target` itself.
+fn same_file(source: Option<&Path>, target: &Path) -> bool {
+    match (source.map(std::fs::canonicalize), std::fs::canonicalize(target)) {
+        (Some(Ok(source)), Ok(target)) => source == target,
+        _ => false,
+    }
+}
+
 fn init(args: InitArgs) -> Result<()> {
     let genesis = Genesis::load(&args.genesis)?;
     check_peer_ids(&genesis, &args.genesis)?;
@@ -466,8 +544,14 @@ fn init(args: InitArgs) -> Result<()> {
         bail!("{}: already initialised (remove it first to start over)", args.home.display());
     }
     // Everything is checked before anything is written, so a refused init leaves no debris.
-    let consensus = load_or_generate(args.consensus_key.as_deref())?;
-    let network = load_or_generate(args.network_key.as_deref())?;
+    // A key already in the home (made there by `keys generate`, e.g. inside a container's
+    // volume) is used in place: the secret is never copied.
+    let consensus_source = args.consensus_key.clone().or_else(|| existing(&home.consensus_key()));
+    let network_source = args.network_key.clone().or_else(|| existing(&home.network_key()));
+    let consensus = load_or_generate(consensus_source.as_deref())?;
+    let network = load_or_generate(network_source.as_deref())?;
+    let consensus_in_place = same_file(consensus_source.as_deref(), &home.consensus_key());
+    let network_in_place = same_file(network_source.as_deref(), &home.network_key());
     let validator =
         genesis.validators.iter().position(|validator| validator.consensus_key == consensus.public_key());
     if let Some(index) = validator {
@@ -494,8 +578,12 @@ fn init(args: InitArgs) -> Result<()> {
         std::fs::set_permissions(&home.dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("{}: cannot set mode 0700", home.dir.display()))?;
     }
-    consensus.write_new(&home.consensus_key())?;
-    network.write_new(&home.network_key())?;
+    if !consensus_in_place {
+        consensus.write_new(&home.consensus_key())?;
+    }
+    if !network_in_place {
+        network.write_new(&home.network_key())?;
+    }
     genesis.save(&home.genesis())?;
     config.save_new(&home.config())?;
     let store = Store::open_or_init(&home.data(), &genesis.ledger_state())?;

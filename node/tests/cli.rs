@@ -197,3 +197,133 @@ fn init_creates_a_home_once() {
     ]);
     assert!(error.contains("validators[0].peer_id is"), "{error}");
 }
+
+#[test]
+fn init_uses_keys_made_in_the_home_in_place() {
+    // What an operator does in a container's volume: keys first (their public halves go into
+    // the genesis), then init in the same directory.
+    let dir = ScratchDir::new("cli-init-in-place").expect("scratch");
+    let genesis = build_genesis(&dir);
+    let home = dir.join("home");
+    std::fs::create_dir(&home).expect("home");
+    let consensus = std::fs::read(dir.join("v1-consensus.json")).expect("key");
+    let network = std::fs::read(dir.join("v1-network.json")).expect("key");
+    // Copies keep the key files' mode 0600.
+    std::fs::copy(dir.join("v1-consensus.json"), home.join("consensus_key.json")).expect("copy");
+    std::fs::copy(dir.join("v1-network.json"), home.join("network_key.json")).expect("copy");
+    let out = ok(&["init", "--home", p(&home), "--genesis", p(&genesis)]);
+    assert!(out.contains("role            validator 1 (v1)"), "{out}");
+    assert_eq!(std::fs::read(home.join("consensus_key.json")).expect("key"), consensus, "the key is kept");
+    assert_eq!(std::fs::read(home.join("network_key.json")).expect("key"), network);
+    // A different key given for a home that already has one is refused (never overwritten).
+    let other = dir.join("other");
+    std::fs::create_dir(&other).expect("dir");
+    std::fs::copy(dir.join("v1-consensus.json"), other.join("consensus_key.json")).expect("copy");
+    let error = fails(&[
+        "init",
+        "--home",
+        p(&other),
+        "--genesis",
+        p(&genesis),
+        "--consensus-key",
+        p(&dir.join("v0-consensus.json")),
+        "--network-key",
+        p(&dir.join("v0-network.json")),
+    ]);
+    assert!(error.contains("consensus_key.json"), "{error}");
+    assert!(!other.join("network_key.json").exists(), "a refused init writes nothing");
+    assert_eq!(std::fs::read(other.join("consensus_key.json")).expect("key"), consensus);
+}
+
+#[test]
+fn testnet_with_hosts_writes_their_addresses_full_nodes_and_a_compose_file() {
+    let dir = ScratchDir::new("cli-testnet-hosts").expect("scratch");
+    let net = dir.join("net");
+    let out = ok(&[
+        "testnet",
+        "--dir",
+        p(&net),
+        "--validators",
+        "4",
+        "--accounts",
+        "2",
+        "--hosts",
+        "172.28.5.10,172.28.5.11,172.28.5.12,172.28.5.13,172.28.5.20",
+        "--compose",
+        "--base-port",
+        "27000",
+        "--image",
+        "tetrad:test",
+    ]);
+    assert!(out.contains("created a 4-validator testnet with 1 full node"), "{out}");
+    let genesis: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(net.join("genesis.json")).expect("genesis"))
+            .expect("json");
+    let addresses: Vec<&str> = genesis["validators"]
+        .as_array()
+        .expect("validators")
+        .iter()
+        .map(|validator| validator["p2p_address"].as_str().expect("address"))
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "/ip4/172.28.5.10/tcp/26000",
+            "/ip4/172.28.5.11/tcp/26000",
+            "/ip4/172.28.5.12/tcp/26000",
+            "/ip4/172.28.5.13/tcp/26000"
+        ]
+    );
+    let config = std::fs::read_to_string(net.join("full0/config.toml")).expect("full node config");
+    assert!(config.contains("p2p_listen = \"/ip4/0.0.0.0/tcp/26000\""), "{config}");
+    assert!(config.contains("rpc_listen = \"0.0.0.0:8545\""), "{config}");
+    // The full node's home is a full node's: its key is in no validator slot.
+    let out = ok(&["genesis", "validate", p(&net.join("full0/genesis.json"))]);
+    assert!(out.contains("valid"), "{out}");
+    let testnet: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(net.join("testnet.json")).expect("testnet"))
+            .expect("json");
+    assert_eq!(testnet["nodes"][4]["full_node"], true);
+    assert_eq!(testnet["nodes"][4]["rpc_url"], "http://127.0.0.1:27009");
+    let compose = std::fs::read_to_string(net.join("compose.yaml")).expect("compose.yaml");
+    for expected in [
+        "ipv4_address: 172.28.5.13",
+        "ipv4_address: 172.28.5.20",
+        "\"127.0.0.1:27001:8545\"",
+        "\"127.0.0.1:27009:8545\"",
+        "- subnet: 172.28.5.0/24",
+        "image: \"tetrad:test\"",
+        "- v3:/var/lib/tetrad",
+        "- ./full0:/seed/full0:ro",
+        "condition: service_completed_successfully",
+    ] {
+        assert!(compose.contains(expected), "compose.yaml lacks {expected:?}:\n{compose}");
+    }
+
+    // Addresses that a compose network cannot give are refused before anything is written.
+    let refused = dir.join("refused");
+    let error = fails(&[
+        "testnet",
+        "--dir",
+        p(&refused),
+        "--hosts",
+        "172.28.5.1,172.28.5.2,172.28.5.3,172.28.5.4",
+        "--compose",
+    ]);
+    assert!(error.contains("172.28.5.1 is not a container address of 172.28.5.0/24"), "{error}");
+    assert!(!refused.exists(), "a refused testnet leaves no directory");
+    let error = fails(&["testnet", "--dir", p(&refused), "--hosts", "10.0.0.2,10.0.0.3"]);
+    assert!(error.contains("--hosts names 2 addresses for 4 validators"), "{error}");
+    let error = fails(&["testnet", "--dir", p(&refused), "--hosts", "10.0.0.2,10.0.0.3,10.0.0.2,10.0.0.5"]);
+    assert!(error.contains("10.0.0.2 is given twice"), "{error}");
+    assert!(!refused.exists());
+}
+
+#[test]
+fn health_without_a_node_fails_naming_the_url() {
+    let error = fails(&["health", "--rpc", "http://127.0.0.1:9", "--timeout-ms", "2000"]);
+    assert!(error.contains("http://127.0.0.1:9/health"), "{error}");
+    let dir = ScratchDir::new("cli-health").expect("scratch");
+    let error = fails(&["health", "--home", p(&dir.join("none"))]);
+    assert!(error.contains("config.toml"), "{error}");
+}

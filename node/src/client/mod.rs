@@ -532,6 +532,43 @@ pub fn query(command: QueryCommand) -> Result<()> {
     Ok(())
 }
 
+/// `tetrad health`: GET /health of the node at `rpc`, or of the node in `home`; an error unless
+/// it answers 200.
+pub fn health(rpc: Option<String>, home: Option<PathBuf>, timeout_ms: u64) -> Result<()> {
+    let rpc = match (rpc, home) {
+        (Some(rpc), _) => rpc,
+        (None, Some(home)) => {
+            let config = crate::config::Config::load(&crate::config::Home::new(&home).config())?;
+            format!("http://{}", local_address(&config.rpc_listen))
+        }
+        (None, None) => bail!("give --rpc URL or --home DIR (or set TETRAD_HOME)"),
+    };
+    let url = format!("{}/health", rpc.trim_end_matches('/'));
+    let mut response =
+        agent(Duration::from_millis(timeout_ms)).get(&url).call().with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let value: Value = serde_json::from_str(&body)
+        .with_context(|| format!("{url}: answered {status} with non-JSON: {body}"))?;
+    let health = value["status"].as_str().unwrap_or("(no status)");
+    let reason = value["reason"].as_str().unwrap_or("");
+    let height = scalar(&value["height"]);
+    if status != 200 {
+        bail!("{url}: {status} {health} at height {height}: {reason}");
+    }
+    println!("{health} at height {height}: {reason}");
+    Ok(())
+}
+
+/// A listen address as a local client dials it: the unspecified address becomes loopback.
+fn local_address(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_string(),
+    }
+}
+
 /// Prints JSON as indented `key  value` lines.
 fn print_human(value: &Value, indent: &str) {
     match value {

@@ -218,6 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         checkpoint_interval: None,
         watermark_window: None,
         view_change_timeout_ms: None,
+        hosts: Vec::new(),
     };
     eprintln!("creating a {}-validator network with {} accounts …", args.validators, args.accounts);
     let file = testnet::create(&plan)?;

@@ -7,7 +7,14 @@
 //! DIR/accounts/account-K.json   funded account keys
 //! ```
 //! Ports: validator i listens for p2p on `base + 2i` and for RPC on `base + 2i + 1`.
+//!
+//! With `hosts` (one IP address per node, e.g. the containers of a compose network or the
+//! machines of a lab), every node listens on all interfaces at the same ports
+//! ([`HOSTED_P2P_PORT`], [`HOSTED_RPC_PORT`]), the genesis says `/ip4/HOST/tcp/26000`, nodes past
+//! the validators are full nodes (`DIR/full0`, …), and `rpc_url` is `127.0.0.1:base + 2i + 1`,
+//! where a compose network publishes node i's RPC on the host (`ops/compose.rs`).
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -31,7 +38,14 @@ pub struct TestnetPlan {
     pub checkpoint_interval: Option<u64>,
     pub watermark_window: Option<u64>,
     pub view_change_timeout_ms: Option<u64>,
+    /// One address per node, validators first (empty: every node on 127.0.0.1, own ports).
+    pub hosts: Vec<IpAddr>,
 }
+
+/// The p2p port of every node of a network with hosts.
+pub const HOSTED_P2P_PORT: u16 = 26000;
+/// The RPC port of every node of a network with hosts.
+pub const HOSTED_RPC_PORT: u16 = 8545;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TestnetNode {
@@ -41,6 +55,12 @@ pub struct TestnetNode {
     pub p2p_address: String,
     pub peer_id: String,
     pub consensus_key: String,
+    /// A full node (not in the genesis validator set); only networks with hosts have them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_node: bool,
+    /// The node's own address on its network (networks with hosts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,24 +73,112 @@ pub struct TestnetFile {
     pub nodes: Vec<TestnetNode>,
 }
 
-/// Generates keys, genesis and one initialised home per validator.
+/// Where node `index` of a plan listens and is reached.
+struct Placement {
+    name: String,
+    full_node: bool,
+    host: Option<IpAddr>,
+    /// The address in the genesis (validators) and in testnet.json.
+    p2p_address: String,
+    p2p_listen: String,
+    rpc_listen: String,
+    rpc_url: String,
+}
+
+fn multiaddr_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    }
+}
+
+impl TestnetPlan {
+    /// Validators, then full nodes (only a plan with hosts has those).
+    fn nodes(&self) -> usize {
+        self.hosts.len().max(usize::from(self.validators))
+    }
+
+    fn placement(&self, index: usize) -> Placement {
+        // Ports were checked in `check`: index < 2^15 and base + 2 * nodes <= u16::MAX.
+        let p2p_port = self.base_port + 2 * index as u16;
+        let rpc_port = p2p_port + 1;
+        let full_node = index >= usize::from(self.validators);
+        let name = if full_node {
+            format!("full{}", index - usize::from(self.validators))
+        } else {
+            format!("v{index}")
+        };
+        match self.hosts.get(index) {
+            None => Placement {
+                name,
+                full_node,
+                host: None,
+                p2p_address: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+                p2p_listen: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+                rpc_listen: format!("127.0.0.1:{rpc_port}"),
+                rpc_url: format!("http://127.0.0.1:{rpc_port}"),
+            },
+            Some(&host) => {
+                let any = match host {
+                    IpAddr::V4(_) => "/ip4/0.0.0.0",
+                    IpAddr::V6(_) => "/ip6/::",
+                };
+                let rpc_any = match host {
+                    IpAddr::V4(_) => format!("0.0.0.0:{HOSTED_RPC_PORT}"),
+                    IpAddr::V6(_) => format!("[::]:{HOSTED_RPC_PORT}"),
+                };
+                Placement {
+                    name,
+                    full_node,
+                    host: Some(host),
+                    p2p_address: format!("{}/tcp/{HOSTED_P2P_PORT}", multiaddr_ip(host)),
+                    p2p_listen: format!("{any}/tcp/{HOSTED_P2P_PORT}"),
+                    rpc_listen: rpc_any,
+                    rpc_url: format!("http://127.0.0.1:{rpc_port}"),
+                }
+            }
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.validators == 0 {
+            bail!("--validators must be at least 1");
+        }
+        if !self.hosts.is_empty() && self.hosts.len() < usize::from(self.validators) {
+            bail!(
+                "--hosts names {} addresses for {} validators: give one per validator (and one per full node after them)",
+                self.hosts.len(),
+                self.validators
+            );
+        }
+        for (index, host) in self.hosts.iter().enumerate() {
+            if host.is_unspecified() || host.is_multicast() {
+                bail!("--hosts: {host} (node {index}) is not an address a peer can dial");
+            }
+            if self.hosts[..index].contains(host) {
+                bail!("--hosts: {host} is given twice (every node needs its own address)");
+            }
+        }
+        let highest = u32::from(self.base_port) + 2 * self.nodes() as u32;
+        if highest > u32::from(u16::MAX) {
+            bail!(
+                "--base-port {} leaves no room for {} nodes (needs ports up to {highest})",
+                self.base_port,
+                self.nodes()
+            );
+        }
+        if self.dir.exists()
+            && std::fs::read_dir(&self.dir).map(|mut entries| entries.next().is_some()).unwrap_or(true)
+        {
+            bail!("{}: exists and is not empty; choose another --dir or remove it", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// Generates keys, genesis and one initialised home per node (validators, then full nodes).
 pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
-    if plan.validators == 0 {
-        bail!("--validators must be at least 1");
-    }
-    let highest = u32::from(plan.base_port) + 2 * u32::from(plan.validators);
-    if highest > u32::from(u16::MAX) {
-        bail!(
-            "--base-port {} leaves no room for {} validators (needs ports up to {highest})",
-            plan.base_port,
-            plan.validators
-        );
-    }
-    if plan.dir.exists()
-        && std::fs::read_dir(&plan.dir).map(|mut entries| entries.next().is_some()).unwrap_or(true)
-    {
-        bail!("{}: exists and is not empty; choose another --dir or remove it", plan.dir.display());
-    }
+    plan.check()?;
     let accounts_dir = plan.dir.join("accounts");
     std::fs::create_dir_all(&accounts_dir)
         .with_context(|| format!("{}: cannot create", accounts_dir.display()))?;
@@ -89,16 +197,18 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
         genesis.consensus.view_change_timeout_ms = timeout;
     }
     let mut keys = Vec::new();
-    for index in 0..plan.validators {
+    for index in 0..plan.nodes() {
         let consensus = KeyFile::generate()?;
         let network = KeyFile::generate()?;
-        let p2p_port = plan.base_port + 2 * index;
-        genesis.validators.push(GenesisValidator {
-            name: format!("v{index}"),
-            consensus_key: consensus.public_key(),
-            peer_id: identity::peer_id(&network)?.to_string(),
-            p2p_address: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-        });
+        let placement = plan.placement(index);
+        if !placement.full_node {
+            genesis.validators.push(GenesisValidator {
+                name: placement.name.clone(),
+                consensus_key: consensus.public_key(),
+                peer_id: identity::peer_id(&network)?.to_string(),
+                p2p_address: placement.p2p_address.clone(),
+            });
+        }
         keys.push((consensus, network));
     }
     for index in 0..plan.accounts {
@@ -118,28 +228,29 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
     let state = genesis.ledger_state();
     let mut nodes = Vec::new();
     for (index, (consensus, network)) in keys.into_iter().enumerate() {
-        let home = Home::new(&plan.dir.join(format!("v{index}")));
+        let placement = plan.placement(index);
+        let home = Home::new(&plan.dir.join(&placement.name));
         tetrad_genesis::durable::create_dir(&home.dir)
             .with_context(|| format!("{}: cannot create", home.dir.display()))?;
         consensus.write_new(&home.consensus_key())?;
         network.write_new(&home.network_key())?;
         genesis.save(&home.genesis())?;
-        let p2p_port = plan.base_port + 2 * index as u16;
-        let rpc_port = p2p_port + 1;
         let config = Config {
-            name: format!("v{index}"),
-            p2p_listen: format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
-            rpc_listen: format!("127.0.0.1:{rpc_port}"),
+            name: placement.name.clone(),
+            p2p_listen: placement.p2p_listen,
+            rpc_listen: placement.rpc_listen,
         };
         config.save_new(&home.config())?;
         Store::open_or_init(&home.data(), &state)?;
         nodes.push(TestnetNode {
             name: config.name,
             home: home.dir.clone(),
-            rpc_url: format!("http://127.0.0.1:{rpc_port}"),
-            p2p_address: genesis.validators[index].p2p_address.clone(),
-            peer_id: genesis.validators[index].peer_id.clone(),
+            rpc_url: placement.rpc_url,
+            p2p_address: placement.p2p_address,
+            peer_id: identity::peer_id(&network)?.to_string(),
             consensus_key: consensus.public_key().to_hex(),
+            full_node: placement.full_node,
+            host: placement.host,
         });
     }
     let file = TestnetFile {
@@ -165,6 +276,13 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
 /// Starts every node of a testnet as a child process (logs in `HOME/node.log`), prints the RPC
 /// URLs, and stops them all on SIGINT/SIGTERM.
 pub fn start(file: &TestnetFile) -> Result<()> {
+    if let Some(node) = file.nodes.iter().find(|node| node.host.is_some()) {
+        bail!(
+            "this testnet's nodes listen at their own addresses ({} at {}): start it with scripts/compose.sh up, or each home on its machine",
+            node.name,
+            node.p2p_address
+        );
+    }
     let exe = std::env::current_exe().context("locating the tetrad binary")?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for node in &file.nodes {
