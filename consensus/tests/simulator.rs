@@ -229,3 +229,17 @@ fn same_seed_same_trace() {
     let other = sim::run(&scenario, 43);
     assert_ne!(first.trace_hash, other.trace_hash);
 }
+
+/// A one-validator chain (what `tetrad testnet --validators 1` starts): it must commit alone.
+#[test]
+fn single_validator_n1() {
+    let mut scenario = scenario("n1", 1);
+    scenario.partitions = false;
+    assert_safe_and_live("single_validator_n1", scenario, 4);
+}
+
+/// Two validators: f = 0 and the quorum is both of them.
+#[test]
+fn two_validators_n2() {
+    assert_safe_and_live("two_validators_n2", scenario("n2", 2), 6);
+}

@@ -38,6 +38,8 @@ impl Replica {
             SafetyRecord::Accepted { pre_prepare: pre_prepare.clone(), batch: Some(batch.clone()) },
             Message::PrePrepare { pre_prepare, batch },
         );
+        // With n = 1 (or whenever the quorum needs no backup) the pre-prepare alone prepares.
+        self.check_prepared(height);
         self.update_view_change_timer();
     }
 

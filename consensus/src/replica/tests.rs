@@ -450,3 +450,32 @@ fn commit_certificate_from_votes_of_the_replica_verifies() {
     let votes: Vec<_> = (0..3).map(|i| fixture.sign(i, statement.clone())).collect();
     assert_eq!(Certificate::from_votes(statement, &votes).verify(fixture.set()), Ok(()));
 }
+
+#[test]
+fn a_single_validator_commits_its_own_proposal_and_checkpoints() {
+    let key = SecretKey::from_seed([1; 32]);
+    let set = ValidatorSet::new(Digest::of(b"n = 1"), vec![key.public_key()]).expect("valid set");
+    let mut replica = Replica::new(
+        config(),
+        ValidatorIndex(0),
+        vec![(Height(0), key)],
+        Arc::new(ValidatorSchedule::new(set)),
+        Height(0),
+        Default::default(),
+    );
+    let _ = replica.start(0);
+    for height in 1..=K {
+        assert!(replica.can_propose());
+        let actions = replica.handle(5, Input::Propose { payload: vec![height as u8], timestamp_ms: 5 });
+        assert_eq!(actions.committed.len(), 1, "height {height} not committed: {}", replica.describe());
+        assert_eq!(actions.committed[0].height, Height(height));
+        let actions = replica.handle(
+            6,
+            Input::Executed { height: Height(height), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+        );
+        if height == K {
+            assert_eq!(actions.stable_checkpoints.len(), 1);
+        }
+    }
+    assert_eq!(replica.low_watermark(), Height(K));
+}

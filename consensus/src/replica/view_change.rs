@@ -238,6 +238,8 @@ impl Replica {
         if batch.is_none() {
             self.fetch_batch(height, digest);
         }
+        // With n = 1 the new primary's own re-proposal is prepared at once.
+        self.check_prepared(height);
     }
 
     /// The height the new view's primary proposes next (for tests and the driver's logs).
