@@ -243,3 +243,13 @@ fn single_validator_n1() {
 fn two_validators_n2() {
     assert_safe_and_live("two_validators_n2", scenario("n2", 2), 6);
 }
+
+/// Hole 7: a Byzantine primary signs pre-prepares whose batch names another proposer or view,
+/// or carries a timestamp far from every clock (u64::MAX would freeze every later header's
+/// time). Backups refuse them; a committed batch never carries such metadata.
+#[test]
+fn bad_batch_metadata_n4() {
+    let mut scenario = scenario("bad-metadata", 4);
+    scenario.byzantine = vec![(0, Behavior::BadMetadata)];
+    assert_safe_and_live("bad_batch_metadata_n4", scenario, 12);
+}

@@ -40,7 +40,13 @@ pub struct ReplicaConfig {
     pub views_ahead_max: u64,
     /// Most heights the primary keeps in flight (proposed but not committed).
     pub pipeline_max: u64,
+    /// How far a batch's timestamp may be from this replica's own wall clock, either way
+    /// ([`Input::WallClock`]); see docs/decisions.md ("Batch timestamps").
+    pub timestamp_skew_max_ms: u64,
 }
+
+/// Default bound on |batch timestamp − own wall clock|.
+pub const TIMESTAMP_SKEW_MAX_MS: u64 = 15_000;
 
 impl ReplicaConfig {
     /// Derived from the genesis parameters; the status interval is a quarter of T.
@@ -58,6 +64,7 @@ impl ReplicaConfig {
             status_interval_ms: (view_change_timeout_ms / 4).max(1),
             views_ahead_max: 64,
             pipeline_max: watermark_window,
+            timestamp_skew_max_ms: TIMESTAMP_SKEW_MAX_MS,
         }
     }
 }
@@ -167,6 +174,12 @@ pub enum Input {
         from: Height,
         key: SecretKey,
     },
+    /// The wall clock (milliseconds since the Unix epoch) of this replica's machine. The driver
+    /// passes it before handing in messages; a backup checks batch timestamps against it and
+    /// refuses every proposal until it has been told (the replica itself reads no clock).
+    WallClock {
+        unix_ms: u64,
+    },
 }
 
 /// Why a message was dropped by the replica: counted, never fatal.
@@ -184,11 +197,15 @@ pub enum DropReason {
     CheckpointMismatch,
     UnwantedBatch,
     NoKey,
+    /// A pre-prepare whose batch names another proposer or view than the pre-prepare.
+    BatchMetadata,
+    /// A batch timestamp that runs backwards or is too far from this replica's wall clock.
+    BatchTimestamp,
     Unexpected,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::OldView,
         DropReason::FutureView,
         DropReason::ViewChanging,
@@ -201,6 +218,8 @@ impl DropReason {
         DropReason::CheckpointMismatch,
         DropReason::UnwantedBatch,
         DropReason::NoKey,
+        DropReason::BatchMetadata,
+        DropReason::BatchTimestamp,
         DropReason::Unexpected,
     ];
 
@@ -218,6 +237,8 @@ impl DropReason {
             DropReason::CheckpointMismatch => "checkpoint_mismatch",
             DropReason::UnwantedBatch => "unwanted_batch",
             DropReason::NoKey => "no_key_for_height",
+            DropReason::BatchMetadata => "batch_metadata",
+            DropReason::BatchTimestamp => "batch_timestamp",
             DropReason::Unexpected => "unexpected",
         }
     }
@@ -266,6 +287,10 @@ pub struct Replica {
     keys: Vec<(Height, SecretKey)>,
     schedule: Arc<ValidatorSchedule>,
     now_ms: u64,
+    /// The machine's wall clock as last told ([`Input::WallClock`]); none until then.
+    wall_clock_ms: Option<u64>,
+    /// The highest batch timestamp delivered as committed (time never runs backwards).
+    committed_time_ms: u64,
 
     view: View,
     /// False between sending a view-change and installing the new view (PBFT §4.4).
@@ -330,6 +355,8 @@ impl Replica {
             keys,
             schedule,
             now_ms: 0,
+            wall_clock_ms: None,
+            committed_time_ms: 0,
             view: restored.view,
             view_active: true,
             consecutive_view_changes: 0,
@@ -431,6 +458,7 @@ impl Replica {
                     self.keys.push((from, key));
                 }
             }
+            Input::WallClock { unix_ms } => self.wall_clock_ms = Some(unix_ms),
         }
         std::mem::take(&mut self.actions)
     }

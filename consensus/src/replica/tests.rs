@@ -48,6 +48,7 @@ impl Fixture {
             Default::default(),
         );
         let _ = replica.start(0);
+        let _ = replica.handle(0, Input::WallClock { unix_ms: 5 });
         replica
     }
 
@@ -478,4 +479,78 @@ fn a_single_validator_commits_its_own_proposal_and_checkpoints() {
         }
     }
     assert_eq!(replica.low_watermark(), Height(K));
+}
+
+/// Hole 7: the header copies the batch's proposer, view and time, so a backup refuses a
+/// pre-prepare whose batch names another proposer or view, or whose time runs backwards or
+/// strays from the backup's own clock.
+#[test]
+fn backups_refuse_batches_with_wrong_metadata() {
+    let fixture = fixture();
+    let primary = fixture.set().primary(View(0));
+    let signed = |batch: Batch| {
+        let batch = Arc::new(batch);
+        let pre_prepare =
+            fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(1), digest: batch.digest() });
+        Message::PrePrepare { pre_prepare, batch }
+    };
+    let good = Batch { view: View(0), proposer: primary, timestamp_ms: 5, payload: b"tx".to_vec() };
+    let cases = [
+        (Batch { proposer: ValidatorIndex(2), ..good.clone() }, DropReason::BatchMetadata),
+        (Batch { view: View(4), ..good.clone() }, DropReason::BatchMetadata),
+        (Batch { timestamp_ms: u64::MAX, ..good.clone() }, DropReason::BatchTimestamp),
+        (Batch { timestamp_ms: 5 + TIMESTAMP_SKEW_MAX_MS + 1, ..good.clone() }, DropReason::BatchTimestamp),
+    ];
+    for (batch, reason) in cases {
+        let mut backup = fixture.replica(1);
+        let message = signed(batch.clone());
+        assert!(fixture.deliver(&mut backup, 0, message).is_empty(), "{batch:?} accepted");
+        assert_eq!(dropped(&backup, reason), 1, "{batch:?}");
+    }
+    // Far behind the backup's clock.
+    let mut backup = fixture.replica(1);
+    let _ = backup.handle(0, Input::WallClock { unix_ms: 5 + TIMESTAMP_SKEW_MAX_MS + 1 });
+    assert!(fixture.deliver(&mut backup, 0, signed(good.clone())).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // Without a wall clock a backup accepts nothing.
+    let mut backup = Replica::new(
+        config(),
+        ValidatorIndex(1),
+        vec![(Height(0), fixture.keys[1].clone())],
+        Arc::new(fixture.schedule.clone()),
+        Height(0),
+        Default::default(),
+    );
+    let _ = backup.start(0);
+    assert!(fixture.deliver(&mut backup, 0, signed(good.clone())).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // Backwards: height 2 may not be older than the accepted height 1.
+    let mut backup = fixture.replica(1);
+    let _ = backup.handle(0, Input::WallClock { unix_ms: 100 });
+    let first = Arc::new(Batch { timestamp_ms: 100, ..good.clone() });
+    let pre_prepare =
+        fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(1), digest: first.digest() });
+    assert!(!fixture.deliver(&mut backup, 0, Message::PrePrepare { pre_prepare, batch: first }).is_empty());
+    let older = Arc::new(Batch { timestamp_ms: 99, payload: b"tx2".to_vec(), ..good.clone() });
+    let pre_prepare =
+        fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(2), digest: older.digest() });
+    assert!(fixture.deliver(&mut backup, 0, Message::PrePrepare { pre_prepare, batch: older }).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // The good batch is accepted.
+    let mut backup = fixture.replica(1);
+    assert!(!fixture.deliver(&mut backup, 0, signed(good)).is_empty());
+}
+
+/// A primary whose clock is behind an earlier batch proposes the earlier timestamp.
+#[test]
+fn primary_timestamps_never_run_backwards() {
+    let fixture = fixture();
+    let mut primary = fixture.replica(0);
+    let first = primary.handle(1, Input::Propose { payload: b"a".to_vec(), timestamp_ms: 50 });
+    let second = primary.handle(2, Input::Propose { payload: b"b".to_vec(), timestamp_ms: 40 });
+    let time = |actions: &Actions| match &actions.send_after_persist[0].message {
+        Message::PrePrepare { batch, .. } => batch.timestamp_ms,
+        other => panic!("expected a pre-prepare, got {other:?}"),
+    };
+    assert_eq!((time(&first), time(&second)), (50, 50));
 }

@@ -48,6 +48,9 @@ pub enum Behavior {
     Silent,
     /// Keeps signing with its old consensus key after its rotation takes effect.
     StaleKey,
+    /// As primary, signs pre-prepares for batches with another proposer or view, or a
+    /// timestamp far ahead of (or behind) the clocks.
+    BadMetadata,
 }
 
 /// One simulation setup; a seed picks the concrete rates and schedule.
@@ -83,6 +86,10 @@ const FAULT_TICK_MS: u64 = 250;
 const REQUESTS_PER_BATCH_MAX: usize = 16;
 const REPLAY_MEMORY: usize = 64;
 const VERIFY_CACHE_MAX: usize = 200_000;
+/// Simulated wall clocks read `WALL_CLOCK_BASE_MS + now + skew`, each replica with its own
+/// skew in `[-CLOCK_SKEW_MAX_MS, CLOCK_SKEW_MAX_MS]`.
+const WALL_CLOCK_BASE_MS: u64 = 1_000_000_000;
+const CLOCK_SKEW_MAX_MS: u64 = 2_000;
 /// Request ids with this bit set are key rotations: `FLAG | generation << 16 | validator`.
 const ROTATION_FLAG: u64 = 1 << 63;
 
@@ -172,6 +179,8 @@ struct Instance {
     schedule: ValidatorSchedule,
     /// This instance's keys by first height (a rotation adds one).
     keys: Vec<(Height, SecretKey)>,
+    /// This machine's clock skew (ms).
+    clock_skew_ms: i64,
 }
 
 impl Instance {
@@ -250,6 +259,13 @@ fn validator_key(index: u16) -> SecretKey {
     SecretKey::from_seed(seed)
 }
 
+/// The node's check of a proposal's transactions: issued client requests (or nothing).
+pub fn valid_payload(batch: &Batch, issued: u64, rotations: &HashSet<u64>) -> bool {
+    batch.payload.is_empty()
+        || borsh::from_slice::<Vec<u64>>(&batch.payload)
+            .is_ok_and(|ids| !ids.is_empty() && ids.iter().all(|id| *id < issued || rotations.contains(id)))
+}
+
 /// The "application": a batch is valid if its payload lists client requests that were issued
 /// and its proposer is the primary of its view, or if it is a new view's empty batch.
 pub fn valid_batch(batch: &Batch, set: &ValidatorSet, issued: u64, rotations: &HashSet<u64>) -> bool {
@@ -305,6 +321,7 @@ impl World {
                     replay_memory: Vec::new(),
                     schedule: schedule.clone(),
                     keys: vec![(Height::GENESIS, keys[usize::from(index)].clone())],
+                    clock_skew_ms: rng.range(0, 2 * CLOCK_SKEW_MAX_MS) as i64 - CLOCK_SKEW_MAX_MS as i64,
                 });
             }
         }
@@ -458,9 +475,18 @@ impl World {
         }
     }
 
+    /// The wall clock of instance `id`'s machine.
+    fn wall_clock(&self, id: usize) -> u64 {
+        (WALL_CLOCK_BASE_MS + self.now).saturating_add_signed(self.instances[id].clock_skew_ms)
+    }
+
     fn handle(&mut self, id: usize, input: Input) {
         let now = self.now;
+        let unix_ms = self.wall_clock(id);
         let Some(replica) = self.instances[id].replica.as_mut() else { return };
+        // The driver passes the wall clock before every input, as the node's does.
+        let clock = replica.handle(now, Input::WallClock { unix_ms });
+        debug_assert!(clock.is_empty());
         let actions = replica.handle(now, input);
         self.apply(id, actions);
     }
@@ -527,7 +553,10 @@ impl World {
     fn execute(&mut self, id: usize, block: tetrad_consensus::Committed) {
         let set = self.schedule.at(block.height).clone();
         let issued = self.issued;
-        let valid = valid_batch(&block.batch, &set, issued, &self.rotations);
+        // Besides its contents, a committed batch's time may not run ahead of every clock.
+        let latest_clock = WALL_CLOCK_BASE_MS + self.now + CLOCK_SKEW_MAX_MS;
+        let valid = valid_batch(&block.batch, &set, issued, &self.rotations)
+            && block.batch.timestamp_ms <= latest_clock + self.config.timestamp_skew_max_ms;
         self.checker.check_committed(self.now, id, &block, valid);
         let ids: Vec<u64> = borsh::from_slice::<Vec<u64>>(&block.batch.payload).unwrap_or_default();
         let instance = &mut self.instances[id];
@@ -666,13 +695,13 @@ impl World {
             self.checker.count_rejected();
             return;
         };
-        // The node's check of a proposal's transactions, before the replica sees it.
-        if let Message::PrePrepare { batch, pre_prepare } = verified.message() {
-            let set = self.instances[to].schedule.at(pre_prepare.body.height);
-            if !valid_batch(batch, set, self.issued, &self.rotations) {
-                self.checker.count_rejected();
-                return;
-            }
+        // The node's check of a proposal's transactions, before the replica sees it (the
+        // batch's metadata is the replica's to check).
+        if let Message::PrePrepare { batch, .. } = verified.message()
+            && !valid_payload(batch, self.issued, &self.rotations)
+        {
+            self.checker.count_rejected();
+            return;
         }
         let from = self.instances[from].index;
         self.handle(to, Input::Message { from, message: verified });
@@ -765,7 +794,8 @@ impl World {
             }
             let payload = borsh::to_vec(&batch).expect("encode");
             // Twins and distinct instances propose with distinct timestamps, so their batches differ.
-            self.handle(id, Input::Propose { payload, timestamp_ms: now * 16 + id as u64 });
+            let timestamp_ms = self.wall_clock(id) + id as u64;
+            self.handle(id, Input::Propose { payload, timestamp_ms });
         }
     }
 
@@ -845,6 +875,21 @@ impl World {
             (Behavior::Equivocate, Message::PrePrepare { pre_prepare, batch }) if to % 2 == 1 => {
                 let mut other = (**batch).clone();
                 other.timestamp_ms = other.timestamp_ms.wrapping_add(1 + to as u64);
+                let other = Arc::new(other);
+                let body = PrePrepare { digest: other.digest(), ..pre_prepare.body.clone() };
+                let set = self.schedule.at(body.height);
+                Some(Message::PrePrepare { pre_prepare: Signed::sign(body, me, &key, set), batch: other })
+            }
+            (Behavior::BadMetadata, Message::PrePrepare { pre_prepare, batch }) => {
+                let mut other = (**batch).clone();
+                let n = u64::from(self.scenario.n);
+                match self.rng.range(0, 4) {
+                    0 => other.proposer = ValidatorIndex(((u64::from(me.0) + 1) % n) as u16),
+                    1 => other.view = View(other.view.0 + n),
+                    2 => other.timestamp_ms = u64::MAX,
+                    3 => other.timestamp_ms = self.wall_clock(from) + 10 * self.config.timestamp_skew_max_ms,
+                    _ => other.timestamp_ms = self.wall_clock(from) - 10 * self.config.timestamp_skew_max_ms,
+                }
                 let other = Arc::new(other);
                 let body = PrePrepare { digest: other.digest(), ..pre_prepare.body.clone() };
                 let set = self.schedule.at(body.height);

@@ -224,6 +224,14 @@ struct State {
     executor_gone: bool,
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock (batch timestamps).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl State {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -371,6 +379,8 @@ impl Driver {
             let Some(replica) = self.replica.as_mut() else { continue };
             let mut actions = Actions::default();
             let view_before = (replica.view(), replica.view_active());
+            // Backups check batch timestamps against this machine's clock (the replica reads none).
+            merge(&mut actions, replica.handle(now, Input::WallClock { unix_ms: wall_clock_ms() }));
             for input in inputs {
                 merge(&mut actions, replica.handle(now, input));
             }
@@ -822,10 +832,8 @@ impl Driver {
             return;
         }
         let payload = borsh::to_vec(&cut.txs).unwrap_or_default();
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let timestamp_ms = wall_clock_ms();
+        merge(actions, replica.handle(now, Input::WallClock { unix_ms: timestamp_ms }));
         merge(actions, replica.handle(now, Input::Propose { payload, timestamp_ms }));
     }
 
