@@ -98,11 +98,31 @@ impl Replica {
         self.actions.persist.push(SafetyWrite::Put(SafetyRecord::Stable(certificate.clone())));
         self.actions.stable_checkpoints.push(certificate);
         self.collect_garbage(height);
+        self.forget_retired_view_changes();
         if self.next_height <= height {
             self.next_height = height.next();
         }
         if self.committed < height {
             self.request_blocks(height);
+        }
+    }
+
+    /// The low watermark moved: view-changes signed under epochs now retired no longer count.
+    /// If this replica's own is among them while it changes views, no peer past the boundary
+    /// accepts it any more, and it may not sign a second one for the same view: it moves on to
+    /// the next view with a view-change signed under its current key.
+    fn forget_retired_view_changes(&mut self) {
+        let retired: Vec<_> = self
+            .view_changes
+            .iter()
+            .filter(|(_, vc)| self.retired(crate::certificate::Statement::key_height(&vc.body)))
+            .map(|(signer, _)| *signer)
+            .collect();
+        for signer in &retired {
+            self.view_changes.remove(signer);
+        }
+        if !self.view_active && retired.contains(&self.me) {
+            self.start_view_change(self.view.next());
         }
     }
 

@@ -197,6 +197,11 @@ pub enum DropReason {
     CheckpointMismatch,
     UnwantedBatch,
     NoKey,
+    /// Signed under a key epoch that ended at or below this replica's stable checkpoint (its
+    /// keys are retired and may have leaked).
+    RetiredEpoch,
+    /// A new-view for a view this replica is the primary of, that it did not create.
+    ForeignNewView,
     /// A pre-prepare whose batch names another proposer or view than the pre-prepare.
     BatchMetadata,
     /// A batch timestamp that runs backwards or is too far from this replica's wall clock.
@@ -205,7 +210,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::OldView,
         DropReason::FutureView,
         DropReason::ViewChanging,
@@ -218,6 +223,8 @@ impl DropReason {
         DropReason::CheckpointMismatch,
         DropReason::UnwantedBatch,
         DropReason::NoKey,
+        DropReason::RetiredEpoch,
+        DropReason::ForeignNewView,
         DropReason::BatchMetadata,
         DropReason::BatchTimestamp,
         DropReason::Unexpected,
@@ -237,6 +244,8 @@ impl DropReason {
             DropReason::CheckpointMismatch => "checkpoint_mismatch",
             DropReason::UnwantedBatch => "unwanted_batch",
             DropReason::NoKey => "no_key_for_height",
+            DropReason::RetiredEpoch => "retired_key_epoch",
+            DropReason::ForeignNewView => "foreign_new_view",
             DropReason::BatchMetadata => "batch_metadata",
             DropReason::BatchTimestamp => "batch_timestamp",
             DropReason::Unexpected => "unexpected",
@@ -628,6 +637,12 @@ impl Replica {
     /// be erased).
     pub fn key_heights(&self) -> Vec<Height> {
         self.keys.iter().map(|(first, _)| *first).collect()
+    }
+
+    /// Whether a signature about `key_height` is under a key epoch this replica has retired
+    /// (one that ended at or below its stable checkpoint).
+    fn retired(&self, key_height: Height) -> bool {
+        self.schedule.retired_for(key_height, self.low)
     }
 
     fn in_window(&self, height: Height) -> bool {

@@ -554,3 +554,113 @@ fn primary_timestamps_never_run_backwards() {
     };
     assert_eq!((time(&first), time(&second)), (50, 50));
 }
+
+/// Hole 1 setup: every validator rotated its key at the checkpoint boundary K (the new keys
+/// sign heights above K), and `me` holds a stable checkpoint at K signed by the old keys.
+struct Rotated {
+    old: Vec<SecretKey>,
+    new: Vec<SecretKey>,
+    schedule: ValidatorSchedule,
+    stable: crate::certificate::CheckpointCertificate,
+}
+
+fn rotated_at_k() -> Rotated {
+    let fixture = fixture();
+    let new: Vec<SecretKey> = (0..N).map(|i| SecretKey::from_seed([i as u8 + 101; 32])).collect();
+    let mut schedule = fixture.schedule.clone();
+    let set =
+        ValidatorSet::new(*fixture.set().genesis_hash(), new.iter().map(SecretKey::public_key).collect())
+            .expect("valid set");
+    schedule.push(Height(K + 1), set);
+    let statement =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"r") };
+    let votes: Vec<_> = (0..N).map(|signer| fixture.sign(signer, statement.clone())).collect();
+    let stable = Certificate::from_votes(statement, &votes);
+    Rotated { old: fixture.keys, new, schedule, stable }
+}
+
+impl Rotated {
+    fn replica(&self, me: u16) -> Replica {
+        let restored = crate::safety::Restored { stable: Some(self.stable.clone()), ..Default::default() };
+        let mut replica = Replica::new(
+            config(),
+            ValidatorIndex(me),
+            vec![(Height(K + 1), self.new[usize::from(me)].clone())],
+            Arc::new(self.schedule.clone()),
+            Height(K),
+            restored,
+        );
+        let _ = replica.start(0);
+        let _ = replica.handle(0, Input::WallClock { unix_ms: 5 });
+        replica
+    }
+
+    /// What a holder of every retired (genesis) key can forge: view-changes for `view` that
+    /// claim no checkpoint (so they verify under the genesis keys), and the new-view of `view`
+    /// built from them, which re-proposes nothing.
+    fn forged(&self, view: u64) -> (Vec<Signed<ViewChange>>, Signed<NewView>) {
+        let set = self.schedule.at(Height(1)).clone();
+        let view_changes: Vec<Signed<ViewChange>> = (0..N)
+            .map(|signer| {
+                let body = ViewChange { new_view: View(view), checkpoint: None, prepared: vec![] };
+                Signed::sign(body, ValidatorIndex(signer), &self.old[usize::from(signer)], &set)
+            })
+            .collect();
+        let primary = set.primary(View(view));
+        let body = NewView { view: View(view), view_changes: view_changes.clone(), pre_prepares: vec![] };
+        let new_view = Signed::sign(body, primary, &self.old[primary.as_usize()], &set);
+        (view_changes, new_view)
+    }
+
+    fn deliver(&self, replica: &mut Replica, from: u16, message: Message) -> Actions {
+        let verified = verify(message, &self.schedule, WINDOW).expect("verifies");
+        replica.handle(10, Input::Message { from: ValidatorIndex(from), message: verified })
+    }
+}
+
+/// Hole 1: retired keys sign view-changes and new-views that verify (under the epoch their
+/// claimed checkpoint names). A replica past the boundary must refuse them: a backup must not
+/// enter the forged view, and the new primary must neither install "its own" forged new-view
+/// nor build one from forged view-changes (either would let it propose afresh at heights
+/// another honest replica may have committed).
+#[test]
+fn retired_keys_cannot_move_a_replica_past_the_boundary() {
+    let rotated = rotated_at_k();
+    let (view_changes, new_view) = rotated.forged(1);
+    // A backup does not install the forged new-view.
+    let mut backup = rotated.replica(2);
+    let _ = rotated.deliver(&mut backup, 1, Message::NewView(new_view.clone()));
+    assert_eq!((backup.view(), backup.view_active()), (View(0), true), "{}", backup.describe());
+    // The primary of view 1 installs neither the forged new-view...
+    let mut primary = rotated.replica(1);
+    let _ = rotated.deliver(&mut primary, 3, Message::NewView(new_view));
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+    assert!(!primary.can_propose());
+    // ...nor one of its own from forged view-changes.
+    for (signer, view_change) in view_changes.into_iter().enumerate() {
+        let actions = rotated.deliver(&mut primary, signer as u16, Message::ViewChange(view_change));
+        assert!(
+            !actions.send_after_persist.iter().any(|out| matches!(out.message, Message::NewView(_))),
+            "the primary built a new-view from forged view-changes"
+        );
+    }
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+}
+
+/// A primary never installs a new-view for its own view that it did not create, even one that
+/// verifies under current keys (it creates its own from the view-changes).
+#[test]
+fn a_primary_installs_only_its_own_new_view() {
+    let fixture = fixture();
+    let mut primary = fixture.replica(1);
+    let view_changes: Vec<Signed<ViewChange>> = (0..N)
+        .filter(|signer| *signer != 1)
+        .map(|signer| {
+            fixture.sign(signer, ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] })
+        })
+        .collect();
+    let body = NewView { view: View(1), view_changes, pre_prepares: vec![] };
+    let new_view = fixture.sign(1, body);
+    let _ = fixture.deliver(&mut primary, 2, Message::NewView(new_view));
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+}

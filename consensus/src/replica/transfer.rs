@@ -30,6 +30,13 @@ impl Replica {
         } else if let Some(view_change) = self.my_view_change.clone() {
             self.broadcast(Message::ViewChange(view_change));
         }
+        // Checkpoint votes may be lost like any message: this replica's own votes above its
+        // stable checkpoint go out again until they become stable.
+        let own_votes: Vec<_> =
+            self.checkpoint_votes.values().filter_map(|votes| votes.get(&self.me).cloned()).collect();
+        for vote in own_votes {
+            self.broadcast(Message::Checkpoint(vote));
+        }
         // A peer committed more while this replica made no progress for a whole interval.
         let stalled = self.committed == self.committed_at_last_tick;
         self.committed_at_last_tick = self.committed;
@@ -78,6 +85,17 @@ impl Replica {
             return self.drop_message(DropReason::Unexpected);
         }
         self.peers.insert(from, (status.view, status.committed));
+        // A peer whose stable checkpoint is below ours gets our certificate, as the quorum of
+        // signed checkpoint votes it is made of.
+        if status.stable < self.low
+            && let Some(certificate) = self.stable.clone()
+        {
+            for (signer, signature) in certificate.signatures {
+                let vote =
+                    crate::certificate::Signed { body: certificate.statement.clone(), signer, signature };
+                self.send_to(from, Message::Checkpoint(vote));
+            }
+        }
         let behind_view = status.view < self.view || (status.view == self.view && !status.view_active);
         if self.view_active
             && behind_view

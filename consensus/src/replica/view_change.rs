@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{DropReason, Replica, Timer, remember_batch};
-use crate::certificate::Signed;
+use crate::certificate::{Signed, Statement};
 use crate::messages::{Batch, PrePrepare};
 use crate::safety::{SafetyRecord, SafetyWrite, view_change_digest};
 use crate::types::{Height, View};
@@ -105,9 +105,26 @@ impl Replica {
         if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
             return self.drop_message(DropReason::FutureView);
         }
+        // Signed under the key of the height above the sender's stable checkpoint: refused if
+        // that epoch is retired here (its keys may be in an attacker's hands). Its prepared
+        // certificates lie above that checkpoint, so they are in current epochs too.
+        if self.retired(view_change.body.key_height()) {
+            return self.drop_message(DropReason::RetiredEpoch);
+        }
         let newer = self.view_changes.get(&signer).is_none_or(|kept| kept.body.new_view < view);
         if !newer {
             return self.drop_message(DropReason::Duplicate);
+        }
+        // A verified view-change proves its sender's stable checkpoint: a replica that missed
+        // those checkpoint votes adopts it (otherwise it could not even verify view-changes
+        // signed above it once a key epoch ends there).
+        if let Some(checkpoint) = view_change.body.checkpoint.clone()
+            && checkpoint.statement.height > self.low
+        {
+            self.adopt_stable_checkpoint(checkpoint);
+            if view.0 <= self.view.0 && (view < self.view || self.view_active) {
+                return;
+            }
         }
         self.view_changes.insert(signer, view_change);
         self.join_if_f_plus_one_ahead();
@@ -138,13 +155,13 @@ impl Replica {
         if self.view_active || set.primary(view) != self.me {
             return;
         }
-        let view_changes: Vec<Signed<ViewChange>> = self
-            .view_changes
-            .values()
-            .filter(|vc| vc.body.new_view == view)
-            .take(set.quorum())
-            .cloned()
-            .collect();
+        // The view-changes with the highest stable checkpoints first: they are the likeliest to
+        // be in an epoch no backup has retired.
+        let mut view_changes: Vec<Signed<ViewChange>> =
+            self.view_changes.values().filter(|vc| vc.body.new_view == view).cloned().collect();
+        view_changes.sort_by_key(|vc| std::cmp::Reverse(vc.body.stable_height()));
+        view_changes.truncate(set.quorum());
+        view_changes.sort_by_key(|vc| vc.signer);
         if view_changes.len() < set.quorum() {
             return;
         }
@@ -168,6 +185,17 @@ impl Replica {
         }
         if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
             return self.drop_message(DropReason::FutureView);
+        }
+        // The primary of a view makes its new-view itself; one it did not make is forged (with a
+        // retired key) or stale.
+        if self.set_at(self.low.next()).primary(view) == self.me {
+            return self.drop_message(DropReason::ForeignNewView);
+        }
+        // The new-view and every view-change in it must be signed under epochs current here.
+        if self.retired(new_view.body.key_height())
+            || new_view.body.view_changes.iter().any(|vc| self.retired(vc.body.key_height()))
+        {
+            return self.drop_message(DropReason::RetiredEpoch);
         }
         // Verified: a quorum of view-changes for `view`, and exactly the prescribed
         // pre-prepares signed by its primary.

@@ -12,6 +12,7 @@
 //! signatures from honest replicas, validity of committed batches, and liveness after healing.
 //! The same seed gives the same trace hash.
 
+mod attacks;
 pub mod checker;
 pub mod rng;
 
@@ -51,6 +52,9 @@ pub enum Behavior {
     /// As primary, signs pre-prepares for batches with another proposer or view, or a
     /// timestamp far ahead of (or behind) the clocks.
     BadMetadata,
+    /// Runs honestly but lends its current key to the key-compromise attacker
+    /// ([`Scenario::key_compromise`]).
+    Colluder,
 }
 
 /// One simulation setup; a seed picks the concrete rates and schedule.
@@ -75,6 +79,10 @@ pub struct Scenario {
     /// Every this many ms a client asks for a key rotation (0: never); a third of them rotate
     /// the current primary.
     pub rotation_every_ms: u64,
+    /// An attacker holds every consensus key an honest validator has erased (a retired key
+    /// leaks), and the current keys of the `Colluder` validators. It forges view-changes and
+    /// new-views for the next views and sends them to every replica.
+    pub key_compromise: bool,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -149,6 +157,8 @@ pub struct Report {
     pub events: u64,
     /// Key rotations that took effect (epochs after genesis) in the checker's schedule.
     pub rotations: usize,
+    /// Forged messages the key-compromise attacker sent.
+    pub forgeries: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +260,12 @@ pub struct World {
     trace: blake3::Hasher,
     verify_cache: HashMap<[u8; 32], Option<VerifiedMessage>>,
     events: u64,
+    /// The highest stable checkpoint certificate any honest replica reached.
+    latest_stable: Option<tetrad_consensus::CheckpointCertificate>,
+    /// Validators whose genesis key an honest owner has erased (the attacker holds it).
+    leaked: std::collections::BTreeSet<u16>,
+    /// Forged view-changes and new-views the key-compromise attacker sent.
+    pub(crate) forgeries: u64,
 }
 
 fn validator_key(index: u16) -> SecretKey {
@@ -347,6 +363,9 @@ impl World {
             trace: blake3::Hasher::new(),
             verify_cache: HashMap::new(),
             events: 0,
+            latest_stable: None,
+            leaked: Default::default(),
+            forgeries: 0,
         };
         for id in 0..world.instances.len() {
             world.instances[id].schedule.set_horizon(horizon(Height::GENESIS));
@@ -424,6 +443,7 @@ impl World {
                 .sum(),
             events: self.events,
             rotations: self.schedule.epochs().len() - 1,
+            forgeries: self.forgeries,
         }
     }
 
@@ -537,6 +557,13 @@ impl World {
         }
         for certificate in &stable_checkpoints {
             self.checker.check_checkpoint(id, certificate);
+            let higher = self
+                .latest_stable
+                .as_ref()
+                .is_none_or(|latest| latest.statement.height < certificate.statement.height);
+            if self.instances[id].honest() && higher {
+                self.latest_stable = Some(certificate.clone());
+            }
         }
         for fetch in fetch_blocks {
             self.serve_blocks(id, fetch.peer, fetch.from, fetch.to);
@@ -738,6 +765,9 @@ impl World {
 
     fn client_tick(&mut self) {
         self.push(self.now + CLIENT_TICK_MS, Event::ClientTick);
+        if self.scenario.key_compromise && self.now % 100 < CLIENT_TICK_MS {
+            self.key_compromise_attack();
+        }
         // New requests arrive throughout the run, so progress is always possible.
         let arrivals = self.rng.range(1, 3);
         self.issued += arrivals;
