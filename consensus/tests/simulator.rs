@@ -31,6 +31,7 @@ fn scenario(name: &'static str, n: u16) -> Scenario {
         twins: Vec::new(),
         rotation_every_ms: 0,
         key_compromise: false,
+        isolated: None,
     }
 }
 
@@ -292,4 +293,26 @@ fn key_compromise_with_f_byzantine_n7() {
 fn assert_forgeries_sent(scenario: &Scenario) {
     let report = sim::run(scenario, 1);
     assert!(report.forgeries >= 10, "the attacker forged only {} messages", report.forgeries);
+}
+
+/// Hole 2: an honest replica is cut off for two and a half simulated minutes while a Byzantine
+/// replica that never votes in the normal case keeps the others changing views (far more than
+/// `views_ahead_max` of them). After the heal the cut-off replica is needed for every quorum;
+/// the new-view that is resent to it is its own proof and must be accepted at any distance.
+#[test]
+fn long_partition_with_view_churn_n4() {
+    let mut scenario = scenario("long-partition", 4);
+    scenario.chaos_ms = 150_000;
+    scenario.heal_ms = 12_000;
+    scenario.partitions = false;
+    scenario.crashes = false;
+    scenario.drop_max = 0.05;
+    scenario.isolated = Some(3);
+    scenario.byzantine = vec![(1, Behavior::ViewChurn)];
+    for (seed, report) in run_seeds("long_partition_with_view_churn_n4", &scenario, 2) {
+        assert!(report.view_changes > 4 * 64, "seed {seed}: only {} view changes", report.view_changes);
+        if let Some(violation) = &report.violation {
+            panic!("seed {seed}: {violation}\n{}", replay_line("long_partition_with_view_churn_n4", seed));
+        }
+    }
 }

@@ -36,7 +36,8 @@ pub struct ReplicaConfig {
     pub view_change_timeout_max_ms: u64,
     /// Period of status messages, retransmissions and state-transfer retries.
     pub status_interval_ms: u64,
-    /// Messages for views further ahead than this are dropped.
+    /// View-changes for views further ahead than this are dropped (a verified new-view is
+    /// accepted at any distance).
     pub views_ahead_max: u64,
     /// Most heights the primary keeps in flight (proposed but not committed).
     pub pipeline_max: u64,

@@ -664,3 +664,20 @@ fn a_primary_installs_only_its_own_new_view() {
     let _ = fixture.deliver(&mut primary, 2, Message::NewView(new_view));
     assert_eq!(primary.view(), View(0), "{}", primary.describe());
 }
+
+/// Hole 2: a verified new-view is its own proof and is installed however far ahead it is
+/// (a replica cut off while the others changed views many times rejoins through it).
+#[test]
+fn a_new_view_far_ahead_is_installed() {
+    let fixture = fixture();
+    let far = View(config().views_ahead_max * 3 + 2);
+    let primary = fixture.set().primary(far);
+    let view_changes: Vec<Signed<ViewChange>> = (0..N)
+        .filter(|signer| *signer != 3)
+        .map(|signer| fixture.sign(signer, ViewChange { new_view: far, checkpoint: None, prepared: vec![] }))
+        .collect();
+    let new_view = fixture.sign(primary.0, NewView { view: far, view_changes, pre_prepares: vec![] });
+    let mut backup = fixture.replica(3);
+    let _ = fixture.deliver(&mut backup, primary.0, Message::NewView(new_view));
+    assert_eq!((backup.view(), backup.view_active()), (far, true), "{}", backup.describe());
+}

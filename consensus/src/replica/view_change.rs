@@ -183,9 +183,9 @@ impl Replica {
         if view < self.view || (view == self.view && self.view_active) {
             return self.drop_message(DropReason::OldView);
         }
-        if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
-            return self.drop_message(DropReason::FutureView);
-        }
+        // No `views_ahead_max` here: a verified new-view is its own proof (a quorum's
+        // view-changes for its view), so it is accepted at any distance. A replica cut off while
+        // the others changed views more than `views_ahead_max` times rejoins through it.
         // The primary of a view makes its new-view itself; one it did not make is forged (with a
         // retired key) or stale.
         if self.set_at(self.low.next()).primary(view) == self.me {

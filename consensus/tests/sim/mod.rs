@@ -52,6 +52,9 @@ pub enum Behavior {
     /// As primary, signs pre-prepares for batches with another proposer or view, or a
     /// timestamp far ahead of (or behind) the clocks.
     BadMetadata,
+    /// Takes part in view changes but never in the normal case (no pre-prepare, prepare or
+    /// commit): without its votes the others cannot commit, so views keep changing.
+    ViewChurn,
     /// Runs honestly but lends its current key to the key-compromise attacker
     /// ([`Scenario::key_compromise`]).
     Colluder,
@@ -83,6 +86,9 @@ pub struct Scenario {
     /// leaks), and the current keys of the `Colluder` validators. It forges view-changes and
     /// new-views for the next views and sends them to every replica.
     pub key_compromise: bool,
+    /// An honest validator cut off from every other during the whole chaos phase (a long
+    /// partition), instead of random partitions.
+    pub isolated: Option<u16>,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -635,7 +641,14 @@ impl World {
     }
 
     fn reachable(&self, from: usize, to: usize) -> bool {
-        if self.healed || !self.scenario.partitions && self.scenario.twins.is_empty() {
+        if self.healed {
+            return true;
+        }
+        if let Some(isolated) = self.scenario.isolated {
+            let cut = |id: usize| self.instances[id].index.0 == isolated;
+            return cut(from) == cut(to);
+        }
+        if !self.scenario.partitions && self.scenario.twins.is_empty() {
             return true;
         }
         let (a, b) = (self.instances[from].group, self.instances[to].group);
@@ -744,6 +757,10 @@ impl World {
                 && self.reachable(s, id)
         });
         let Some(server) = server else { return };
+        // A view churner's commits would reach the others inside the certificates it serves.
+        if self.instances[server].behavior == Some(Behavior::ViewChurn) {
+            return;
+        }
         if !self.healed && self.rng.chance(self.drop_rate) {
             return;
         }
@@ -791,8 +808,10 @@ impl World {
         for id in 0..self.instances.len() {
             let Some(replica) = self.instances[id].replica.as_ref() else { continue };
             let instance = &self.instances[id];
+            // Bounded: when nothing commits for minutes, requests pile up by the ten thousand.
             let mut pending: Vec<u64> = (instance.first_uncommitted..self.issued)
                 .filter(|request| !instance.committed_requests.contains(request))
+                .take(REQUESTS_PER_BATCH_MAX * 64)
                 .collect();
             let mut rotations: Vec<u64> = self
                 .rotations
@@ -892,6 +911,12 @@ impl World {
                 self.boot(id);
             }
         }
+        if std::env::var_os("TETRAD_SIM_DEBUG").is_some() {
+            for instance in &self.instances {
+                let state = instance.replica.as_ref().map(Replica::describe).unwrap_or_default();
+                eprintln!("at heal {} ms: {}", self.now, &state[..state.len().min(200)]);
+            }
+        }
         let heights = self.heights();
         self.checker.healed(self.now, self.scenario.liveness_bound_ms, &heights);
     }
@@ -902,6 +927,10 @@ impl World {
         let me = self.instances[from].index;
         match (behavior, message) {
             (Behavior::Silent, _) => None,
+            (
+                Behavior::ViewChurn,
+                Message::PrePrepare { .. } | Message::Prepare(_) | Message::Commit(_) | Message::Batch { .. },
+            ) => None,
             (Behavior::Equivocate, Message::PrePrepare { pre_prepare, batch }) if to % 2 == 1 => {
                 let mut other = (**batch).clone();
                 other.timestamp_ms = other.timestamp_ms.wrapping_add(1 + to as u64);
