@@ -32,6 +32,7 @@ fn scenario(name: &'static str, n: u16) -> Scenario {
         rotation_every_ms: 0,
         key_compromise: false,
         isolated: None,
+        lose_kind: None,
     }
 }
 
@@ -315,4 +316,22 @@ fn long_partition_with_view_churn_n4() {
             panic!("seed {seed}: {violation}\n{}", replay_line("long_partition_with_view_churn_n4", seed));
         }
     }
+}
+
+/// Hole 3: 80% of checkpoint votes are lost during chaos. Votes are re-sent and a replica whose
+/// status shows a lower stable checkpoint is sent the certificate, so the window keeps moving.
+#[test]
+fn checkpoint_loss_n4() {
+    let mut scenario = scenario("checkpoint-loss", 4);
+    scenario.lose_kind = Some(("checkpoint", 0.8));
+    assert_safe_and_live("checkpoint_loss_n4", scenario, 6);
+}
+
+/// 80% of commits are lost during chaos: many heights are prepared but not committed when views
+/// change, so new-views must carry them over.
+#[test]
+fn commit_loss_n4() {
+    let mut scenario = scenario("commit-loss", 4);
+    scenario.lose_kind = Some(("commit", 0.8));
+    assert_safe_and_live("commit_loss_n4", scenario, 6);
 }

@@ -681,3 +681,35 @@ fn a_new_view_far_ahead_is_installed() {
     let _ = fixture.deliver(&mut backup, primary.0, Message::NewView(new_view));
     assert_eq!((backup.view(), backup.view_active()), (far, true), "{}", backup.describe());
 }
+
+/// Hole 3: a peer whose status shows a lower stable checkpoint is sent the certificate (its
+/// quorum of signed votes), which makes the peer's checkpoint stable too.
+#[test]
+fn a_lagging_peer_gets_the_stable_checkpoint_certificate() {
+    let rotated = rotated_at_k();
+    let mut ahead = rotated.replica(0);
+    let status = Message::Status(crate::wire::Status {
+        view: View(0),
+        view_active: true,
+        committed: Height(K),
+        stable: Height(0),
+    });
+    let actions = rotated.deliver(&mut ahead, 1, status);
+    let votes: Vec<Message> = actions
+        .send
+        .iter()
+        .filter(|out| out.to == Recipient::One(ValidatorIndex(1)))
+        .map(|out| out.message.clone())
+        .filter(|message| matches!(message, Message::Checkpoint(_)))
+        .collect();
+    assert_eq!(votes.len(), rotated.stable.signatures.len());
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let mut stable = Vec::new();
+    for vote in votes {
+        stable.extend(fixture.deliver(&mut behind, 0, vote).stable_checkpoints);
+    }
+    assert_eq!(stable.len(), 1);
+    assert_eq!(stable[0].statement, rotated.stable.statement);
+    assert_eq!(behind.low_watermark(), Height(K));
+}

@@ -89,6 +89,9 @@ pub struct Scenario {
     /// An honest validator cut off from every other during the whole chaos phase (a long
     /// partition), instead of random partitions.
     pub isolated: Option<u16>,
+    /// During chaos, messages of this kind ([`Message::kind`]) are lost with this probability
+    /// (on top of the general loss).
+    pub lose_kind: Option<(&'static str, f64)>,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -671,6 +674,13 @@ impl World {
             .collect();
         let behavior = self.instances[from].behavior;
         for target in targets {
+            if let Some((kind, rate)) = self.scenario.lose_kind
+                && !self.healed
+                && message.kind() == kind
+                && self.rng.chance(rate)
+            {
+                continue;
+            }
             let message = match behavior {
                 Some(behavior) => match self.corrupt(from, target, behavior, &message) {
                     Some(message) => message,
