@@ -335,3 +335,13 @@ fn commit_loss_n4() {
     scenario.lose_kind = Some(("commit", 0.8));
     assert_safe_and_live("commit_loss_n4", scenario, 6);
 }
+
+/// Hole 4: a Byzantine sync peer answers state-transfer requests with genuine blocks other than
+/// the ones asked for (far ahead, shifted) or with nothing; replicas keep only what they asked
+/// of that peer and catch up from the others.
+#[test]
+fn lying_sync_server_n4() {
+    let mut scenario = scenario("lying-sync", 4);
+    scenario.byzantine = vec![(2, Behavior::LyingSync)];
+    assert_safe_and_live("lying_sync_server_n4", scenario, 8);
+}

@@ -121,6 +121,42 @@ pub struct FetchBlocks {
     pub peer: ValidatorIndex,
 }
 
+/// This replica's execution disagrees with a quorum's certified checkpoint: a determinism bug,
+/// corrupted state, or a history that does not chain to the certificate. The replica has
+/// stopped for good (fail-stop): it signs, sends and delivers nothing more. The node must stop
+/// too, naming the height and both roots, and never serve its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    pub height: Height,
+    /// What a quorum certified at `height`.
+    pub certified: Checkpoint,
+    /// What this replica executed at `height`.
+    pub executed: Checkpoint,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this replica diverged at height {}: a quorum certified header {} with state root {}, but this node executed header {} with state root {}",
+            self.height,
+            self.certified.header_hash,
+            self.certified.state_root,
+            self.executed.header_hash,
+            self.executed.state_root,
+        )
+    }
+}
+
+/// Where committed blocks handed to the replica come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockSource {
+    /// A state-transfer answer from this peer: only blocks of a range asked of it are kept.
+    Peer(ValidatorIndex),
+    /// This node's own store (blocks it executed before the replica knew them).
+    OwnStore,
+}
+
 /// What one call to [`Replica::handle`] asks the driver to do, in this order: make `persist`
 /// durable, then send `send_after_persist`; `send` may go at once. Execute `committed` in
 /// order and report each with [`Input::Executed`].
@@ -134,6 +170,8 @@ pub struct Actions {
     pub stable_checkpoints: Vec<CheckpointCertificate>,
     pub timers: Vec<TimerAction>,
     pub fetch_blocks: Vec<FetchBlocks>,
+    /// Set once, when the replica finds that it diverged; it has stopped. The node exits.
+    pub diverged: Option<Divergence>,
 }
 
 impl Actions {
@@ -166,8 +204,12 @@ pub enum Input {
         header_hash: Digest,
         state_root: Digest,
     },
-    /// Committed blocks from a peer, certificates verified.
-    Blocks(Vec<VerifiedBlock>),
+    /// Committed blocks, certificates verified, from a peer's state-transfer answer or the
+    /// node's own store.
+    Blocks {
+        source: BlockSource,
+        blocks: Vec<VerifiedBlock>,
+    },
     /// The validator schedule changed (a rotation was executed) or its horizon moved.
     Schedule(Arc<ValidatorSchedule>),
     /// This validator's next consensus key, which signs heights from `from` on.
@@ -197,6 +239,8 @@ pub enum DropReason {
     StaleCheckpoint,
     CheckpointMismatch,
     UnwantedBatch,
+    /// A state-transfer block outside the heights asked of its sender, or beyond the buffer.
+    UnwantedBlock,
     NoKey,
     /// Signed under a key epoch that ended at or below this replica's stable checkpoint (its
     /// keys are retired and may have leaked).
@@ -211,7 +255,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::OldView,
         DropReason::FutureView,
         DropReason::ViewChanging,
@@ -223,6 +267,7 @@ impl DropReason {
         DropReason::StaleCheckpoint,
         DropReason::CheckpointMismatch,
         DropReason::UnwantedBatch,
+        DropReason::UnwantedBlock,
         DropReason::NoKey,
         DropReason::RetiredEpoch,
         DropReason::ForeignNewView,
@@ -244,6 +289,7 @@ impl DropReason {
             DropReason::StaleCheckpoint => "stale_checkpoint",
             DropReason::CheckpointMismatch => "checkpoint_mismatch",
             DropReason::UnwantedBatch => "unwanted_batch",
+            DropReason::UnwantedBlock => "unwanted_block",
             DropReason::NoKey => "no_key_for_height",
             DropReason::RetiredEpoch => "retired_key_epoch",
             DropReason::ForeignNewView => "foreign_new_view",
@@ -337,6 +383,10 @@ pub struct Replica {
     committed_at_last_tick: Height,
     /// Blocks from state transfer above the next height, waiting for the gap to fill.
     transfer_buffer: BTreeMap<Height, VerifiedBlock>,
+    /// The heights last asked of each peer (state transfer): its answers are kept only within.
+    fetching: BTreeMap<ValidatorIndex, (Height, Height)>,
+    /// Set when this replica found that it diverged: it handles nothing any more.
+    halted: Option<Divergence>,
     /// Rotates the peer asked for blocks.
     fetch_rotation: u16,
 
@@ -386,6 +436,8 @@ impl Replica {
             peers: BTreeMap::new(),
             committed_at_last_tick: committed,
             transfer_buffer: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            halted: None,
             fetch_rotation: me.0,
             counters: Counters::default(),
             actions: Actions::default(),
@@ -449,6 +501,10 @@ impl Replica {
 
     /// Handles one input at time `now_ms` (milliseconds on any monotonic clock).
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Actions {
+        if self.halted.is_some() {
+            // Fail-stop: a diverged replica signs, sends and delivers nothing.
+            return Actions::default();
+        }
         self.now_ms = self.now_ms.max(now_ms);
         match input {
             Input::Message { from, message } => self.on_message(from, message.into_message()),
@@ -461,7 +517,7 @@ impl Replica {
             Input::Executed { height, header_hash, state_root } => {
                 self.on_executed(height, header_hash, state_root)
             }
-            Input::Blocks(blocks) => self.on_blocks(blocks),
+            Input::Blocks { source, blocks } => self.on_blocks(source, blocks),
             Input::Schedule(schedule) => self.schedule = schedule,
             Input::AddKey { from, key } => {
                 if self.keys.iter().all(|(first, _)| *first < from) {
@@ -470,7 +526,26 @@ impl Replica {
             }
             Input::WallClock { unix_ms } => self.wall_clock_ms = Some(unix_ms),
         }
+        if self.halted.is_some() {
+            // Nothing this call produced may leave: it was computed from a diverged state.
+            let diverged = self.actions.diverged.take();
+            self.actions = Actions { diverged, ..Actions::default() };
+        }
         std::mem::take(&mut self.actions)
+    }
+
+    /// Stops this replica for good: its execution disagrees with a certified checkpoint.
+    fn diverge(&mut self, height: Height, certified: Checkpoint, executed: Checkpoint) {
+        if self.halted.is_none() {
+            let divergence = Divergence { height, certified, executed };
+            self.halted = Some(divergence.clone());
+            self.actions.diverged = Some(divergence);
+        }
+    }
+
+    /// The divergence that stopped this replica, if any.
+    pub fn diverged(&self) -> Option<&Divergence> {
+        self.halted.as_ref()
     }
 
     fn on_message(&mut self, from: ValidatorIndex, message: Message) {

@@ -9,7 +9,7 @@ use crate::safety::{KeyValueOp, SafetyRecord, SafetyWrite, restore};
 use crate::types::{Digest, Height, ValidatorIndex, View};
 use crate::validators::{ValidatorSchedule, ValidatorSet};
 use crate::view_messages::{NewView, ViewChange, reproposals};
-use crate::wire::{Message, verify};
+use crate::wire::{Message, VerifiedBlock, verify};
 
 const N: u16 = 4;
 const WINDOW: u64 = 8;
@@ -712,4 +712,162 @@ fn a_lagging_peer_gets_the_stable_checkpoint_certificate() {
     assert_eq!(stable.len(), 1);
     assert_eq!(stable[0].statement, rotated.stable.statement);
     assert_eq!(behind.low_watermark(), Height(K));
+}
+
+/// Hole 8: a replica whose own checkpoint disagrees with a quorum's stops for good, naming the
+/// height and both roots, and sends nothing from then on.
+#[test]
+fn a_replica_whose_checkpoint_disagrees_with_a_quorum_stops() {
+    let fixture = fixture();
+    let mut backup = fixture.replica(1);
+    for height in 1..=K {
+        let (message, digest, _) = fixture.pre_prepare(0, height, format!("tx{height}").as_bytes());
+        let _ = fixture.deliver(&mut backup, 0, message);
+        for signer in [0, 2, 3] {
+            let _ = fixture.deliver(&mut backup, signer, commit_message(&fixture, signer, height, digest));
+        }
+    }
+    let mine =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"mine"), state_root: Digest::of(b"a") };
+    let _ = backup.handle(
+        20,
+        Input::Executed { height: Height(1), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+    );
+    let _ = backup.handle(
+        20,
+        Input::Executed { height: Height(K), header_hash: mine.header_hash, state_root: mine.state_root },
+    );
+    let quorum =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"theirs"), state_root: Digest::of(b"b") };
+    let mut last = Actions::default();
+    for signer in [0, 2, 3] {
+        last =
+            fixture.deliver(&mut backup, signer, Message::Checkpoint(fixture.sign(signer, quorum.clone())));
+    }
+    let expected = Divergence { height: Height(K), certified: quorum, executed: mine };
+    assert_eq!(last, Actions { diverged: Some(expected.clone()), ..Actions::default() });
+    assert_eq!(backup.diverged(), Some(&expected));
+    let text = expected.to_string();
+    assert!(
+        text.contains(&expected.certified.state_root.to_hex())
+            && text.contains(&expected.executed.state_root.to_hex())
+    );
+    // Stopped: a status tick, a pre-prepare, nothing makes it act.
+    assert!(backup.handle(10_000, Input::Timer(Timer::Status)).is_empty());
+    let (message, _, _) = fixture.pre_prepare(0, K + 1, b"more");
+    assert!(fixture.deliver(&mut backup, 0, message).is_empty());
+}
+
+/// Hole 8: a replica that adopted a certified checkpoint and then reached that height by state
+/// transfer compares the state it executed with the certificate.
+#[test]
+fn a_replica_that_transferred_to_a_checkpoint_checks_the_state_it_reached() {
+    let fixture = fixture();
+    let certified =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"r") };
+    let votes: Vec<_> = [0, 2, 3].iter().map(|signer| fixture.sign(*signer, certified.clone())).collect();
+    let certificate = Certificate::from_votes(certified.clone(), &votes);
+    let mut behind = fixture.replica(1);
+    for vote in votes {
+        let _ = fixture.deliver(&mut behind, 0, Message::Checkpoint(vote));
+    }
+    assert_eq!(behind.stable_checkpoint(), Some(&certificate));
+    // The blocks it fetched were committed by a quorum, but its execution ends elsewhere.
+    for height in 1..=K {
+        let batch = Arc::new(Batch::empty(View(0), ValidatorIndex(0)));
+        let statement = Commit { view: View(0), height: Height(height), digest: batch.digest() };
+        let commits: Vec<_> =
+            [0, 2, 3].iter().map(|signer| fixture.sign(*signer, statement.clone())).collect();
+        let block =
+            VerifiedBlock::verify(batch, Certificate::from_votes(statement, &commits), &fixture.schedule)
+                .expect("verifies");
+        let _ = behind
+            .handle(20, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(2)), blocks: vec![block] });
+    }
+    assert_eq!(behind.committed(), Height(K), "{}", behind.describe());
+    let _ = behind.handle(
+        30,
+        Input::Executed { height: Height(1), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+    );
+    let executed =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"other") };
+    let actions = behind.handle(
+        30,
+        Input::Executed {
+            height: Height(K),
+            header_hash: executed.header_hash,
+            state_root: executed.state_root,
+        },
+    );
+    assert_eq!(actions.diverged, Some(Divergence { height: Height(K), certified, executed }));
+}
+
+fn committed_block(fixture: &Fixture, height: u64) -> VerifiedBlock {
+    let batch = Arc::new(Batch {
+        view: View(0),
+        proposer: ValidatorIndex(0),
+        timestamp_ms: height,
+        payload: vec![1],
+    });
+    let statement = Commit { view: View(0), height: Height(height), digest: batch.digest() };
+    let commits: Vec<_> = [0, 2, 3].iter().map(|signer| fixture.sign(*signer, statement.clone())).collect();
+    VerifiedBlock::verify(batch, Certificate::from_votes(statement, &commits), &fixture.schedule)
+        .expect("verifies")
+}
+
+/// Hole 4: a state-transfer answer is kept only within the heights asked of its sender; a
+/// Byzantine peer's far-ahead genuine blocks cannot fill the buffer and starve the next height.
+#[test]
+fn state_transfer_keeps_only_the_requested_range_of_the_asked_peer() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    // Peer 2 says it has committed far more; at the next stalled status tick it is asked.
+    let status = Message::Status(crate::wire::Status {
+        view: View(0),
+        view_active: true,
+        committed: Height(5000),
+        stable: Height(0),
+    });
+    let _ = fixture.deliver(&mut behind, 2, status);
+    let actions = behind.handle(10_000, Input::Timer(Timer::Status));
+    assert_eq!(
+        actions.fetch_blocks,
+        vec![FetchBlocks { from: Height(1), to: Height(FETCH_HEIGHTS_MAX), peer: ValidatorIndex(2) }]
+    );
+    // Peer 3 (never asked) and peer 2 (outside the range) serve far-ahead genuine blocks.
+    let far: Vec<VerifiedBlock> = (FETCH_HEIGHTS_MAX + 1..=FETCH_HEIGHTS_MAX + TRANSFER_BUFFER_MAX as u64)
+        .map(|h| committed_block(&fixture, h))
+        .collect();
+    let _ = behind
+        .handle(10_001, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(3)), blocks: far.clone() });
+    let _ =
+        behind.handle(10_001, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(2)), blocks: far });
+    assert_eq!(dropped(&behind, DropReason::UnwantedBlock), 2 * TRANSFER_BUFFER_MAX as u64);
+    // The asked-for height still gets in and is delivered.
+    let actions = behind.handle(
+        10_002,
+        Input::Blocks {
+            source: BlockSource::Peer(ValidatorIndex(2)),
+            blocks: vec![committed_block(&fixture, 1)],
+        },
+    );
+    assert_eq!(actions.committed.len(), 1, "{}", behind.describe());
+}
+
+/// Hole 4: when the buffer is full, the highest blocks make way for lower ones.
+#[test]
+fn a_full_transfer_buffer_makes_way_for_lower_heights() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let far: Vec<VerifiedBlock> =
+        (3..3 + TRANSFER_BUFFER_MAX as u64).map(|h| committed_block(&fixture, h)).collect();
+    let _ = behind.handle(1, Input::Blocks { source: BlockSource::OwnStore, blocks: far });
+    let actions = behind.handle(
+        2,
+        Input::Blocks {
+            source: BlockSource::OwnStore,
+            blocks: vec![committed_block(&fixture, 1), committed_block(&fixture, 2)],
+        },
+    );
+    assert_eq!(actions.committed.len(), TRANSFER_BUFFER_MAX, "{}", behind.describe());
 }

@@ -159,22 +159,40 @@ impl Replica {
         let from = self.committed.next();
         let to = Height(target.0.min(from.0 + FETCH_HEIGHTS_MAX - 1));
         self.counters.state_transfers += 1;
+        self.fetching.insert(peer, (from, to));
         self.actions.fetch_blocks.push(FetchBlocks { from, to, peer });
     }
 
-    /// Committed blocks from a peer (certificates verified): delivered in order; blocks above
-    /// the next height wait in a bounded buffer.
-    pub(super) fn on_blocks(&mut self, blocks: Vec<VerifiedBlock>) {
+    /// Committed blocks (certificates verified): delivered in order; blocks above the next
+    /// height wait in a bounded buffer. A peer's answer is kept only within the heights last
+    /// asked of that peer; when the buffer is full, the highest blocks make way for lower ones
+    /// (a peer serving far-ahead blocks cannot crowd out the next height).
+    pub(super) fn on_blocks(&mut self, source: super::BlockSource, blocks: Vec<VerifiedBlock>) {
+        let asked = match source {
+            super::BlockSource::Peer(peer) => self.fetching.get(&peer).copied(),
+            super::BlockSource::OwnStore => Some((Height::GENESIS, Height(u64::MAX))),
+        };
         for block in blocks {
             let height = block.height();
             if height <= self.committed {
                 continue;
             }
+            if asked.is_none_or(|(from, to)| height < from || height > to) {
+                self.drop_message(DropReason::UnwantedBlock);
+                continue;
+            }
             if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX
                 && !self.transfer_buffer.contains_key(&height)
             {
-                self.drop_message(DropReason::OutsideWindow);
-                continue;
+                match self.transfer_buffer.last_key_value().map(|(highest, _)| *highest) {
+                    Some(highest) if highest > height => {
+                        self.transfer_buffer.remove(&highest);
+                    }
+                    _ => {
+                        self.drop_message(DropReason::UnwantedBlock);
+                        continue;
+                    }
+                }
             }
             self.transfer_buffer.insert(height, block);
         }

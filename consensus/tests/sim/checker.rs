@@ -51,7 +51,7 @@ impl Checker {
         self.violation.as_deref()
     }
 
-    fn fail(&mut self, message: String) {
+    pub fn fail(&mut self, message: String) {
         if self.violation.is_none() {
             self.violation = Some(message);
         }

@@ -25,8 +25,9 @@ use tetrad_consensus::safety::{KeyValueOp, restore};
 use tetrad_consensus::view_messages::{PreparedCertificate, ViewChange};
 use tetrad_consensus::wire::{Message, VerifiedBlock, VerifiedMessage, verify};
 use tetrad_consensus::{
-    Actions, Batch, CommitCertificate, Digest, Height, Input, PrePrepare, Prepare, Recipient, Replica,
-    ReplicaConfig, SecretKey, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, ValidatorSet, View,
+    Actions, Batch, BlockSource, CommitCertificate, Digest, Height, Input, PrePrepare, Prepare, Recipient,
+    Replica, ReplicaConfig, SecretKey, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, ValidatorSet,
+    View,
 };
 
 use checker::Checker;
@@ -55,6 +56,8 @@ pub enum Behavior {
     /// Takes part in view changes but never in the normal case (no pre-prepare, prepare or
     /// commit): without its votes the others cannot commit, so views keep changing.
     ViewChurn,
+    /// Serves genuine blocks other than the ones asked for (far ahead, shifted), or none.
+    LyingSync,
     /// Runs honestly but lends its current key to the key-compromise attacker
     /// ([`Scenario::key_compromise`]).
     Colluder,
@@ -215,7 +218,7 @@ impl Instance {
 enum Event {
     Deliver { to: usize, from: usize, bytes: Arc<Vec<u8>> },
     Timer { instance: usize, epoch: u64, timer: Timer },
-    Blocks { to: usize, epoch: u64, blocks: Vec<Block> },
+    Blocks { to: usize, epoch: u64, from: ValidatorIndex, blocks: Vec<Block> },
     ClientTick,
     FaultTick,
     Restart { instance: usize },
@@ -477,7 +480,7 @@ impl World {
                 self.trace.update(&(instance as u64).to_le_bytes());
                 self.handle(instance, Input::Timer(timer));
             }
-            Event::Blocks { to, epoch, blocks } => {
+            Event::Blocks { to, epoch, from, blocks } => {
                 if self.instances[to].epoch != epoch || self.instances[to].replica.is_none() {
                     return;
                 }
@@ -490,7 +493,7 @@ impl World {
                     .collect();
                 self.trace.update(&[3]);
                 self.trace.update(&(verified.len() as u64).to_le_bytes());
-                self.handle(to, Input::Blocks(verified));
+                self.handle(to, Input::Blocks { source: BlockSource::Peer(from), blocks: verified });
             }
             Event::ClientTick => self.client_tick(),
             Event::FaultTick => self.fault_tick(),
@@ -530,7 +533,14 @@ impl World {
             stable_checkpoints,
             timers,
             fetch_blocks,
+            diverged,
         } = actions;
+        // The simulated execution is deterministic: an honest replica never diverges.
+        if let Some(divergence) = diverged
+            && self.instances[id].honest()
+        {
+            self.checker.fail(format!("instance {id}: {divergence}"));
+        }
         for write in &persist {
             for op in write.to_ops() {
                 match op {
@@ -778,6 +788,16 @@ impl World {
         let start = (from.0.max(1) - 1) as usize;
         let end = (to.0 as usize).min(chain.len());
         let mut blocks: Vec<Block> = if start < end { chain[start..end].to_vec() } else { Vec::new() };
+        if self.instances[server].behavior == Some(Behavior::LyingSync) {
+            // Genuine blocks, but not the ones asked for: far ahead, shifted, or none at all.
+            let length = chain.len();
+            blocks = match self.rng.range(0, 2) {
+                0 => chain[end.min(length)..length.min(end + 300)].to_vec(),
+                1 => chain[start.saturating_sub(8)..end.saturating_sub(8).max(start.saturating_sub(8))]
+                    .to_vec(),
+                _ => Vec::new(),
+            };
+        }
         if self.instances[server].behavior == Some(Behavior::Forge) {
             for block in &mut blocks {
                 let mut batch = (*block.batch).clone();
@@ -787,7 +807,7 @@ impl World {
         }
         let epoch = self.instances[id].epoch;
         let delay = self.rng.range(1, self.scenario.delay_max_ms * 2);
-        self.push(self.now + delay, Event::Blocks { to: id, epoch, blocks });
+        self.push(self.now + delay, Event::Blocks { to: id, epoch, from: peer, blocks });
     }
 
     fn client_tick(&mut self) {
