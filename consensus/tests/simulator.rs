@@ -345,3 +345,52 @@ fn lying_sync_server_n4() {
     scenario.byzantine = vec![(2, Behavior::LyingSync)];
     assert_safe_and_live("lying_sync_server_n4", scenario, 8);
 }
+
+#[test]
+fn lossy_network_n5() {
+    assert_safe_and_live("lossy_network_n5", scenario("lossy", 5), 4);
+}
+
+#[test]
+fn lossy_network_n6() {
+    assert_safe_and_live("lossy_network_n6", scenario("lossy", 6), 4);
+}
+
+#[test]
+fn byzantine_n10() {
+    let mut scenario = scenario("byzantine-n10", 10);
+    scenario.byzantine = vec![(0, Behavior::Equivocate), (4, Behavior::DoubleVote), (7, Behavior::Forge)];
+    assert_safe_and_live("byzantine_n10", scenario, 1);
+}
+
+/// The primary of the next view is silent: the first view change lands on it.
+#[test]
+fn silent_next_primary_n4() {
+    let mut scenario = scenario("silent-next", 4);
+    scenario.byzantine = vec![(1, Behavior::Silent)];
+    assert_safe_and_live("silent_next_primary_n4", scenario, 8);
+}
+
+/// Two consecutive primaries are silent (f = 2): two view changes in a row must fail over.
+#[test]
+fn two_silent_consecutive_primaries_n7() {
+    let mut scenario = scenario("two-silent", 7);
+    scenario.byzantine = vec![(1, Behavior::Silent), (2, Behavior::Silent)];
+    assert_safe_and_live("two_silent_consecutive_primaries_n7", scenario, 4);
+}
+
+/// Negative control for liveness: f + 1 silent validators stop the chain, and the liveness
+/// check must say so (this proves it can fail).
+#[test]
+fn negative_control_f_plus_one_silent_stalls() {
+    let mut scenario = scenario("negative-control-liveness", 4);
+    scenario.byzantine = vec![(1, Behavior::Silent), (2, Behavior::Silent)];
+    let reports = run_seeds("negative_control_f_plus_one_silent_stalls", &scenario, 3);
+    for (seed, report) in reports {
+        assert!(
+            report.violation.as_deref().is_some_and(|v| v.starts_with("liveness")),
+            "seed {seed}: f + 1 silent validators and no liveness violation: {:?}",
+            report.violation
+        );
+    }
+}
