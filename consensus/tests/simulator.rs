@@ -33,6 +33,7 @@ fn scenario(name: &'static str, n: u16) -> Scenario {
         key_compromise: false,
         isolated: None,
         lose_kind: None,
+        amnesia_counted_honest: false,
     }
 }
 
@@ -393,4 +394,32 @@ fn negative_control_f_plus_one_silent_stalls() {
             report.violation
         );
     }
+}
+
+/// A validator crashes again and again and restarts with its safety records lost (a wiped
+/// disk), counted among the f faulty: the others stay safe and live.
+#[test]
+fn amnesia_n4() {
+    let mut scenario = scenario("amnesia", 4);
+    scenario.byzantine = vec![(0, Behavior::Amnesia)];
+    assert_safe_and_live("amnesia_n4", scenario, 8);
+}
+
+/// Negative control for the double-sign invariant: the same amnesiac, but the checker holds it
+/// to the honest rules. Some seed must report that it signed twice (this proves the invariant
+/// can fail).
+#[test]
+fn negative_control_amnesia_counted_honest_double_signs() {
+    let mut scenario = scenario("negative-control-amnesia", 4);
+    scenario.byzantine = vec![(0, Behavior::Amnesia)];
+    scenario.amnesia_counted_honest = true;
+    let reports = run_seeds("negative_control_amnesia_counted_honest_double_signs", &scenario, 8);
+    let double_signed = reports.iter().find(|(_, report)| {
+        report.violation.as_deref().is_some_and(|v| v.contains("signed two") || v.contains("sent two"))
+    });
+    assert!(
+        double_signed.is_some(),
+        "no seed caught the amnesiac signing twice: {:?}",
+        reports.iter().map(|(_, report)| report.violation.clone()).collect::<Vec<_>>()
+    );
 }

@@ -58,6 +58,9 @@ pub enum Behavior {
     ViewChurn,
     /// Serves genuine blocks other than the ones asked for (far ahead, shifted), or none.
     LyingSync,
+    /// Runs honestly, but crashes often and restarts with its safety records lost (its chain
+    /// kept): it may sign twice. Counted among the f faulty validators.
+    Amnesia,
     /// Runs honestly but lends its current key to the key-compromise attacker
     /// ([`Scenario::key_compromise`]).
     Colluder,
@@ -92,6 +95,9 @@ pub struct Scenario {
     /// An honest validator cut off from every other during the whole chaos phase (a long
     /// partition), instead of random partitions.
     pub isolated: Option<u16>,
+    /// Negative control: the checker treats `Amnesia` validators as honest (it must then find
+    /// them signing twice).
+    pub amnesia_counted_honest: bool,
     /// During chaos, messages of this kind ([`Message::kind`]) are lost with this probability
     /// (on top of the general loss).
     pub lose_kind: Option<(&'static str, f64)>,
@@ -203,11 +209,13 @@ struct Instance {
     keys: Vec<(Height, SecretKey)>,
     /// This machine's clock skew (ms).
     clock_skew_ms: i64,
+    /// The checker holds this instance to the honest invariants despite its behaviour.
+    counted_honest: bool,
 }
 
 impl Instance {
     fn honest(&self) -> bool {
-        self.behavior.is_none() && !self.twin
+        (self.behavior.is_none() || self.counted_honest) && !self.twin
     }
 
     fn height(&self) -> u64 {
@@ -342,6 +350,7 @@ impl World {
                     state: genesis,
                     behavior,
                     twin: copies == 2,
+                    counted_honest: behavior == Some(Behavior::Amnesia) && scenario.amnesia_counted_honest,
                     group: copy,
                     committed_requests: HashSet::new(),
                     first_uncommitted: 0,
@@ -396,6 +405,9 @@ impl World {
 
     /// Starts (or restarts) an instance from its persisted safety records and chain.
     fn boot(&mut self, id: usize) {
+        if self.instances[id].behavior == Some(Behavior::Amnesia) {
+            self.instances[id].store.clear();
+        }
         let instance = &self.instances[id];
         let restored = restore(instance.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
             .expect("records decode");
@@ -886,6 +898,15 @@ impl World {
         self.push(next, Event::FaultTick);
         if self.scenario.partitions || !self.scenario.twins.is_empty() {
             self.repartition();
+        }
+        // Amnesiacs crash at half the fault ticks (and forget their safety records).
+        for id in 0..self.instances.len() {
+            if self.instances[id].behavior == Some(Behavior::Amnesia)
+                && self.instances[id].replica.is_some()
+                && self.rng.chance(0.5)
+            {
+                self.crash(id);
+            }
         }
         if self.scenario.crashes && self.rng.chance(0.3) {
             let alive: Vec<usize> = (0..self.instances.len())
