@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tetrad_consensus::certificate::Signed;
-use tetrad_consensus::view_messages::{NewView, ViewChange, reproposals};
+use tetrad_consensus::view_messages::{NewView, PreparedCertificate, ViewChange, reproposals};
 use tetrad_consensus::wire::Message;
 use tetrad_consensus::{Height, PrePrepare, ValidatorIndex, View};
 
@@ -107,5 +107,103 @@ impl World {
                 }
             }
         }
+    }
+}
+
+impl World {
+    /// Keeps the view-changes a Byzantine instance receives (alone and inside new-views).
+    pub(super) fn remember_view_changes(&mut self, id: usize, message: &Message) {
+        let view_changes: Vec<Signed<ViewChange>> = match message {
+            Message::ViewChange(view_change) => vec![view_change.clone()],
+            Message::NewView(new_view) => new_view.body.view_changes.clone(),
+            _ => return,
+        };
+        let seen = &mut self.instances[id].seen_view_changes;
+        for view_change in view_changes {
+            seen.insert((view_change.body.new_view.0, view_change.signer.0), view_change);
+        }
+        // Bounded: only the latest views matter.
+        while seen.len() > 256 {
+            seen.pop_first();
+        }
+    }
+
+    /// The Byzantine instance's own view-change with its prepared certificates replaced by real
+    /// but stale ones: per height, the lowest view it has seen, preferring a digest that a later
+    /// view replaced.
+    pub(super) fn stale_view_change(&mut self, from: usize, view_change: &Signed<ViewChange>) -> Message {
+        let instance = &self.instances[from];
+        let stable = view_change.body.stable_height();
+        let high = Height(stable.0 + super::WINDOW);
+        let mut by_height: std::collections::BTreeMap<Height, Vec<PreparedCertificate>> = Default::default();
+        let own = view_change.body.prepared.iter();
+        let seen = instance.seen_view_changes.values().flat_map(|vc| vc.body.prepared.iter());
+        for certificate in own.chain(seen) {
+            let height = certificate.height();
+            if height > stable && height <= high && certificate.view() < view_change.body.new_view {
+                by_height.entry(height).or_default().push(certificate.clone());
+            }
+        }
+        let mut prepared = Vec::new();
+        for (_, mut certificates) in by_height {
+            certificates.sort_by_key(|certificate| certificate.view());
+            let newest = certificates[certificates.len() - 1].digest();
+            let replaced = certificates.iter().find(|certificate| certificate.digest() != newest);
+            prepared.push(replaced.unwrap_or(&certificates[0]).clone());
+        }
+        let body = ViewChange { prepared, ..view_change.body.clone() };
+        let key_height = body.stable_height().next();
+        let key =
+            instance.keys.iter().rev().find(|(first, _)| *first <= key_height).map(|(_, key)| key.clone());
+        match key {
+            Some(key) => {
+                Message::ViewChange(Signed::sign(body, instance.index, &key, self.schedule.at(key_height)))
+            }
+            None => Message::ViewChange(view_change.clone()),
+        }
+    }
+
+    /// A valid new-view for backup `to`, built from a quorum of real view-changes chosen by `to`
+    /// (so different backups get different new-views).
+    pub(super) fn split_new_view(&mut self, from: usize, to: usize, new_view: &Signed<NewView>) -> Message {
+        let instance = &self.instances[from];
+        let view = new_view.body.view;
+        let mut candidates: Vec<Signed<ViewChange>> = instance
+            .seen_view_changes
+            .range((view.0, 0)..=(view.0, u16::MAX))
+            .map(|(_, vc)| vc.clone())
+            .collect();
+        for view_change in &new_view.body.view_changes {
+            if !candidates.iter().any(|vc| vc.signer == view_change.signer) {
+                candidates.push(view_change.clone());
+            }
+        }
+        candidates.sort_by_key(|vc| vc.signer);
+        let quorum = new_view.body.view_changes.len();
+        if candidates.len() <= quorum {
+            return Message::NewView(new_view.clone());
+        }
+        let offset = to % candidates.len();
+        let mut chosen: Vec<Signed<ViewChange>> =
+            (0..quorum).map(|i| candidates[(offset + i) % candidates.len()].clone()).collect();
+        chosen.sort_by_key(|vc| vc.signer);
+        let me = instance.index;
+        let key_for = |height: Height| {
+            instance.keys.iter().rev().find(|(first, _)| *first <= height).map(|(_, key)| key.clone())
+        };
+        let mut pre_prepares = Vec::new();
+        for (height, digest) in reproposals(view, me, &chosen) {
+            let Some(key) = key_for(height) else { return Message::NewView(new_view.clone()) };
+            pre_prepares.push(Signed::sign(
+                PrePrepare { view, height, digest },
+                me,
+                &key,
+                self.schedule.at(height),
+            ));
+        }
+        let (min_s, _) = tetrad_consensus::view_messages::reproposal_range(&chosen);
+        let Some(key) = key_for(min_s.next()) else { return Message::NewView(new_view.clone()) };
+        let body = NewView { view, view_changes: chosen, pre_prepares };
+        Message::NewView(Signed::sign(body, me, &key, self.schedule.at(min_s.next())))
     }
 }

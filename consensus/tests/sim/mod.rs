@@ -61,6 +61,18 @@ pub enum Behavior {
     /// Runs honestly, but crashes often and restarts with its safety records lost (its chain
     /// kept): it may sign twice. Counted among the f faulty validators.
     Amnesia,
+    /// Its view-changes carry real but stale prepared certificates: at each height the lowest
+    /// view it has seen, preferring a digest that a later view replaced.
+    StaleCertificates,
+    /// As a new primary, withholds its new-view.
+    WithholdNewView,
+    /// As a new primary, sends different valid new-views (built from different quorums of
+    /// real view-changes) to different backups.
+    SplitNewView,
+    /// As primary, withholds its pre-prepares from every other backup.
+    WithholdPrePrepares,
+    /// As primary, delays its pre-prepares to just under the view-change timeout.
+    DelayPrePrepares,
     /// Runs honestly but lends its current key to the key-compromise attacker
     /// ([`Scenario::key_compromise`]).
     Colluder,
@@ -211,6 +223,9 @@ struct Instance {
     clock_skew_ms: i64,
     /// The checker holds this instance to the honest invariants despite its behaviour.
     counted_honest: bool,
+    /// View-changes this (Byzantine) instance received, by (view, signer), for adversaries
+    /// that rebuild new-views or dig out stale certificates.
+    seen_view_changes: BTreeMap<(u64, u16), Signed<ViewChange>>,
 }
 
 impl Instance {
@@ -351,6 +366,7 @@ impl World {
                     behavior,
                     twin: copies == 2,
                     counted_honest: behavior == Some(Behavior::Amnesia) && scenario.amnesia_counted_honest,
+                    seen_view_changes: BTreeMap::new(),
                     group: copy,
                     committed_requests: HashSet::new(),
                     first_uncommitted: 0,
@@ -362,7 +378,14 @@ impl World {
                 });
             }
         }
-        let checker = Checker::new(schedule.clone(), instances.iter().map(Instance::honest).collect());
+        let honest_validators: Vec<bool> = (0..n)
+            .map(|index| instances.iter().filter(|i| i.index.0 == index).all(Instance::honest))
+            .collect();
+        let checker = Checker::new(
+            schedule.clone(),
+            instances.iter().map(Instance::honest).collect(),
+            honest_validators,
+        );
         let mut world = World {
             scenario,
             rng,
@@ -711,6 +734,11 @@ impl World {
                 None => message.clone(),
             };
             let bytes = Arc::new(message.encode());
+            if behavior == Some(Behavior::DelayPrePrepares) && matches!(message, Message::PrePrepare { .. }) {
+                // Just under the view-change timeout: slow, but never slow enough to be replaced.
+                self.transmit_after(from, target, bytes, VIEW_CHANGE_TIMEOUT_MS * 9 / 10);
+                continue;
+            }
             self.transmit(from, target, bytes);
             if let Some(behavior) = behavior {
                 self.misbehave(from, target, behavior);
@@ -720,6 +748,11 @@ impl World {
 
     /// Puts bytes on the wire: maybe dropped, maybe duplicated, always delayed.
     fn transmit(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>) {
+        self.transmit_after(from, to, bytes, 0);
+    }
+
+    /// [`Self::transmit`] with `extra_ms` of delay on top of the network's.
+    fn transmit_after(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>, extra_ms: u64) {
         if !self.reachable(from, to) {
             return;
         }
@@ -728,7 +761,7 @@ impl World {
         }
         let copies = if !self.healed && self.rng.chance(self.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = self.rng.range(1, self.scenario.delay_max_ms);
+            let delay = self.rng.range(1, self.scenario.delay_max_ms) + extra_ms;
             self.push(self.now + delay, Event::Deliver { to, from, bytes: bytes.clone() });
         }
     }
@@ -774,6 +807,9 @@ impl World {
         {
             self.checker.count_rejected();
             return;
+        }
+        if self.instances[to].behavior.is_some() {
+            self.remember_view_changes(to, verified.message());
         }
         let from = self.instances[from].index;
         self.handle(to, Input::Message { from, message: verified });
@@ -1005,6 +1041,14 @@ impl World {
                 let set = self.schedule.at(body.height);
                 Some(Message::PrePrepare { pre_prepare: Signed::sign(body, me, &key, set), batch: other })
             }
+            (Behavior::StaleCertificates, Message::ViewChange(view_change)) if view_change.signer == me => {
+                Some(self.stale_view_change(from, view_change))
+            }
+            (Behavior::WithholdNewView, Message::NewView(new_view)) if new_view.signer == me => None,
+            (Behavior::SplitNewView, Message::NewView(new_view)) if new_view.signer == me => {
+                Some(self.split_new_view(from, to, new_view))
+            }
+            (Behavior::WithholdPrePrepares, Message::PrePrepare { .. }) if to.is_multiple_of(2) => None,
             (Behavior::DoubleVote, Message::Prepare(prepare)) if self.rng.chance(0.5) => {
                 let body = Prepare {
                     digest: Digest::of(&self.rng.next_u64().to_le_bytes()),
