@@ -810,11 +810,21 @@ impl Replica {
 }
 
 /// Remembers a batch for a slot, keeping at most a few per height.
+///
+/// The batches this slot may still need are never evicted: the current proposal's, the
+/// prepared certificate's (a view-change may make it the re-proposal, and this may be its only
+/// copy) and the commit certificate's. Any other candidate makes way (at most three are
+/// protected, so one always can).
 fn remember_batch(slot: &mut Slot, digest: Digest, batch: Arc<Batch>) {
     if slot.batches.len() >= BATCHES_PER_SLOT_MAX && !slot.batches.contains_key(&digest) {
-        // Keep the current proposal's batch; forget the oldest other candidate.
-        let current = slot.pre_prepare.as_ref().map(|pp| pp.body.digest);
-        if let Some(victim) = slot.batches.keys().copied().find(|candidate| Some(*candidate) != current) {
+        let needed = [
+            slot.pre_prepare.as_ref().map(|pp| pp.body.digest),
+            slot.prepared.as_ref().map(PreparedCertificate::digest),
+            slot.certificate.as_ref().map(|certificate| certificate.statement.digest),
+        ];
+        if let Some(victim) =
+            slot.batches.keys().copied().find(|candidate| !needed.contains(&Some(*candidate)))
+        {
             slot.batches.remove(&victim);
         }
     }

@@ -8,7 +8,7 @@ use crate::messages::{Batch, Checkpoint, Commit, PrePrepare, Prepare};
 use crate::safety::{KeyValueOp, SafetyRecord, SafetyWrite, restore};
 use crate::types::{Digest, Height, ValidatorIndex, View};
 use crate::validators::{ValidatorSchedule, ValidatorSet};
-use crate::view_messages::{NewView, ViewChange, reproposals};
+use crate::view_messages::{NewView, PreparedCertificate, ViewChange, reproposals};
 use crate::wire::{Message, VerifiedBlock, verify};
 
 const N: u16 = 4;
@@ -870,4 +870,28 @@ fn a_full_transfer_buffer_makes_way_for_lower_heights() {
         },
     );
     assert_eq!(actions.committed.len(), TRANSFER_BUFFER_MAX, "{}", behind.describe());
+}
+
+/// Hole 9: a slot keeps the batch of its prepared certificate however many other candidates
+/// arrive (it used to evict the smallest digest, which could be the only copy of a prepared
+/// batch after many views).
+#[test]
+fn the_prepared_batch_is_never_evicted() {
+    let fixture = fixture();
+    let batches: Vec<Arc<Batch>> = (0..16u8)
+        .map(|i| {
+            Arc::new(Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: 1, payload: vec![i] })
+        })
+        .collect();
+    let smallest = batches.iter().min_by_key(|batch| batch.digest()).expect("some").clone();
+    let pre_prepare =
+        fixture.sign(0, PrePrepare { view: View(0), height: Height(1), digest: smallest.digest() });
+    let mut slot =
+        Slot { prepared: Some(PreparedCertificate { pre_prepare, prepares: vec![] }), ..Slot::default() };
+    remember_batch(&mut slot, smallest.digest(), smallest.clone());
+    for batch in &batches {
+        remember_batch(&mut slot, batch.digest(), batch.clone());
+    }
+    assert!(slot.batches.contains_key(&smallest.digest()));
+    assert!(slot.batches.len() <= BATCHES_PER_SLOT_MAX);
 }
