@@ -518,11 +518,15 @@ impl Replica {
                 self.on_executed(height, header_hash, state_root)
             }
             Input::Blocks { source, blocks } => self.on_blocks(source, blocks),
-            Input::Schedule(schedule) => self.schedule = schedule,
+            Input::Schedule(schedule) => {
+                self.schedule = schedule;
+                self.send_view_change();
+            }
             Input::AddKey { from, key } => {
                 if self.keys.iter().all(|(first, _)| *first < from) {
                     self.keys.push((from, key));
                 }
+                self.send_view_change();
             }
             Input::WallClock { unix_ms } => self.wall_clock_ms = Some(unix_ms),
         }

@@ -895,3 +895,60 @@ fn the_prepared_batch_is_never_evicted() {
     assert!(slot.batches.contains_key(&smallest.digest()));
     assert!(slot.batches.len() <= BATCHES_PER_SLOT_MAX);
 }
+
+/// Item 9: a validator whose key rotates at the boundary K adopts the stable checkpoint at K
+/// before it has executed its rotation. Its view-change (signed at K + 1) must wait for the new
+/// epoch and key; signed with the old key it would be refused by every peer that knows the
+/// rotation, and the safety rule would forbid a second one for that view.
+#[test]
+fn a_view_change_waits_for_the_key_of_its_epoch() {
+    let rotated = rotated_at_k();
+    let fixture = fixture();
+    // This replica has executed nothing: its schedule ends at the horizon K, with the old keys.
+    let mut schedule = fixture.schedule.clone();
+    schedule.set_horizon(Height(K));
+    let mut replica = Replica::new(
+        config(),
+        ValidatorIndex(1),
+        vec![(Height(0), rotated.old[1].clone())],
+        Arc::new(schedule.clone()),
+        Height(0),
+        Default::default(),
+    );
+    let _ = replica.start(0);
+    let deliver = |replica: &mut Replica, from: u16, message: Message| {
+        let verified = verify(message, &schedule, WINDOW).expect("verifies");
+        replica.handle(10, Input::Message { from: ValidatorIndex(from), message: verified })
+    };
+    for signer in [0, 2, 3] {
+        let vote = fixture.sign(signer, rotated.stable.statement.clone());
+        let _ = deliver(&mut replica, signer, Message::Checkpoint(vote));
+    }
+    assert_eq!(replica.low_watermark(), Height(K));
+    // f + 1 others ask for view 1: it joins, but cannot sign its view-change yet.
+    let mut sent = Vec::new();
+    for signer in [2, 3] {
+        let body = ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] };
+        let actions = deliver(&mut replica, signer, Message::ViewChange(fixture.sign(signer, body)));
+        sent.extend(actions.send_after_persist);
+    }
+    assert_eq!((replica.view(), replica.view_active()), (View(1), false));
+    assert!(
+        !sent.iter().any(|out| matches!(out.message, Message::ViewChange(_))),
+        "signed a view-change at height {} with a key the schedule does not list there",
+        K + 1
+    );
+    // Executing the rotation brings the new epoch, then the new key: now it signs, and the
+    // view-change verifies for peers that know the rotation.
+    let _ = replica.handle(20, Input::Schedule(Arc::new(rotated.schedule.clone())));
+    let actions = replica.handle(20, Input::AddKey { from: Height(K + 1), key: rotated.new[1].clone() });
+    let view_change = actions
+        .send_after_persist
+        .iter()
+        .find_map(|out| match &out.message {
+            Message::ViewChange(view_change) => Some(view_change.clone()),
+            _ => None,
+        })
+        .expect("a view-change once the key is known");
+    assert!(verify(Message::ViewChange(view_change), &rotated.schedule, WINDOW).is_ok());
+}

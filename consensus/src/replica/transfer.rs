@@ -27,8 +27,11 @@ impl Replica {
         }));
         if self.view_active {
             self.retransmit_stuck_votes();
-        } else if let Some(view_change) = self.my_view_change.clone() {
-            self.broadcast(Message::ViewChange(view_change));
+        } else {
+            match self.my_view_change.clone() {
+                Some(view_change) => self.broadcast(Message::ViewChange(view_change)),
+                None => self.send_view_change(),
+            }
         }
         // Checkpoint votes may be lost like any message: this replica's own votes above its
         // stable checkpoint go out again until they become stable.

@@ -34,8 +34,9 @@ impl Replica {
         if support >= self.set_at(self.low.next()).quorum() {
             return self.start_view_change(view.next());
         }
-        if let Some(view_change) = self.my_view_change.clone() {
-            self.broadcast(Message::ViewChange(view_change));
+        match self.my_view_change.clone() {
+            Some(view_change) => self.broadcast(Message::ViewChange(view_change)),
+            None => self.send_view_change(),
         }
         self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
     }
@@ -53,13 +54,38 @@ impl Replica {
         self.view = new_view;
         self.view_active = false;
         self.new_view = None;
+        self.my_view_change = None;
+        self.cancel_timer(Timer::ViewChange);
+        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
+        self.send_view_change();
+    }
+
+    /// Signs and sends this replica's view-change for the view it is changing to, unless it has
+    /// one already. It is signed with the key of the height above the stable checkpoint; if the
+    /// schedule does not yet know that height, or lists another key for this validator there
+    /// (it adopted a checkpoint at its own rotation boundary before executing the rotation),
+    /// it waits: the status tick, the view-change timer and every schedule or key update try
+    /// again. A view-change signed with a key the others do not expect would be refused by
+    /// all of them, and the safety rule would forbid a second one for the view.
+    pub(super) fn send_view_change(&mut self) {
+        if self.view_active || self.my_view_change.is_some() {
+            return;
+        }
+        let new_view = self.view;
+        let key_height = self.low.next();
+        let listed = self.schedule.at(key_height).key(self.me).copied();
+        let usable = self.schedule.covers(key_height)
+            && self.key_for(key_height).is_some_and(|key| Some(key.public_key()) == listed);
+        if !usable {
+            return self.drop_message(DropReason::NoKey);
+        }
         let prepared =
             self.log.range(self.low.next()..).filter_map(|(_, slot)| slot.prepared.clone()).collect();
         let body = ViewChange { new_view, checkpoint: self.stable.clone(), prepared };
         let signed = match self.safety.check_view_change(new_view, view_change_digest(&body)) {
             Ok(()) => {
-                self.safety.record_view_change(new_view, view_change_digest(&body));
                 let Some(signed) = self.sign(body) else { return };
+                self.safety.record_view_change(new_view, view_change_digest(&signed.body));
                 self.persist_then_broadcast(
                     SafetyRecord::ViewChange(signed.clone()),
                     Message::ViewChange(signed.clone()),
@@ -81,8 +107,6 @@ impl Replica {
         };
         self.view_changes.insert(self.me, signed.clone());
         self.my_view_change = Some(signed);
-        self.cancel_timer(Timer::ViewChange);
-        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
         self.try_new_view();
     }
 
