@@ -34,7 +34,7 @@ pub mod view_messages;
 pub mod wire;
 
 pub use replica::{
-    Actions, Committed, Counters, DropReason, FetchBlocks, Input, Outgoing, Recipient, Replica,
-    ReplicaConfig, Timer, TimerAction,
+    Actions, BlockSource, Committed, Counters, Divergence, DropReason, FetchBlocks, Input, Outgoing,
+    Recipient, Replica, ReplicaConfig, Timer, TimerAction,
 };
 pub use wire::{Message, VerifiedBlock, VerifiedMessage, VerifyError};

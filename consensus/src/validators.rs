@@ -132,8 +132,14 @@ pub fn activation_boundary(committed: Height, checkpoint_interval: u64) -> Heigh
 
 /// The validator set of every height: epochs that start at given heights.
 ///
-/// Membership never changes (n is fixed by genesis); key rotations start a new epoch at the
-/// first height after an activation boundary. A schedule is only known up to its *horizon*:
+/// An epoch is a validator set with its keys, starting at a height; key rotations start a new
+/// epoch at the first height after an activation boundary. Epochs may differ in size (the
+/// schedule is ready for additions and removals; today only rotations create epochs).
+///
+/// An epoch is *retired* for a replica once a later epoch starts at or below the height just
+/// above the replica's stable checkpoint: every height it signs is final there, and its keys
+/// may have been erased and leaked. Such a replica verifies nothing under it
+/// ([`ValidatorSchedule::retired_for`]). A schedule is only known up to its *horizon*:
 /// the highest height whose set no rotation committed after what its owner executed can
 /// change (see [`activation_boundary`]). Nothing above the horizon may be verified or signed.
 #[derive(Clone, Debug)]
@@ -166,6 +172,18 @@ impl ValidatorSchedule {
         if horizon > self.horizon || self.horizon == Height(u64::MAX) {
             self.horizon = horizon;
         }
+    }
+
+    /// The first height of the epoch that signs messages about `height`.
+    pub fn epoch_start(&self, height: Height) -> Height {
+        let position = self.epochs.partition_point(|(first, _)| *first <= height);
+        self.epochs[position.saturating_sub(1)].0
+    }
+
+    /// Whether the epoch that signs messages about `key_height` is retired for a replica whose
+    /// stable checkpoint is `stable`: a later epoch already starts at or below `stable + 1`.
+    pub fn retired_for(&self, key_height: Height, stable: Height) -> bool {
+        self.epoch_start(key_height) < self.epoch_start(stable.next())
     }
 
     /// The set that signs messages about `height`.
@@ -201,7 +219,7 @@ impl ValidatorSchedule {
     pub fn push(&mut self, first: Height, set: ValidatorSet) {
         let last = self.epochs[self.epochs.len() - 1].0;
         assert!(first > last, "epochs out of order: {first} after {last}");
-        assert_eq!(set.n(), self.latest().n(), "membership size never changes");
+        assert_eq!(set.genesis_hash(), self.latest().genesis_hash(), "an epoch of another chain");
         self.epochs.push((first, Arc::new(set)));
     }
 

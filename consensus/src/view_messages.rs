@@ -210,3 +210,90 @@ pub fn reproposals(
         .map(|height| (height, best.get(&height).map(|(_, digest)| digest.0).unwrap_or(empty)))
         .collect()
 }
+
+/// The encoded size of the largest new-view honest replicas can produce with `n` validators and
+/// a watermark window of `window` heights: a quorum of view-changes, each with a checkpoint
+/// certificate signed by all `n` and a prepared certificate at every height of the window
+/// (each with the `n - 1` backups' prepares), and a re-proposal at every height. Genesis refuses
+/// parameters whose new-view would not fit in one message ([`crate::wire::MESSAGE_BYTES_MAX`]):
+/// a view change that cannot be sent can never complete.
+pub fn new_view_bytes_max(n: usize, window: u64) -> u64 {
+    const SIGNATURE: u64 = 2 + 64; // signer index and signature
+    const VEC: u64 = 4; // borsh length prefix
+    let n = n.max(1) as u64;
+    let f = (n - 1) / 3;
+    let quorum = (n + f) / 2 + 1;
+    let pre_prepare = 48 + SIGNATURE; // view, height, digest; signed
+    let prepared = pre_prepare + VEC + (n - 1) * SIGNATURE;
+    let checkpoint = 72 + VEC + n * SIGNATURE; // height, header hash, state root; signatures
+    let view_change = 8 + 1 + checkpoint + VEC + window.saturating_mul(prepared) + SIGNATURE;
+    let new_view =
+        8 + VEC + quorum.saturating_mul(view_change) + VEC + window.saturating_mul(pre_prepare) + SIGNATURE;
+    1 + new_view // the message's enum tag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certificate::Certificate;
+    use crate::crypto::SecretKey;
+    use crate::messages::{Checkpoint, Prepare};
+    use crate::validators::ValidatorSet;
+    use crate::wire::Message;
+
+    /// The bound is exact for a full-window new-view built from real signed parts.
+    #[test]
+    fn the_largest_new_view_has_the_computed_size() {
+        for (n, window) in [(4usize, 8u64), (7, 5)] {
+            let keys: Vec<SecretKey> = (0..n).map(|i| SecretKey::from_seed([i as u8 + 1; 32])).collect();
+            let set =
+                ValidatorSet::new(Digest::of(b"size"), keys.iter().map(SecretKey::public_key).collect())
+                    .expect("valid set");
+            let sign =
+                |signer: usize, body| Signed::sign(body, ValidatorIndex(signer as u16), &keys[signer], &set);
+            let statement =
+                Checkpoint { height: Height(10), header_hash: Digest::ZERO, state_root: Digest::ZERO };
+            let votes: Vec<_> = (0..n)
+                .map(|i| Signed::sign(statement.clone(), ValidatorIndex(i as u16), &keys[i], &set))
+                .collect();
+            let checkpoint = Certificate::from_votes(statement, &votes);
+            let view = View(1);
+            let prepared: Vec<PreparedCertificate> = (11..11 + window)
+                .map(|height| {
+                    let body = PrePrepare { view: View(0), height: Height(height), digest: Digest::ZERO };
+                    let prepares = (1..n)
+                        .map(|i| {
+                            let vote =
+                                Prepare { view: View(0), height: Height(height), digest: Digest::ZERO };
+                            let signed = Signed::sign(vote, ValidatorIndex(i as u16), &keys[i], &set);
+                            (signed.signer, signed.signature)
+                        })
+                        .collect();
+                    PreparedCertificate { pre_prepare: sign(0, body), prepares }
+                })
+                .collect();
+            let view_changes: Vec<Signed<ViewChange>> = (0..set.quorum())
+                .map(|i| {
+                    let body = ViewChange {
+                        new_view: view,
+                        checkpoint: Some(checkpoint.clone()),
+                        prepared: prepared.clone(),
+                    };
+                    Signed::sign(body, ValidatorIndex(i as u16), &keys[i], &set)
+                })
+                .collect();
+            let pre_prepares = (11..11 + window)
+                .map(|height| {
+                    let body = PrePrepare { view, height: Height(height), digest: Digest::ZERO };
+                    Signed::sign(body, ValidatorIndex(1), &keys[1], &set)
+                })
+                .collect();
+            let new_view =
+                Signed::sign(NewView { view, view_changes, pre_prepares }, ValidatorIndex(1), &keys[1], &set);
+            let size = Message::NewView(new_view).encode().len() as u64;
+            assert_eq!(size, new_view_bytes_max(n, window), "n = {n}, window = {window}");
+        }
+        // The example: a window of 100,000 with 4 validators is about 75 MB.
+        assert!(new_view_bytes_max(4, 100_000) > 70_000_000);
+    }
+}

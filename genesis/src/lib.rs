@@ -216,7 +216,32 @@ impl Genesis {
         }
         self.validate_params()?;
         self.validate_validators()?;
+        self.validate_view_change_size()?;
         self.validate_accounts()
+    }
+
+    /// A view change must fit in one message: the largest new-view honest replicas can build
+    /// (a quorum of view-changes with a full window of prepared certificates) grows with the
+    /// window and with n², and a view change that cannot be sent never completes.
+    fn validate_view_change_size(&self) -> Result<(), Problem> {
+        use tetrad_consensus::view_messages::new_view_bytes_max;
+        let n = self.validators.len();
+        let window = self.consensus.watermark_window;
+        let limit = tetrad_consensus::wire::MESSAGE_BYTES_MAX as u64;
+        let size = new_view_bytes_max(n, window);
+        if size <= limit {
+            return Ok(());
+        }
+        // The size is affine in the window.
+        let fixed = new_view_bytes_max(n, 0);
+        let per_height = new_view_bytes_max(n, 1) - fixed;
+        let window_max = limit.saturating_sub(fixed) / per_height.max(1);
+        Err(Problem::BadParam {
+            field: "watermark_window",
+            reason: format!(
+                "with {n} validators a full-window view change needs a new-view of {size} bytes, above the {limit}-byte message limit; use a window of at most {window_max}"
+            ),
+        })
     }
 
     fn validate_params(&self) -> Result<(), Problem> {

@@ -107,6 +107,10 @@ fn each_rule_has_its_own_message() {
             .starts_with("consensus.watermark_window: must be at least twice checkpoint_interval")
     );
     assert!(problem(|g| g.consensus.checkpoint_interval = 0).starts_with("consensus.checkpoint_interval:"));
+    // Hole 6: a window whose full view change cannot fit in one message.
+    assert!(problem(|g| g.consensus.watermark_window = 100_000).starts_with(
+        "consensus.watermark_window: with 2 validators a full-window view change needs a new-view of"
+    ));
     assert!(
         problem(|g| g.consensus.view_change_timeout_max_ms = 1)
             .starts_with("consensus.view_change_timeout_max_ms: must be at least")

@@ -19,10 +19,19 @@ impl Replica {
         assert!(height <= self.committed, "executed {height} before it was committed ({})", self.committed);
         assert_eq!(height, self.executed.next(), "execution must be in height order");
         self.executed = height;
+        let statement = Checkpoint { height, header_hash, state_root };
+        // Caught up to a stable checkpoint adopted from others (state transfer): the state this
+        // replica reached must be the certified one.
+        if height == self.low
+            && let Some(stable) = &self.stable
+            && stable.statement != statement
+        {
+            let certified = stable.statement.clone();
+            return self.diverge(height, certified, statement);
+        }
         if !height.0.is_multiple_of(self.config.checkpoint_interval) || height <= self.low {
             return;
         }
-        let statement = Checkpoint { height, header_hash, state_root };
         let Some(vote) = self.sign(statement) else { return };
         self.broadcast(Message::Checkpoint(vote.clone()));
         self.record_checkpoint_vote(vote);
@@ -86,23 +95,44 @@ impl Replica {
         if height <= self.low {
             return;
         }
-        if let Some(mine) = self.checkpoint_votes.get(&height).and_then(|votes| votes.get(&self.me))
+        if let Some(mine) = self.checkpoint_votes.get(&height).and_then(|votes| votes.get(&self.me)).cloned()
             && mine.body != certificate.statement
         {
-            // This replica's execution disagrees with a quorum: a determinism bug or a faulty
-            // replica. Counted; the node logs it loudly.
+            // This replica's execution disagrees with a quorum: a determinism bug or corrupted
+            // state. It stops (fail-stop) rather than sign or serve anything from that state.
             self.drop_message(DropReason::CheckpointMismatch);
+            return self.diverge(height, certificate.statement, mine.body);
         }
         self.low = height;
         self.stable = Some(certificate.clone());
         self.actions.persist.push(SafetyWrite::Put(SafetyRecord::Stable(certificate.clone())));
         self.actions.stable_checkpoints.push(certificate);
         self.collect_garbage(height);
+        self.forget_retired_view_changes();
         if self.next_height <= height {
             self.next_height = height.next();
         }
         if self.committed < height {
             self.request_blocks(height);
+        }
+    }
+
+    /// The low watermark moved: view-changes signed under epochs now retired no longer count.
+    /// If this replica's own is among them while it changes views, no peer past the boundary
+    /// accepts it any more, and it may not sign a second one for the same view: it moves on to
+    /// the next view with a view-change signed under its current key.
+    fn forget_retired_view_changes(&mut self) {
+        let retired: Vec<_> = self
+            .view_changes
+            .iter()
+            .filter(|(_, vc)| self.retired(crate::certificate::Statement::key_height(&vc.body)))
+            .map(|(signer, _)| *signer)
+            .collect();
+        for signer in &retired {
+            self.view_changes.remove(signer);
+        }
+        if !self.view_active && retired.contains(&self.me) {
+            self.start_view_change(self.view.next());
         }
     }
 

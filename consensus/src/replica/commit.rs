@@ -62,6 +62,7 @@ impl Replica {
         loop {
             let next = self.committed.next();
             if let Some(block) = self.transfer_buffer.remove(&next) {
+                self.committed_time_ms = self.committed_time_ms.max(block.batch().timestamp_ms);
                 self.actions.committed.push(Committed {
                     height: next,
                     batch: block.batch().clone(),
@@ -74,6 +75,7 @@ impl Replica {
             let Some(slot) = self.log.get(&next) else { break };
             let Some(certificate) = slot.certificate.clone() else { break };
             let Some(batch) = slot.batches.get(&certificate.statement.digest).cloned() else { break };
+            self.committed_time_ms = self.committed_time_ms.max(batch.timestamp_ms);
             self.actions.committed.push(Committed { height: next, batch, certificate });
             self.committed = next;
             progressed = true;

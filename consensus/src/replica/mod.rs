@@ -36,11 +36,18 @@ pub struct ReplicaConfig {
     pub view_change_timeout_max_ms: u64,
     /// Period of status messages, retransmissions and state-transfer retries.
     pub status_interval_ms: u64,
-    /// Messages for views further ahead than this are dropped.
+    /// View-changes for views further ahead than this are dropped (a verified new-view is
+    /// accepted at any distance).
     pub views_ahead_max: u64,
     /// Most heights the primary keeps in flight (proposed but not committed).
     pub pipeline_max: u64,
+    /// How far a batch's timestamp may be from this replica's own wall clock, either way
+    /// ([`Input::WallClock`]); see docs/decisions.md ("Batch timestamps").
+    pub timestamp_skew_max_ms: u64,
 }
+
+/// Default bound on |batch timestamp − own wall clock|.
+pub const TIMESTAMP_SKEW_MAX_MS: u64 = 15_000;
 
 impl ReplicaConfig {
     /// Derived from the genesis parameters; the status interval is a quarter of T.
@@ -58,6 +65,7 @@ impl ReplicaConfig {
             status_interval_ms: (view_change_timeout_ms / 4).max(1),
             views_ahead_max: 64,
             pipeline_max: watermark_window,
+            timestamp_skew_max_ms: TIMESTAMP_SKEW_MAX_MS,
         }
     }
 }
@@ -113,6 +121,42 @@ pub struct FetchBlocks {
     pub peer: ValidatorIndex,
 }
 
+/// This replica's execution disagrees with a quorum's certified checkpoint: a determinism bug,
+/// corrupted state, or a history that does not chain to the certificate. The replica has
+/// stopped for good (fail-stop): it signs, sends and delivers nothing more. The node must stop
+/// too, naming the height and both roots, and never serve its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    pub height: Height,
+    /// What a quorum certified at `height`.
+    pub certified: Checkpoint,
+    /// What this replica executed at `height`.
+    pub executed: Checkpoint,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "this replica diverged at height {}: a quorum certified header {} with state root {}, but this node executed header {} with state root {}",
+            self.height,
+            self.certified.header_hash,
+            self.certified.state_root,
+            self.executed.header_hash,
+            self.executed.state_root,
+        )
+    }
+}
+
+/// Where committed blocks handed to the replica come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockSource {
+    /// A state-transfer answer from this peer: only blocks of a range asked of it are kept.
+    Peer(ValidatorIndex),
+    /// This node's own store (blocks it executed before the replica knew them).
+    OwnStore,
+}
+
 /// What one call to [`Replica::handle`] asks the driver to do, in this order: make `persist`
 /// durable, then send `send_after_persist`; `send` may go at once. Execute `committed` in
 /// order and report each with [`Input::Executed`].
@@ -126,6 +170,8 @@ pub struct Actions {
     pub stable_checkpoints: Vec<CheckpointCertificate>,
     pub timers: Vec<TimerAction>,
     pub fetch_blocks: Vec<FetchBlocks>,
+    /// Set once, when the replica finds that it diverged; it has stopped. The node exits.
+    pub diverged: Option<Divergence>,
 }
 
 impl Actions {
@@ -158,14 +204,24 @@ pub enum Input {
         header_hash: Digest,
         state_root: Digest,
     },
-    /// Committed blocks from a peer, certificates verified.
-    Blocks(Vec<VerifiedBlock>),
+    /// Committed blocks, certificates verified, from a peer's state-transfer answer or the
+    /// node's own store.
+    Blocks {
+        source: BlockSource,
+        blocks: Vec<VerifiedBlock>,
+    },
     /// The validator schedule changed (a rotation was executed) or its horizon moved.
     Schedule(Arc<ValidatorSchedule>),
     /// This validator's next consensus key, which signs heights from `from` on.
     AddKey {
         from: Height,
         key: SecretKey,
+    },
+    /// The wall clock (milliseconds since the Unix epoch) of this replica's machine. The driver
+    /// passes it before handing in messages; a backup checks batch timestamps against it and
+    /// refuses every proposal until it has been told (the replica itself reads no clock).
+    WallClock {
+        unix_ms: u64,
     },
 }
 
@@ -183,12 +239,23 @@ pub enum DropReason {
     StaleCheckpoint,
     CheckpointMismatch,
     UnwantedBatch,
+    /// A state-transfer block outside the heights asked of its sender, or beyond the buffer.
+    UnwantedBlock,
     NoKey,
+    /// Signed under a key epoch that ended at or below this replica's stable checkpoint (its
+    /// keys are retired and may have leaked).
+    RetiredEpoch,
+    /// A new-view for a view this replica is the primary of, that it did not create.
+    ForeignNewView,
+    /// A pre-prepare whose batch names another proposer or view than the pre-prepare.
+    BatchMetadata,
+    /// A batch timestamp that runs backwards or is too far from this replica's wall clock.
+    BatchTimestamp,
     Unexpected,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::OldView,
         DropReason::FutureView,
         DropReason::ViewChanging,
@@ -200,7 +267,12 @@ impl DropReason {
         DropReason::StaleCheckpoint,
         DropReason::CheckpointMismatch,
         DropReason::UnwantedBatch,
+        DropReason::UnwantedBlock,
         DropReason::NoKey,
+        DropReason::RetiredEpoch,
+        DropReason::ForeignNewView,
+        DropReason::BatchMetadata,
+        DropReason::BatchTimestamp,
         DropReason::Unexpected,
     ];
 
@@ -217,7 +289,12 @@ impl DropReason {
             DropReason::StaleCheckpoint => "stale_checkpoint",
             DropReason::CheckpointMismatch => "checkpoint_mismatch",
             DropReason::UnwantedBatch => "unwanted_batch",
+            DropReason::UnwantedBlock => "unwanted_block",
             DropReason::NoKey => "no_key_for_height",
+            DropReason::RetiredEpoch => "retired_key_epoch",
+            DropReason::ForeignNewView => "foreign_new_view",
+            DropReason::BatchMetadata => "batch_metadata",
+            DropReason::BatchTimestamp => "batch_timestamp",
             DropReason::Unexpected => "unexpected",
         }
     }
@@ -266,6 +343,10 @@ pub struct Replica {
     keys: Vec<(Height, SecretKey)>,
     schedule: Arc<ValidatorSchedule>,
     now_ms: u64,
+    /// The machine's wall clock as last told ([`Input::WallClock`]); none until then.
+    wall_clock_ms: Option<u64>,
+    /// The highest batch timestamp delivered as committed (time never runs backwards).
+    committed_time_ms: u64,
 
     view: View,
     /// False between sending a view-change and installing the new view (PBFT §4.4).
@@ -302,6 +383,10 @@ pub struct Replica {
     committed_at_last_tick: Height,
     /// Blocks from state transfer above the next height, waiting for the gap to fill.
     transfer_buffer: BTreeMap<Height, VerifiedBlock>,
+    /// The heights last asked of each peer (state transfer): its answers are kept only within.
+    fetching: BTreeMap<ValidatorIndex, (Height, Height)>,
+    /// Set when this replica found that it diverged: it handles nothing any more.
+    halted: Option<Divergence>,
     /// Rotates the peer asked for blocks.
     fetch_rotation: u16,
 
@@ -330,6 +415,8 @@ impl Replica {
             keys,
             schedule,
             now_ms: 0,
+            wall_clock_ms: None,
+            committed_time_ms: 0,
             view: restored.view,
             view_active: true,
             consecutive_view_changes: 0,
@@ -349,6 +436,8 @@ impl Replica {
             peers: BTreeMap::new(),
             committed_at_last_tick: committed,
             transfer_buffer: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            halted: None,
             fetch_rotation: me.0,
             counters: Counters::default(),
             actions: Actions::default(),
@@ -412,6 +501,10 @@ impl Replica {
 
     /// Handles one input at time `now_ms` (milliseconds on any monotonic clock).
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Actions {
+        if self.halted.is_some() {
+            // Fail-stop: a diverged replica signs, sends and delivers nothing.
+            return Actions::default();
+        }
         self.now_ms = self.now_ms.max(now_ms);
         match input {
             Input::Message { from, message } => self.on_message(from, message.into_message()),
@@ -424,15 +517,39 @@ impl Replica {
             Input::Executed { height, header_hash, state_root } => {
                 self.on_executed(height, header_hash, state_root)
             }
-            Input::Blocks(blocks) => self.on_blocks(blocks),
-            Input::Schedule(schedule) => self.schedule = schedule,
+            Input::Blocks { source, blocks } => self.on_blocks(source, blocks),
+            Input::Schedule(schedule) => {
+                self.schedule = schedule;
+                self.send_view_change();
+            }
             Input::AddKey { from, key } => {
                 if self.keys.iter().all(|(first, _)| *first < from) {
                     self.keys.push((from, key));
                 }
+                self.send_view_change();
             }
+            Input::WallClock { unix_ms } => self.wall_clock_ms = Some(unix_ms),
+        }
+        if self.halted.is_some() {
+            // Nothing this call produced may leave: it was computed from a diverged state.
+            let diverged = self.actions.diverged.take();
+            self.actions = Actions { diverged, ..Actions::default() };
         }
         std::mem::take(&mut self.actions)
+    }
+
+    /// Stops this replica for good: its execution disagrees with a certified checkpoint.
+    fn diverge(&mut self, height: Height, certified: Checkpoint, executed: Checkpoint) {
+        if self.halted.is_none() {
+            let divergence = Divergence { height, certified, executed };
+            self.halted = Some(divergence.clone());
+            self.actions.diverged = Some(divergence);
+        }
+    }
+
+    /// The divergence that stopped this replica, if any.
+    pub fn diverged(&self) -> Option<&Divergence> {
+        self.halted.as_ref()
     }
 
     fn on_message(&mut self, from: ValidatorIndex, message: Message) {
@@ -602,6 +719,12 @@ impl Replica {
         self.keys.iter().map(|(first, _)| *first).collect()
     }
 
+    /// Whether a signature about `key_height` is under a key epoch this replica has retired
+    /// (one that ended at or below its stable checkpoint).
+    fn retired(&self, key_height: Height) -> bool {
+        self.schedule.retired_for(key_height, self.low)
+    }
+
     fn in_window(&self, height: Height) -> bool {
         height > self.low && height.0 <= self.low.0 + self.config.watermark_window
     }
@@ -691,11 +814,21 @@ impl Replica {
 }
 
 /// Remembers a batch for a slot, keeping at most a few per height.
+///
+/// The batches this slot may still need are never evicted: the current proposal's, the
+/// prepared certificate's (a view-change may make it the re-proposal, and this may be its only
+/// copy) and the commit certificate's. Any other candidate makes way (at most three are
+/// protected, so one always can).
 fn remember_batch(slot: &mut Slot, digest: Digest, batch: Arc<Batch>) {
     if slot.batches.len() >= BATCHES_PER_SLOT_MAX && !slot.batches.contains_key(&digest) {
-        // Keep the current proposal's batch; forget the oldest other candidate.
-        let current = slot.pre_prepare.as_ref().map(|pp| pp.body.digest);
-        if let Some(victim) = slot.batches.keys().copied().find(|candidate| Some(*candidate) != current) {
+        let needed = [
+            slot.pre_prepare.as_ref().map(|pp| pp.body.digest),
+            slot.prepared.as_ref().map(PreparedCertificate::digest),
+            slot.certificate.as_ref().map(|certificate| certificate.statement.digest),
+        ];
+        if let Some(victim) =
+            slot.batches.keys().copied().find(|candidate| !needed.contains(&Some(*candidate)))
+        {
             slot.batches.remove(&victim);
         }
     }

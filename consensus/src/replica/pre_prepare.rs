@@ -17,6 +17,9 @@ impl Replica {
             return;
         }
         let height = self.next_height;
+        // Time never runs backwards: a primary whose clock is behind an earlier batch's
+        // timestamp proposes that timestamp (backups refuse anything lower).
+        let timestamp_ms = timestamp_ms.max(self.time_floor(height));
         let batch = Arc::new(Batch { view: self.view, proposer: self.me, timestamp_ms, payload });
         let digest = batch.digest();
         if self.safety.check_accept(self.view, height, digest).is_err() {
@@ -38,6 +41,8 @@ impl Replica {
             SafetyRecord::Accepted { pre_prepare: pre_prepare.clone(), batch: Some(batch.clone()) },
             Message::PrePrepare { pre_prepare, batch },
         );
+        // With n = 1 (or whenever the quorum needs no backup) the pre-prepare alone prepares.
+        self.check_prepared(height);
         self.update_view_change_timer();
     }
 
@@ -61,6 +66,13 @@ impl Replica {
         if pre_prepare.signer != self.set_at(height).primary(view) || pre_prepare.signer == self.me {
             return self.drop_message(DropReason::NotFromPrimary);
         }
+        // The header copies the batch's view, proposer and time: they must be the pre-prepare's.
+        if batch.view != view || batch.proposer != pre_prepare.signer {
+            return self.drop_message(DropReason::BatchMetadata);
+        }
+        if !self.timestamp_acceptable(height, batch.timestamp_ms) {
+            return self.drop_message(DropReason::BatchTimestamp);
+        }
         if let Some(existing) = self.log.get(&height).and_then(|slot| slot.pre_prepare.as_ref()) {
             let reason = if existing.body.digest == digest {
                 DropReason::Duplicate
@@ -73,6 +85,35 @@ impl Replica {
             return self.drop_message(DropReason::SafetyRule);
         }
         self.accept_pre_prepare(pre_prepare, Some(batch));
+    }
+
+    /// The lowest timestamp a new batch at `height` may carry: the highest timestamp committed,
+    /// and of the batches of this view's pre-prepares below `height` (empty batches carry 0).
+    pub(super) fn time_floor(&self, height: crate::types::Height) -> u64 {
+        if height <= self.committed.next() {
+            return self.committed_time_ms;
+        }
+        let pending = self
+            .log
+            .range(self.committed.next()..height)
+            .filter_map(|(_, slot)| {
+                let digest = slot.pre_prepare.as_ref()?.body.digest;
+                slot.batches.get(&digest).map(|batch| batch.timestamp_ms)
+            })
+            .max()
+            .unwrap_or(0);
+        self.committed_time_ms.max(pending)
+    }
+
+    /// A proposal's timestamp must not run backwards (at least [`Self::time_floor`]) and must
+    /// be within `timestamp_skew_max_ms` of this replica's own wall clock, either way. Without
+    /// a wall clock nothing is acceptable.
+    fn timestamp_acceptable(&self, height: crate::types::Height, timestamp_ms: u64) -> bool {
+        let Some(wall) = self.wall_clock_ms else { return false };
+        let skew = self.config.timestamp_skew_max_ms;
+        timestamp_ms >= self.time_floor(height)
+            && timestamp_ms <= wall.saturating_add(skew)
+            && timestamp_ms >= wall.saturating_sub(skew)
     }
 
     /// Records an accepted pre-prepare and sends this replica's prepare after persisting it.

@@ -8,8 +8,8 @@ use crate::messages::{Batch, Checkpoint, Commit, PrePrepare, Prepare};
 use crate::safety::{KeyValueOp, SafetyRecord, SafetyWrite, restore};
 use crate::types::{Digest, Height, ValidatorIndex, View};
 use crate::validators::{ValidatorSchedule, ValidatorSet};
-use crate::view_messages::{NewView, ViewChange, reproposals};
-use crate::wire::{Message, verify};
+use crate::view_messages::{NewView, PreparedCertificate, ViewChange, reproposals};
+use crate::wire::{Message, VerifiedBlock, verify};
 
 const N: u16 = 4;
 const WINDOW: u64 = 8;
@@ -48,6 +48,7 @@ impl Fixture {
             Default::default(),
         );
         let _ = replica.start(0);
+        let _ = replica.handle(0, Input::WallClock { unix_ms: 5 });
         replica
     }
 
@@ -449,4 +450,505 @@ fn commit_certificate_from_votes_of_the_replica_verifies() {
     let statement = Commit { view: View(0), height: Height(1), digest: Digest::of(b"x") };
     let votes: Vec<_> = (0..3).map(|i| fixture.sign(i, statement.clone())).collect();
     assert_eq!(Certificate::from_votes(statement, &votes).verify(fixture.set()), Ok(()));
+}
+
+#[test]
+fn a_single_validator_commits_its_own_proposal_and_checkpoints() {
+    let key = SecretKey::from_seed([1; 32]);
+    let set = ValidatorSet::new(Digest::of(b"n = 1"), vec![key.public_key()]).expect("valid set");
+    let mut replica = Replica::new(
+        config(),
+        ValidatorIndex(0),
+        vec![(Height(0), key)],
+        Arc::new(ValidatorSchedule::new(set)),
+        Height(0),
+        Default::default(),
+    );
+    let _ = replica.start(0);
+    for height in 1..=K {
+        assert!(replica.can_propose());
+        let actions = replica.handle(5, Input::Propose { payload: vec![height as u8], timestamp_ms: 5 });
+        assert_eq!(actions.committed.len(), 1, "height {height} not committed: {}", replica.describe());
+        assert_eq!(actions.committed[0].height, Height(height));
+        let actions = replica.handle(
+            6,
+            Input::Executed { height: Height(height), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+        );
+        if height == K {
+            assert_eq!(actions.stable_checkpoints.len(), 1);
+        }
+    }
+    assert_eq!(replica.low_watermark(), Height(K));
+}
+
+/// Hole 7: the header copies the batch's proposer, view and time, so a backup refuses a
+/// pre-prepare whose batch names another proposer or view, or whose time runs backwards or
+/// strays from the backup's own clock.
+#[test]
+fn backups_refuse_batches_with_wrong_metadata() {
+    let fixture = fixture();
+    let primary = fixture.set().primary(View(0));
+    let signed = |batch: Batch| {
+        let batch = Arc::new(batch);
+        let pre_prepare =
+            fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(1), digest: batch.digest() });
+        Message::PrePrepare { pre_prepare, batch }
+    };
+    let good = Batch { view: View(0), proposer: primary, timestamp_ms: 5, payload: b"tx".to_vec() };
+    let cases = [
+        (Batch { proposer: ValidatorIndex(2), ..good.clone() }, DropReason::BatchMetadata),
+        (Batch { view: View(4), ..good.clone() }, DropReason::BatchMetadata),
+        (Batch { timestamp_ms: u64::MAX, ..good.clone() }, DropReason::BatchTimestamp),
+        (Batch { timestamp_ms: 5 + TIMESTAMP_SKEW_MAX_MS + 1, ..good.clone() }, DropReason::BatchTimestamp),
+    ];
+    for (batch, reason) in cases {
+        let mut backup = fixture.replica(1);
+        let message = signed(batch.clone());
+        assert!(fixture.deliver(&mut backup, 0, message).is_empty(), "{batch:?} accepted");
+        assert_eq!(dropped(&backup, reason), 1, "{batch:?}");
+    }
+    // Far behind the backup's clock.
+    let mut backup = fixture.replica(1);
+    let _ = backup.handle(0, Input::WallClock { unix_ms: 5 + TIMESTAMP_SKEW_MAX_MS + 1 });
+    assert!(fixture.deliver(&mut backup, 0, signed(good.clone())).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // Without a wall clock a backup accepts nothing.
+    let mut backup = Replica::new(
+        config(),
+        ValidatorIndex(1),
+        vec![(Height(0), fixture.keys[1].clone())],
+        Arc::new(fixture.schedule.clone()),
+        Height(0),
+        Default::default(),
+    );
+    let _ = backup.start(0);
+    assert!(fixture.deliver(&mut backup, 0, signed(good.clone())).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // Backwards: height 2 may not be older than the accepted height 1.
+    let mut backup = fixture.replica(1);
+    let _ = backup.handle(0, Input::WallClock { unix_ms: 100 });
+    let first = Arc::new(Batch { timestamp_ms: 100, ..good.clone() });
+    let pre_prepare =
+        fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(1), digest: first.digest() });
+    assert!(!fixture.deliver(&mut backup, 0, Message::PrePrepare { pre_prepare, batch: first }).is_empty());
+    let older = Arc::new(Batch { timestamp_ms: 99, payload: b"tx2".to_vec(), ..good.clone() });
+    let pre_prepare =
+        fixture.sign(primary.0, PrePrepare { view: View(0), height: Height(2), digest: older.digest() });
+    assert!(fixture.deliver(&mut backup, 0, Message::PrePrepare { pre_prepare, batch: older }).is_empty());
+    assert_eq!(dropped(&backup, DropReason::BatchTimestamp), 1);
+    // The good batch is accepted.
+    let mut backup = fixture.replica(1);
+    assert!(!fixture.deliver(&mut backup, 0, signed(good)).is_empty());
+}
+
+/// A primary whose clock is behind an earlier batch proposes the earlier timestamp.
+#[test]
+fn primary_timestamps_never_run_backwards() {
+    let fixture = fixture();
+    let mut primary = fixture.replica(0);
+    let first = primary.handle(1, Input::Propose { payload: b"a".to_vec(), timestamp_ms: 50 });
+    let second = primary.handle(2, Input::Propose { payload: b"b".to_vec(), timestamp_ms: 40 });
+    let time = |actions: &Actions| match &actions.send_after_persist[0].message {
+        Message::PrePrepare { batch, .. } => batch.timestamp_ms,
+        other => panic!("expected a pre-prepare, got {other:?}"),
+    };
+    assert_eq!((time(&first), time(&second)), (50, 50));
+}
+
+/// Hole 1 setup: every validator rotated its key at the checkpoint boundary K (the new keys
+/// sign heights above K), and `me` holds a stable checkpoint at K signed by the old keys.
+struct Rotated {
+    old: Vec<SecretKey>,
+    new: Vec<SecretKey>,
+    schedule: ValidatorSchedule,
+    stable: crate::certificate::CheckpointCertificate,
+}
+
+fn rotated_at_k() -> Rotated {
+    let fixture = fixture();
+    let new: Vec<SecretKey> = (0..N).map(|i| SecretKey::from_seed([i as u8 + 101; 32])).collect();
+    let mut schedule = fixture.schedule.clone();
+    let set =
+        ValidatorSet::new(*fixture.set().genesis_hash(), new.iter().map(SecretKey::public_key).collect())
+            .expect("valid set");
+    schedule.push(Height(K + 1), set);
+    let statement =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"r") };
+    let votes: Vec<_> = (0..N).map(|signer| fixture.sign(signer, statement.clone())).collect();
+    let stable = Certificate::from_votes(statement, &votes);
+    Rotated { old: fixture.keys, new, schedule, stable }
+}
+
+impl Rotated {
+    fn replica(&self, me: u16) -> Replica {
+        let restored = crate::safety::Restored { stable: Some(self.stable.clone()), ..Default::default() };
+        let mut replica = Replica::new(
+            config(),
+            ValidatorIndex(me),
+            vec![(Height(K + 1), self.new[usize::from(me)].clone())],
+            Arc::new(self.schedule.clone()),
+            Height(K),
+            restored,
+        );
+        let _ = replica.start(0);
+        let _ = replica.handle(0, Input::WallClock { unix_ms: 5 });
+        replica
+    }
+
+    /// What a holder of every retired (genesis) key can forge: view-changes for `view` that
+    /// claim no checkpoint (so they verify under the genesis keys), and the new-view of `view`
+    /// built from them, which re-proposes nothing.
+    fn forged(&self, view: u64) -> (Vec<Signed<ViewChange>>, Signed<NewView>) {
+        let set = self.schedule.at(Height(1)).clone();
+        let view_changes: Vec<Signed<ViewChange>> = (0..N)
+            .map(|signer| {
+                let body = ViewChange { new_view: View(view), checkpoint: None, prepared: vec![] };
+                Signed::sign(body, ValidatorIndex(signer), &self.old[usize::from(signer)], &set)
+            })
+            .collect();
+        let primary = set.primary(View(view));
+        let body = NewView { view: View(view), view_changes: view_changes.clone(), pre_prepares: vec![] };
+        let new_view = Signed::sign(body, primary, &self.old[primary.as_usize()], &set);
+        (view_changes, new_view)
+    }
+
+    fn deliver(&self, replica: &mut Replica, from: u16, message: Message) -> Actions {
+        let verified = verify(message, &self.schedule, WINDOW).expect("verifies");
+        replica.handle(10, Input::Message { from: ValidatorIndex(from), message: verified })
+    }
+}
+
+/// Hole 1: retired keys sign view-changes and new-views that verify (under the epoch their
+/// claimed checkpoint names). A replica past the boundary must refuse them: a backup must not
+/// enter the forged view, and the new primary must neither install "its own" forged new-view
+/// nor build one from forged view-changes (either would let it propose afresh at heights
+/// another honest replica may have committed).
+#[test]
+fn retired_keys_cannot_move_a_replica_past_the_boundary() {
+    let rotated = rotated_at_k();
+    let (view_changes, new_view) = rotated.forged(1);
+    // A backup does not install the forged new-view.
+    let mut backup = rotated.replica(2);
+    let _ = rotated.deliver(&mut backup, 1, Message::NewView(new_view.clone()));
+    assert_eq!((backup.view(), backup.view_active()), (View(0), true), "{}", backup.describe());
+    // The primary of view 1 installs neither the forged new-view...
+    let mut primary = rotated.replica(1);
+    let _ = rotated.deliver(&mut primary, 3, Message::NewView(new_view));
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+    assert!(!primary.can_propose());
+    // ...nor one of its own from forged view-changes.
+    for (signer, view_change) in view_changes.into_iter().enumerate() {
+        let actions = rotated.deliver(&mut primary, signer as u16, Message::ViewChange(view_change));
+        assert!(
+            !actions.send_after_persist.iter().any(|out| matches!(out.message, Message::NewView(_))),
+            "the primary built a new-view from forged view-changes"
+        );
+    }
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+}
+
+/// A primary never installs a new-view for its own view that it did not create, even one that
+/// verifies under current keys (it creates its own from the view-changes).
+#[test]
+fn a_primary_installs_only_its_own_new_view() {
+    let fixture = fixture();
+    let mut primary = fixture.replica(1);
+    let view_changes: Vec<Signed<ViewChange>> = (0..N)
+        .filter(|signer| *signer != 1)
+        .map(|signer| {
+            fixture.sign(signer, ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] })
+        })
+        .collect();
+    let body = NewView { view: View(1), view_changes, pre_prepares: vec![] };
+    let new_view = fixture.sign(1, body);
+    let _ = fixture.deliver(&mut primary, 2, Message::NewView(new_view));
+    assert_eq!(primary.view(), View(0), "{}", primary.describe());
+}
+
+/// Hole 2: a verified new-view is its own proof and is installed however far ahead it is
+/// (a replica cut off while the others changed views many times rejoins through it).
+#[test]
+fn a_new_view_far_ahead_is_installed() {
+    let fixture = fixture();
+    let far = View(config().views_ahead_max * 3 + 2);
+    let primary = fixture.set().primary(far);
+    let view_changes: Vec<Signed<ViewChange>> = (0..N)
+        .filter(|signer| *signer != 3)
+        .map(|signer| fixture.sign(signer, ViewChange { new_view: far, checkpoint: None, prepared: vec![] }))
+        .collect();
+    let new_view = fixture.sign(primary.0, NewView { view: far, view_changes, pre_prepares: vec![] });
+    let mut backup = fixture.replica(3);
+    let _ = fixture.deliver(&mut backup, primary.0, Message::NewView(new_view));
+    assert_eq!((backup.view(), backup.view_active()), (far, true), "{}", backup.describe());
+}
+
+/// Hole 3: a peer whose status shows a lower stable checkpoint is sent the certificate (its
+/// quorum of signed votes), which makes the peer's checkpoint stable too.
+#[test]
+fn a_lagging_peer_gets_the_stable_checkpoint_certificate() {
+    let rotated = rotated_at_k();
+    let mut ahead = rotated.replica(0);
+    let status = Message::Status(crate::wire::Status {
+        view: View(0),
+        view_active: true,
+        committed: Height(K),
+        stable: Height(0),
+    });
+    let actions = rotated.deliver(&mut ahead, 1, status);
+    let votes: Vec<Message> = actions
+        .send
+        .iter()
+        .filter(|out| out.to == Recipient::One(ValidatorIndex(1)))
+        .map(|out| out.message.clone())
+        .filter(|message| matches!(message, Message::Checkpoint(_)))
+        .collect();
+    assert_eq!(votes.len(), rotated.stable.signatures.len());
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let mut stable = Vec::new();
+    for vote in votes {
+        stable.extend(fixture.deliver(&mut behind, 0, vote).stable_checkpoints);
+    }
+    assert_eq!(stable.len(), 1);
+    assert_eq!(stable[0].statement, rotated.stable.statement);
+    assert_eq!(behind.low_watermark(), Height(K));
+}
+
+/// Hole 8: a replica whose own checkpoint disagrees with a quorum's stops for good, naming the
+/// height and both roots, and sends nothing from then on.
+#[test]
+fn a_replica_whose_checkpoint_disagrees_with_a_quorum_stops() {
+    let fixture = fixture();
+    let mut backup = fixture.replica(1);
+    for height in 1..=K {
+        let (message, digest, _) = fixture.pre_prepare(0, height, format!("tx{height}").as_bytes());
+        let _ = fixture.deliver(&mut backup, 0, message);
+        for signer in [0, 2, 3] {
+            let _ = fixture.deliver(&mut backup, signer, commit_message(&fixture, signer, height, digest));
+        }
+    }
+    let mine =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"mine"), state_root: Digest::of(b"a") };
+    let _ = backup.handle(
+        20,
+        Input::Executed { height: Height(1), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+    );
+    let _ = backup.handle(
+        20,
+        Input::Executed { height: Height(K), header_hash: mine.header_hash, state_root: mine.state_root },
+    );
+    let quorum =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"theirs"), state_root: Digest::of(b"b") };
+    let mut last = Actions::default();
+    for signer in [0, 2, 3] {
+        last =
+            fixture.deliver(&mut backup, signer, Message::Checkpoint(fixture.sign(signer, quorum.clone())));
+    }
+    let expected = Divergence { height: Height(K), certified: quorum, executed: mine };
+    assert_eq!(last, Actions { diverged: Some(expected.clone()), ..Actions::default() });
+    assert_eq!(backup.diverged(), Some(&expected));
+    let text = expected.to_string();
+    assert!(
+        text.contains(&expected.certified.state_root.to_hex())
+            && text.contains(&expected.executed.state_root.to_hex())
+    );
+    // Stopped: a status tick, a pre-prepare, nothing makes it act.
+    assert!(backup.handle(10_000, Input::Timer(Timer::Status)).is_empty());
+    let (message, _, _) = fixture.pre_prepare(0, K + 1, b"more");
+    assert!(fixture.deliver(&mut backup, 0, message).is_empty());
+}
+
+/// Hole 8: a replica that adopted a certified checkpoint and then reached that height by state
+/// transfer compares the state it executed with the certificate.
+#[test]
+fn a_replica_that_transferred_to_a_checkpoint_checks_the_state_it_reached() {
+    let fixture = fixture();
+    let certified =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"r") };
+    let votes: Vec<_> = [0, 2, 3].iter().map(|signer| fixture.sign(*signer, certified.clone())).collect();
+    let certificate = Certificate::from_votes(certified.clone(), &votes);
+    let mut behind = fixture.replica(1);
+    for vote in votes {
+        let _ = fixture.deliver(&mut behind, 0, Message::Checkpoint(vote));
+    }
+    assert_eq!(behind.stable_checkpoint(), Some(&certificate));
+    // The blocks it fetched were committed by a quorum, but its execution ends elsewhere.
+    for height in 1..=K {
+        let batch = Arc::new(Batch::empty(View(0), ValidatorIndex(0)));
+        let statement = Commit { view: View(0), height: Height(height), digest: batch.digest() };
+        let commits: Vec<_> =
+            [0, 2, 3].iter().map(|signer| fixture.sign(*signer, statement.clone())).collect();
+        let block =
+            VerifiedBlock::verify(batch, Certificate::from_votes(statement, &commits), &fixture.schedule)
+                .expect("verifies");
+        let _ = behind
+            .handle(20, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(2)), blocks: vec![block] });
+    }
+    assert_eq!(behind.committed(), Height(K), "{}", behind.describe());
+    let _ = behind.handle(
+        30,
+        Input::Executed { height: Height(1), header_hash: Digest::ZERO, state_root: Digest::ZERO },
+    );
+    let executed =
+        Checkpoint { height: Height(K), header_hash: Digest::of(b"h"), state_root: Digest::of(b"other") };
+    let actions = behind.handle(
+        30,
+        Input::Executed {
+            height: Height(K),
+            header_hash: executed.header_hash,
+            state_root: executed.state_root,
+        },
+    );
+    assert_eq!(actions.diverged, Some(Divergence { height: Height(K), certified, executed }));
+}
+
+fn committed_block(fixture: &Fixture, height: u64) -> VerifiedBlock {
+    let batch = Arc::new(Batch {
+        view: View(0),
+        proposer: ValidatorIndex(0),
+        timestamp_ms: height,
+        payload: vec![1],
+    });
+    let statement = Commit { view: View(0), height: Height(height), digest: batch.digest() };
+    let commits: Vec<_> = [0, 2, 3].iter().map(|signer| fixture.sign(*signer, statement.clone())).collect();
+    VerifiedBlock::verify(batch, Certificate::from_votes(statement, &commits), &fixture.schedule)
+        .expect("verifies")
+}
+
+/// Hole 4: a state-transfer answer is kept only within the heights asked of its sender; a
+/// Byzantine peer's far-ahead genuine blocks cannot fill the buffer and starve the next height.
+#[test]
+fn state_transfer_keeps_only_the_requested_range_of_the_asked_peer() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    // Peer 2 says it has committed far more; at the next stalled status tick it is asked.
+    let status = Message::Status(crate::wire::Status {
+        view: View(0),
+        view_active: true,
+        committed: Height(5000),
+        stable: Height(0),
+    });
+    let _ = fixture.deliver(&mut behind, 2, status);
+    let actions = behind.handle(10_000, Input::Timer(Timer::Status));
+    assert_eq!(
+        actions.fetch_blocks,
+        vec![FetchBlocks { from: Height(1), to: Height(FETCH_HEIGHTS_MAX), peer: ValidatorIndex(2) }]
+    );
+    // Peer 3 (never asked) and peer 2 (outside the range) serve far-ahead genuine blocks.
+    let far: Vec<VerifiedBlock> = (FETCH_HEIGHTS_MAX + 1..=FETCH_HEIGHTS_MAX + TRANSFER_BUFFER_MAX as u64)
+        .map(|h| committed_block(&fixture, h))
+        .collect();
+    let _ = behind
+        .handle(10_001, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(3)), blocks: far.clone() });
+    let _ =
+        behind.handle(10_001, Input::Blocks { source: BlockSource::Peer(ValidatorIndex(2)), blocks: far });
+    assert_eq!(dropped(&behind, DropReason::UnwantedBlock), 2 * TRANSFER_BUFFER_MAX as u64);
+    // The asked-for height still gets in and is delivered.
+    let actions = behind.handle(
+        10_002,
+        Input::Blocks {
+            source: BlockSource::Peer(ValidatorIndex(2)),
+            blocks: vec![committed_block(&fixture, 1)],
+        },
+    );
+    assert_eq!(actions.committed.len(), 1, "{}", behind.describe());
+}
+
+/// Hole 4: when the buffer is full, the highest blocks make way for lower ones.
+#[test]
+fn a_full_transfer_buffer_makes_way_for_lower_heights() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let far: Vec<VerifiedBlock> =
+        (3..3 + TRANSFER_BUFFER_MAX as u64).map(|h| committed_block(&fixture, h)).collect();
+    let _ = behind.handle(1, Input::Blocks { source: BlockSource::OwnStore, blocks: far });
+    let actions = behind.handle(
+        2,
+        Input::Blocks {
+            source: BlockSource::OwnStore,
+            blocks: vec![committed_block(&fixture, 1), committed_block(&fixture, 2)],
+        },
+    );
+    assert_eq!(actions.committed.len(), TRANSFER_BUFFER_MAX, "{}", behind.describe());
+}
+
+/// Hole 9: a slot keeps the batch of its prepared certificate however many other candidates
+/// arrive (it used to evict the smallest digest, which could be the only copy of a prepared
+/// batch after many views).
+#[test]
+fn the_prepared_batch_is_never_evicted() {
+    let fixture = fixture();
+    let batches: Vec<Arc<Batch>> = (0..16u8)
+        .map(|i| {
+            Arc::new(Batch { view: View(0), proposer: ValidatorIndex(0), timestamp_ms: 1, payload: vec![i] })
+        })
+        .collect();
+    let smallest = batches.iter().min_by_key(|batch| batch.digest()).expect("some").clone();
+    let pre_prepare =
+        fixture.sign(0, PrePrepare { view: View(0), height: Height(1), digest: smallest.digest() });
+    let mut slot =
+        Slot { prepared: Some(PreparedCertificate { pre_prepare, prepares: vec![] }), ..Slot::default() };
+    remember_batch(&mut slot, smallest.digest(), smallest.clone());
+    for batch in &batches {
+        remember_batch(&mut slot, batch.digest(), batch.clone());
+    }
+    assert!(slot.batches.contains_key(&smallest.digest()));
+    assert!(slot.batches.len() <= BATCHES_PER_SLOT_MAX);
+}
+
+/// Item 9: a validator whose key rotates at the boundary K adopts the stable checkpoint at K
+/// before it has executed its rotation. Its view-change (signed at K + 1) must wait for the new
+/// epoch and key; signed with the old key it would be refused by every peer that knows the
+/// rotation, and the safety rule would forbid a second one for that view.
+#[test]
+fn a_view_change_waits_for_the_key_of_its_epoch() {
+    let rotated = rotated_at_k();
+    let fixture = fixture();
+    // This replica has executed nothing: its schedule ends at the horizon K, with the old keys.
+    let mut schedule = fixture.schedule.clone();
+    schedule.set_horizon(Height(K));
+    let mut replica = Replica::new(
+        config(),
+        ValidatorIndex(1),
+        vec![(Height(0), rotated.old[1].clone())],
+        Arc::new(schedule.clone()),
+        Height(0),
+        Default::default(),
+    );
+    let _ = replica.start(0);
+    let deliver = |replica: &mut Replica, from: u16, message: Message| {
+        let verified = verify(message, &schedule, WINDOW).expect("verifies");
+        replica.handle(10, Input::Message { from: ValidatorIndex(from), message: verified })
+    };
+    for signer in [0, 2, 3] {
+        let vote = fixture.sign(signer, rotated.stable.statement.clone());
+        let _ = deliver(&mut replica, signer, Message::Checkpoint(vote));
+    }
+    assert_eq!(replica.low_watermark(), Height(K));
+    // f + 1 others ask for view 1: it joins, but cannot sign its view-change yet.
+    let mut sent = Vec::new();
+    for signer in [2, 3] {
+        let body = ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] };
+        let actions = deliver(&mut replica, signer, Message::ViewChange(fixture.sign(signer, body)));
+        sent.extend(actions.send_after_persist);
+    }
+    assert_eq!((replica.view(), replica.view_active()), (View(1), false));
+    assert!(
+        !sent.iter().any(|out| matches!(out.message, Message::ViewChange(_))),
+        "signed a view-change at height {} with a key the schedule does not list there",
+        K + 1
+    );
+    // Executing the rotation brings the new epoch, then the new key: now it signs, and the
+    // view-change verifies for peers that know the rotation.
+    let _ = replica.handle(20, Input::Schedule(Arc::new(rotated.schedule.clone())));
+    let actions = replica.handle(20, Input::AddKey { from: Height(K + 1), key: rotated.new[1].clone() });
+    let view_change = actions
+        .send_after_persist
+        .iter()
+        .find_map(|out| match &out.message {
+            Message::ViewChange(view_change) => Some(view_change.clone()),
+            _ => None,
+        })
+        .expect("a view-change once the key is known");
+    assert!(verify(Message::ViewChange(view_change), &rotated.schedule, WINDOW).is_ok());
 }

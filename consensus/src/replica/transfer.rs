@@ -27,8 +27,18 @@ impl Replica {
         }));
         if self.view_active {
             self.retransmit_stuck_votes();
-        } else if let Some(view_change) = self.my_view_change.clone() {
-            self.broadcast(Message::ViewChange(view_change));
+        } else {
+            match self.my_view_change.clone() {
+                Some(view_change) => self.broadcast(Message::ViewChange(view_change)),
+                None => self.send_view_change(),
+            }
+        }
+        // Checkpoint votes may be lost like any message: this replica's own votes above its
+        // stable checkpoint go out again until they become stable.
+        let own_votes: Vec<_> =
+            self.checkpoint_votes.values().filter_map(|votes| votes.get(&self.me).cloned()).collect();
+        for vote in own_votes {
+            self.broadcast(Message::Checkpoint(vote));
         }
         // A peer committed more while this replica made no progress for a whole interval.
         let stalled = self.committed == self.committed_at_last_tick;
@@ -78,6 +88,17 @@ impl Replica {
             return self.drop_message(DropReason::Unexpected);
         }
         self.peers.insert(from, (status.view, status.committed));
+        // A peer whose stable checkpoint is below ours gets our certificate, as the quorum of
+        // signed checkpoint votes it is made of.
+        if status.stable < self.low
+            && let Some(certificate) = self.stable.clone()
+        {
+            for (signer, signature) in certificate.signatures {
+                let vote =
+                    crate::certificate::Signed { body: certificate.statement.clone(), signer, signature };
+                self.send_to(from, Message::Checkpoint(vote));
+            }
+        }
         let behind_view = status.view < self.view || (status.view == self.view && !status.view_active);
         if self.view_active
             && behind_view
@@ -141,22 +162,40 @@ impl Replica {
         let from = self.committed.next();
         let to = Height(target.0.min(from.0 + FETCH_HEIGHTS_MAX - 1));
         self.counters.state_transfers += 1;
+        self.fetching.insert(peer, (from, to));
         self.actions.fetch_blocks.push(FetchBlocks { from, to, peer });
     }
 
-    /// Committed blocks from a peer (certificates verified): delivered in order; blocks above
-    /// the next height wait in a bounded buffer.
-    pub(super) fn on_blocks(&mut self, blocks: Vec<VerifiedBlock>) {
+    /// Committed blocks (certificates verified): delivered in order; blocks above the next
+    /// height wait in a bounded buffer. A peer's answer is kept only within the heights last
+    /// asked of that peer; when the buffer is full, the highest blocks make way for lower ones
+    /// (a peer serving far-ahead blocks cannot crowd out the next height).
+    pub(super) fn on_blocks(&mut self, source: super::BlockSource, blocks: Vec<VerifiedBlock>) {
+        let asked = match source {
+            super::BlockSource::Peer(peer) => self.fetching.get(&peer).copied(),
+            super::BlockSource::OwnStore => Some((Height::GENESIS, Height(u64::MAX))),
+        };
         for block in blocks {
             let height = block.height();
             if height <= self.committed {
                 continue;
             }
+            if asked.is_none_or(|(from, to)| height < from || height > to) {
+                self.drop_message(DropReason::UnwantedBlock);
+                continue;
+            }
             if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX
                 && !self.transfer_buffer.contains_key(&height)
             {
-                self.drop_message(DropReason::OutsideWindow);
-                continue;
+                match self.transfer_buffer.last_key_value().map(|(highest, _)| *highest) {
+                    Some(highest) if highest > height => {
+                        self.transfer_buffer.remove(&highest);
+                    }
+                    _ => {
+                        self.drop_message(DropReason::UnwantedBlock);
+                        continue;
+                    }
+                }
             }
             self.transfer_buffer.insert(height, block);
         }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{DropReason, Replica, Timer, remember_batch};
-use crate::certificate::Signed;
+use crate::certificate::{Signed, Statement};
 use crate::messages::{Batch, PrePrepare};
 use crate::safety::{SafetyRecord, SafetyWrite, view_change_digest};
 use crate::types::{Height, View};
@@ -34,8 +34,9 @@ impl Replica {
         if support >= self.set_at(self.low.next()).quorum() {
             return self.start_view_change(view.next());
         }
-        if let Some(view_change) = self.my_view_change.clone() {
-            self.broadcast(Message::ViewChange(view_change));
+        match self.my_view_change.clone() {
+            Some(view_change) => self.broadcast(Message::ViewChange(view_change)),
+            None => self.send_view_change(),
         }
         self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
     }
@@ -53,13 +54,38 @@ impl Replica {
         self.view = new_view;
         self.view_active = false;
         self.new_view = None;
+        self.my_view_change = None;
+        self.cancel_timer(Timer::ViewChange);
+        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
+        self.send_view_change();
+    }
+
+    /// Signs and sends this replica's view-change for the view it is changing to, unless it has
+    /// one already. It is signed with the key of the height above the stable checkpoint; if the
+    /// schedule does not yet know that height, or lists another key for this validator there
+    /// (it adopted a checkpoint at its own rotation boundary before executing the rotation),
+    /// it waits: the status tick, the view-change timer and every schedule or key update try
+    /// again. A view-change signed with a key the others do not expect would be refused by
+    /// all of them, and the safety rule would forbid a second one for the view.
+    pub(super) fn send_view_change(&mut self) {
+        if self.view_active || self.my_view_change.is_some() {
+            return;
+        }
+        let new_view = self.view;
+        let key_height = self.low.next();
+        let listed = self.schedule.at(key_height).key(self.me).copied();
+        let usable = self.schedule.covers(key_height)
+            && self.key_for(key_height).is_some_and(|key| Some(key.public_key()) == listed);
+        if !usable {
+            return self.drop_message(DropReason::NoKey);
+        }
         let prepared =
             self.log.range(self.low.next()..).filter_map(|(_, slot)| slot.prepared.clone()).collect();
         let body = ViewChange { new_view, checkpoint: self.stable.clone(), prepared };
         let signed = match self.safety.check_view_change(new_view, view_change_digest(&body)) {
             Ok(()) => {
-                self.safety.record_view_change(new_view, view_change_digest(&body));
                 let Some(signed) = self.sign(body) else { return };
+                self.safety.record_view_change(new_view, view_change_digest(&signed.body));
                 self.persist_then_broadcast(
                     SafetyRecord::ViewChange(signed.clone()),
                     Message::ViewChange(signed.clone()),
@@ -81,8 +107,6 @@ impl Replica {
         };
         self.view_changes.insert(self.me, signed.clone());
         self.my_view_change = Some(signed);
-        self.cancel_timer(Timer::ViewChange);
-        self.set_timer(Timer::ViewChange, self.now_ms + self.view_change_timeout());
         self.try_new_view();
     }
 
@@ -105,9 +129,26 @@ impl Replica {
         if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
             return self.drop_message(DropReason::FutureView);
         }
+        // Signed under the key of the height above the sender's stable checkpoint: refused if
+        // that epoch is retired here (its keys may be in an attacker's hands). Its prepared
+        // certificates lie above that checkpoint, so they are in current epochs too.
+        if self.retired(view_change.body.key_height()) {
+            return self.drop_message(DropReason::RetiredEpoch);
+        }
         let newer = self.view_changes.get(&signer).is_none_or(|kept| kept.body.new_view < view);
         if !newer {
             return self.drop_message(DropReason::Duplicate);
+        }
+        // A verified view-change proves its sender's stable checkpoint: a replica that missed
+        // those checkpoint votes adopts it (otherwise it could not even verify view-changes
+        // signed above it once a key epoch ends there).
+        if let Some(checkpoint) = view_change.body.checkpoint.clone()
+            && checkpoint.statement.height > self.low
+        {
+            self.adopt_stable_checkpoint(checkpoint);
+            if view.0 <= self.view.0 && (view < self.view || self.view_active) {
+                return;
+            }
         }
         self.view_changes.insert(signer, view_change);
         self.join_if_f_plus_one_ahead();
@@ -138,13 +179,13 @@ impl Replica {
         if self.view_active || set.primary(view) != self.me {
             return;
         }
-        let view_changes: Vec<Signed<ViewChange>> = self
-            .view_changes
-            .values()
-            .filter(|vc| vc.body.new_view == view)
-            .take(set.quorum())
-            .cloned()
-            .collect();
+        // The view-changes with the highest stable checkpoints first: they are the likeliest to
+        // be in an epoch no backup has retired.
+        let mut view_changes: Vec<Signed<ViewChange>> =
+            self.view_changes.values().filter(|vc| vc.body.new_view == view).cloned().collect();
+        view_changes.sort_by_key(|vc| std::cmp::Reverse(vc.body.stable_height()));
+        view_changes.truncate(set.quorum());
+        view_changes.sort_by_key(|vc| vc.signer);
         if view_changes.len() < set.quorum() {
             return;
         }
@@ -166,8 +207,19 @@ impl Replica {
         if view < self.view || (view == self.view && self.view_active) {
             return self.drop_message(DropReason::OldView);
         }
-        if view.0 > self.view.0.saturating_add(self.config.views_ahead_max) {
-            return self.drop_message(DropReason::FutureView);
+        // No `views_ahead_max` here: a verified new-view is its own proof (a quorum's
+        // view-changes for its view), so it is accepted at any distance. A replica cut off while
+        // the others changed views more than `views_ahead_max` times rejoins through it.
+        // The primary of a view makes its new-view itself; one it did not make is forged (with a
+        // retired key) or stale.
+        if self.set_at(self.low.next()).primary(view) == self.me {
+            return self.drop_message(DropReason::ForeignNewView);
+        }
+        // The new-view and every view-change in it must be signed under epochs current here.
+        if self.retired(new_view.body.key_height())
+            || new_view.body.view_changes.iter().any(|vc| self.retired(vc.body.key_height()))
+        {
+            return self.drop_message(DropReason::RetiredEpoch);
         }
         // Verified: a quorum of view-changes for `view`, and exactly the prescribed
         // pre-prepares signed by its primary.
@@ -238,6 +290,8 @@ impl Replica {
         if batch.is_none() {
             self.fetch_batch(height, digest);
         }
+        // With n = 1 the new primary's own re-proposal is prepared at once.
+        self.check_prepared(height);
     }
 
     /// The height the new view's primary proposes next (for tests and the driver's logs).

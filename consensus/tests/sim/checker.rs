@@ -2,12 +2,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use tetrad_consensus::certificate::Signed;
+use tetrad_consensus::view_messages::{NewView, reproposal_range};
 use tetrad_consensus::wire::Message;
-use tetrad_consensus::{CheckpointCertificate, Committed, Digest, ValidatorSchedule};
+use tetrad_consensus::{CheckpointCertificate, Committed, Digest, Height, ValidatorSchedule, View};
 
 pub struct Checker {
     schedule: ValidatorSchedule,
     honest: Vec<bool>,
+    /// Per validator index: every instance of it is honest.
+    honest_validators: Vec<bool>,
     /// The digest committed at each height by the first honest replica to commit it.
     committed: BTreeMap<u64, (Digest, usize)>,
     /// What each honest validator signed: (validator, kind, view, height) → digest.
@@ -26,11 +30,12 @@ const ACCEPT: u8 = 0;
 const COMMIT: u8 = 1;
 
 impl Checker {
-    pub fn new(schedule: ValidatorSchedule, honest: Vec<bool>) -> Checker {
+    pub fn new(schedule: ValidatorSchedule, honest: Vec<bool>, honest_validators: Vec<bool>) -> Checker {
         let instances = honest.len();
         Checker {
             schedule,
             honest,
+            honest_validators,
             committed: BTreeMap::new(),
             votes: HashMap::new(),
             view_changes: HashMap::new(),
@@ -51,7 +56,7 @@ impl Checker {
         self.violation.as_deref()
     }
 
-    fn fail(&mut self, message: String) {
+    pub fn fail(&mut self, message: String) {
         if self.violation.is_none() {
             self.violation = Some(message);
         }
@@ -90,6 +95,9 @@ impl Checker {
                 commit.body.digest,
             )),
             Message::NewView(new_view) => {
+                if new_view.signer.0 == sender {
+                    self.check_new_view_choice(instance, new_view);
+                }
                 for pre_prepare in &new_view.body.pre_prepares {
                     accept.push((
                         pre_prepare.signer.0,
@@ -133,6 +141,59 @@ impl Checker {
                 let kind = if kind == ACCEPT { "pre-prepare/prepare" } else { "commit" };
                 self.fail(format!(
                     "honest validator {signer} signed two {kind} digests at view {view} height {height}: {previous:?} and {digest:?}"
+                ));
+            }
+        }
+    }
+
+    /// An honest primary's new-view re-proposes, at each height, a digest whose certificate is
+    /// at least as high as the highest-view prepared certificate among the honest view-changes
+    /// it holds, and that digest if the views are equal: a stale certificate (a lower view, or
+    /// a digest a later view replaced) never wins. A *higher* certificate from a faulty sender
+    /// may win: it is real, and nothing committed can be overridden by it (quorum intersection).
+    fn check_new_view_choice(&mut self, instance: usize, new_view: &Signed<NewView>) {
+        let (min_s, _) = reproposal_range(&new_view.body.view_changes);
+        let mut honest_best: BTreeMap<Height, (View, Digest)> = BTreeMap::new();
+        // The highest view of a certificate for each (height, digest), from any sender.
+        let mut best_for_digest: BTreeMap<(Height, Digest), View> = BTreeMap::new();
+        for view_change in &new_view.body.view_changes {
+            let honest = self.honest_validators.get(view_change.signer.as_usize()).copied().unwrap_or(false);
+            for certificate in &view_change.body.prepared {
+                if certificate.height() <= min_s {
+                    continue;
+                }
+                let key = (certificate.height(), certificate.digest());
+                let view = best_for_digest.entry(key).or_insert(certificate.view());
+                *view = (*view).max(certificate.view());
+                if !honest {
+                    continue;
+                }
+                let candidate = (certificate.view(), certificate.digest());
+                let entry = honest_best.entry(certificate.height()).or_insert(candidate);
+                if candidate.0 > entry.0 {
+                    *entry = candidate;
+                }
+            }
+        }
+        for pre_prepare in &new_view.body.pre_prepares {
+            let height = pre_prepare.body.height;
+            let Some((view, digest)) = honest_best.get(&height).copied() else { continue };
+            let chosen = best_for_digest.get(&(height, pre_prepare.body.digest)).copied();
+            if digest != pre_prepare.body.digest && chosen.is_none_or(|chosen| chosen <= view) {
+                if std::env::var_os("TETRAD_SIM_DEBUG").is_some() {
+                    for vc in &new_view.body.view_changes {
+                        let certs: Vec<_> =
+                            vc.body.prepared.iter().map(|c| (c.height().0, c.view().0, c.digest())).collect();
+                        eprintln!(
+                            "view-change of {} (stable {}): {certs:?}",
+                            vc.signer,
+                            vc.body.stable_height()
+                        );
+                    }
+                }
+                self.fail(format!(
+                    "honest instance {instance}'s new-view for view {} re-proposes {:?} at height {height} (certificate view {chosen:?}), but the honest view-changes' highest certificate (view {view}) is for {digest:?}",
+                    new_view.body.view, pre_prepare.body.digest
                 ));
             }
         }

@@ -12,6 +12,7 @@
 //! signatures from honest replicas, validity of committed batches, and liveness after healing.
 //! The same seed gives the same trace hash.
 
+mod attacks;
 pub mod checker;
 pub mod rng;
 
@@ -24,8 +25,9 @@ use tetrad_consensus::safety::{KeyValueOp, restore};
 use tetrad_consensus::view_messages::{PreparedCertificate, ViewChange};
 use tetrad_consensus::wire::{Message, VerifiedBlock, VerifiedMessage, verify};
 use tetrad_consensus::{
-    Actions, Batch, CommitCertificate, Digest, Height, Input, PrePrepare, Prepare, Recipient, Replica,
-    ReplicaConfig, SecretKey, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, ValidatorSet, View,
+    Actions, Batch, BlockSource, CommitCertificate, Digest, Height, Input, PrePrepare, Prepare, Recipient,
+    Replica, ReplicaConfig, SecretKey, Timer, TimerAction, ValidatorIndex, ValidatorSchedule, ValidatorSet,
+    View,
 };
 
 use checker::Checker;
@@ -48,6 +50,32 @@ pub enum Behavior {
     Silent,
     /// Keeps signing with its old consensus key after its rotation takes effect.
     StaleKey,
+    /// As primary, signs pre-prepares for batches with another proposer or view, or a
+    /// timestamp far ahead of (or behind) the clocks.
+    BadMetadata,
+    /// Takes part in view changes but never in the normal case (no pre-prepare, prepare or
+    /// commit): without its votes the others cannot commit, so views keep changing.
+    ViewChurn,
+    /// Serves genuine blocks other than the ones asked for (far ahead, shifted), or none.
+    LyingSync,
+    /// Runs honestly, but crashes often and restarts with its safety records lost (its chain
+    /// kept): it may sign twice. Counted among the f faulty validators.
+    Amnesia,
+    /// Its view-changes carry real but stale prepared certificates: at each height the lowest
+    /// view it has seen, preferring a digest that a later view replaced.
+    StaleCertificates,
+    /// As a new primary, withholds its new-view.
+    WithholdNewView,
+    /// As a new primary, sends different valid new-views (built from different quorums of
+    /// real view-changes) to different backups.
+    SplitNewView,
+    /// As primary, withholds its pre-prepares from every other backup.
+    WithholdPrePrepares,
+    /// As primary, delays its pre-prepares to just under the view-change timeout.
+    DelayPrePrepares,
+    /// Runs honestly but lends its current key to the key-compromise attacker
+    /// ([`Scenario::key_compromise`]).
+    Colluder,
 }
 
 /// One simulation setup; a seed picks the concrete rates and schedule.
@@ -72,6 +100,19 @@ pub struct Scenario {
     /// Every this many ms a client asks for a key rotation (0: never); a third of them rotate
     /// the current primary.
     pub rotation_every_ms: u64,
+    /// An attacker holds every consensus key an honest validator has erased (a retired key
+    /// leaks), and the current keys of the `Colluder` validators. It forges view-changes and
+    /// new-views for the next views and sends them to every replica.
+    pub key_compromise: bool,
+    /// An honest validator cut off from every other during the whole chaos phase (a long
+    /// partition), instead of random partitions.
+    pub isolated: Option<u16>,
+    /// Negative control: the checker treats `Amnesia` validators as honest (it must then find
+    /// them signing twice).
+    pub amnesia_counted_honest: bool,
+    /// During chaos, messages of this kind ([`Message::kind`]) are lost with this probability
+    /// (on top of the general loss).
+    pub lose_kind: Option<(&'static str, f64)>,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -83,6 +124,10 @@ const FAULT_TICK_MS: u64 = 250;
 const REQUESTS_PER_BATCH_MAX: usize = 16;
 const REPLAY_MEMORY: usize = 64;
 const VERIFY_CACHE_MAX: usize = 200_000;
+/// Simulated wall clocks read `WALL_CLOCK_BASE_MS + now + skew`, each replica with its own
+/// skew in `[-CLOCK_SKEW_MAX_MS, CLOCK_SKEW_MAX_MS]`.
+const WALL_CLOCK_BASE_MS: u64 = 1_000_000_000;
+const CLOCK_SKEW_MAX_MS: u64 = 2_000;
 /// Request ids with this bit set are key rotations: `FLAG | generation << 16 | validator`.
 const ROTATION_FLAG: u64 = 1 << 63;
 
@@ -142,6 +187,8 @@ pub struct Report {
     pub events: u64,
     /// Key rotations that took effect (epochs after genesis) in the checker's schedule.
     pub rotations: usize,
+    /// Forged messages the key-compromise attacker sent.
+    pub forgeries: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -172,11 +219,18 @@ struct Instance {
     schedule: ValidatorSchedule,
     /// This instance's keys by first height (a rotation adds one).
     keys: Vec<(Height, SecretKey)>,
+    /// This machine's clock skew (ms).
+    clock_skew_ms: i64,
+    /// The checker holds this instance to the honest invariants despite its behaviour.
+    counted_honest: bool,
+    /// View-changes this (Byzantine) instance received, by (view, signer), for adversaries
+    /// that rebuild new-views or dig out stale certificates.
+    seen_view_changes: BTreeMap<(u64, u16), Signed<ViewChange>>,
 }
 
 impl Instance {
     fn honest(&self) -> bool {
-        self.behavior.is_none() && !self.twin
+        (self.behavior.is_none() || self.counted_honest) && !self.twin
     }
 
     fn height(&self) -> u64 {
@@ -187,7 +241,7 @@ impl Instance {
 enum Event {
     Deliver { to: usize, from: usize, bytes: Arc<Vec<u8>> },
     Timer { instance: usize, epoch: u64, timer: Timer },
-    Blocks { to: usize, epoch: u64, blocks: Vec<Block> },
+    Blocks { to: usize, epoch: u64, from: ValidatorIndex, blocks: Vec<Block> },
     ClientTick,
     FaultTick,
     Restart { instance: usize },
@@ -241,6 +295,12 @@ pub struct World {
     trace: blake3::Hasher,
     verify_cache: HashMap<[u8; 32], Option<VerifiedMessage>>,
     events: u64,
+    /// The highest stable checkpoint certificate any honest replica reached.
+    latest_stable: Option<tetrad_consensus::CheckpointCertificate>,
+    /// Validators whose genesis key an honest owner has erased (the attacker holds it).
+    leaked: std::collections::BTreeSet<u16>,
+    /// Forged view-changes and new-views the key-compromise attacker sent.
+    pub(crate) forgeries: u64,
 }
 
 fn validator_key(index: u16) -> SecretKey {
@@ -248,6 +308,13 @@ fn validator_key(index: u16) -> SecretKey {
     seed[..2].copy_from_slice(&index.to_le_bytes());
     seed[2] = 0x51;
     SecretKey::from_seed(seed)
+}
+
+/// The node's check of a proposal's transactions: issued client requests (or nothing).
+pub fn valid_payload(batch: &Batch, issued: u64, rotations: &HashSet<u64>) -> bool {
+    batch.payload.is_empty()
+        || borsh::from_slice::<Vec<u64>>(&batch.payload)
+            .is_ok_and(|ids| !ids.is_empty() && ids.iter().all(|id| *id < issued || rotations.contains(id)))
 }
 
 /// The "application": a batch is valid if its payload lists client requests that were issued
@@ -298,6 +365,8 @@ impl World {
                     state: genesis,
                     behavior,
                     twin: copies == 2,
+                    counted_honest: behavior == Some(Behavior::Amnesia) && scenario.amnesia_counted_honest,
+                    seen_view_changes: BTreeMap::new(),
                     group: copy,
                     committed_requests: HashSet::new(),
                     first_uncommitted: 0,
@@ -305,10 +374,18 @@ impl World {
                     replay_memory: Vec::new(),
                     schedule: schedule.clone(),
                     keys: vec![(Height::GENESIS, keys[usize::from(index)].clone())],
+                    clock_skew_ms: rng.range(0, 2 * CLOCK_SKEW_MAX_MS) as i64 - CLOCK_SKEW_MAX_MS as i64,
                 });
             }
         }
-        let checker = Checker::new(schedule.clone(), instances.iter().map(Instance::honest).collect());
+        let honest_validators: Vec<bool> = (0..n)
+            .map(|index| instances.iter().filter(|i| i.index.0 == index).all(Instance::honest))
+            .collect();
+        let checker = Checker::new(
+            schedule.clone(),
+            instances.iter().map(Instance::honest).collect(),
+            honest_validators,
+        );
         let mut world = World {
             scenario,
             rng,
@@ -330,6 +407,9 @@ impl World {
             trace: blake3::Hasher::new(),
             verify_cache: HashMap::new(),
             events: 0,
+            latest_stable: None,
+            leaked: Default::default(),
+            forgeries: 0,
         };
         for id in 0..world.instances.len() {
             world.instances[id].schedule.set_horizon(horizon(Height::GENESIS));
@@ -348,6 +428,9 @@ impl World {
 
     /// Starts (or restarts) an instance from its persisted safety records and chain.
     fn boot(&mut self, id: usize) {
+        if self.instances[id].behavior == Some(Behavior::Amnesia) {
+            self.instances[id].store.clear();
+        }
         let instance = &self.instances[id];
         let restored = restore(instance.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
             .expect("records decode");
@@ -407,6 +490,7 @@ impl World {
                 .sum(),
             events: self.events,
             rotations: self.schedule.epochs().len() - 1,
+            forgeries: self.forgeries,
         }
     }
 
@@ -431,7 +515,7 @@ impl World {
                 self.trace.update(&(instance as u64).to_le_bytes());
                 self.handle(instance, Input::Timer(timer));
             }
-            Event::Blocks { to, epoch, blocks } => {
+            Event::Blocks { to, epoch, from, blocks } => {
                 if self.instances[to].epoch != epoch || self.instances[to].replica.is_none() {
                     return;
                 }
@@ -444,7 +528,7 @@ impl World {
                     .collect();
                 self.trace.update(&[3]);
                 self.trace.update(&(verified.len() as u64).to_le_bytes());
-                self.handle(to, Input::Blocks(verified));
+                self.handle(to, Input::Blocks { source: BlockSource::Peer(from), blocks: verified });
             }
             Event::ClientTick => self.client_tick(),
             Event::FaultTick => self.fault_tick(),
@@ -458,9 +542,18 @@ impl World {
         }
     }
 
+    /// The wall clock of instance `id`'s machine.
+    fn wall_clock(&self, id: usize) -> u64 {
+        (WALL_CLOCK_BASE_MS + self.now).saturating_add_signed(self.instances[id].clock_skew_ms)
+    }
+
     fn handle(&mut self, id: usize, input: Input) {
         let now = self.now;
+        let unix_ms = self.wall_clock(id);
         let Some(replica) = self.instances[id].replica.as_mut() else { return };
+        // The driver passes the wall clock before every input, as the node's does.
+        let clock = replica.handle(now, Input::WallClock { unix_ms });
+        debug_assert!(clock.is_empty());
         let actions = replica.handle(now, input);
         self.apply(id, actions);
     }
@@ -475,7 +568,14 @@ impl World {
             stable_checkpoints,
             timers,
             fetch_blocks,
+            diverged,
         } = actions;
+        // The simulated execution is deterministic: an honest replica never diverges.
+        if let Some(divergence) = diverged
+            && self.instances[id].honest()
+        {
+            self.checker.fail(format!("instance {id}: {divergence}"));
+        }
         for write in &persist {
             for op in write.to_ops() {
                 match op {
@@ -511,6 +611,13 @@ impl World {
         }
         for certificate in &stable_checkpoints {
             self.checker.check_checkpoint(id, certificate);
+            let higher = self
+                .latest_stable
+                .as_ref()
+                .is_none_or(|latest| latest.statement.height < certificate.statement.height);
+            if self.instances[id].honest() && higher {
+                self.latest_stable = Some(certificate.clone());
+            }
         }
         for fetch in fetch_blocks {
             self.serve_blocks(id, fetch.peer, fetch.from, fetch.to);
@@ -527,7 +634,10 @@ impl World {
     fn execute(&mut self, id: usize, block: tetrad_consensus::Committed) {
         let set = self.schedule.at(block.height).clone();
         let issued = self.issued;
-        let valid = valid_batch(&block.batch, &set, issued, &self.rotations);
+        // Besides its contents, a committed batch's time may not run ahead of every clock.
+        let latest_clock = WALL_CLOCK_BASE_MS + self.now + CLOCK_SKEW_MAX_MS;
+        let valid = valid_batch(&block.batch, &set, issued, &self.rotations)
+            && block.batch.timestamp_ms <= latest_clock + self.config.timestamp_skew_max_ms;
         self.checker.check_committed(self.now, id, &block, valid);
         let ids: Vec<u64> = borsh::from_slice::<Vec<u64>>(&block.batch.payload).unwrap_or_default();
         let instance = &mut self.instances[id];
@@ -579,7 +689,14 @@ impl World {
     }
 
     fn reachable(&self, from: usize, to: usize) -> bool {
-        if self.healed || !self.scenario.partitions && self.scenario.twins.is_empty() {
+        if self.healed {
+            return true;
+        }
+        if let Some(isolated) = self.scenario.isolated {
+            let cut = |id: usize| self.instances[id].index.0 == isolated;
+            return cut(from) == cut(to);
+        }
+        if !self.scenario.partitions && self.scenario.twins.is_empty() {
             return true;
         }
         let (a, b) = (self.instances[from].group, self.instances[to].group);
@@ -602,6 +719,13 @@ impl World {
             .collect();
         let behavior = self.instances[from].behavior;
         for target in targets {
+            if let Some((kind, rate)) = self.scenario.lose_kind
+                && !self.healed
+                && message.kind() == kind
+                && self.rng.chance(rate)
+            {
+                continue;
+            }
             let message = match behavior {
                 Some(behavior) => match self.corrupt(from, target, behavior, &message) {
                     Some(message) => message,
@@ -610,6 +734,11 @@ impl World {
                 None => message.clone(),
             };
             let bytes = Arc::new(message.encode());
+            if behavior == Some(Behavior::DelayPrePrepares) && matches!(message, Message::PrePrepare { .. }) {
+                // Just under the view-change timeout: slow, but never slow enough to be replaced.
+                self.transmit_after(from, target, bytes, VIEW_CHANGE_TIMEOUT_MS * 9 / 10);
+                continue;
+            }
             self.transmit(from, target, bytes);
             if let Some(behavior) = behavior {
                 self.misbehave(from, target, behavior);
@@ -619,6 +748,11 @@ impl World {
 
     /// Puts bytes on the wire: maybe dropped, maybe duplicated, always delayed.
     fn transmit(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>) {
+        self.transmit_after(from, to, bytes, 0);
+    }
+
+    /// [`Self::transmit`] with `extra_ms` of delay on top of the network's.
+    fn transmit_after(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>, extra_ms: u64) {
         if !self.reachable(from, to) {
             return;
         }
@@ -627,7 +761,7 @@ impl World {
         }
         let copies = if !self.healed && self.rng.chance(self.duplicate_rate) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = self.rng.range(1, self.scenario.delay_max_ms);
+            let delay = self.rng.range(1, self.scenario.delay_max_ms) + extra_ms;
             self.push(self.now + delay, Event::Deliver { to, from, bytes: bytes.clone() });
         }
     }
@@ -666,13 +800,16 @@ impl World {
             self.checker.count_rejected();
             return;
         };
-        // The node's check of a proposal's transactions, before the replica sees it.
-        if let Message::PrePrepare { batch, pre_prepare } = verified.message() {
-            let set = self.instances[to].schedule.at(pre_prepare.body.height);
-            if !valid_batch(batch, set, self.issued, &self.rotations) {
-                self.checker.count_rejected();
-                return;
-            }
+        // The node's check of a proposal's transactions, before the replica sees it (the
+        // batch's metadata is the replica's to check).
+        if let Message::PrePrepare { batch, .. } = verified.message()
+            && !valid_payload(batch, self.issued, &self.rotations)
+        {
+            self.checker.count_rejected();
+            return;
+        }
+        if self.instances[to].behavior.is_some() {
+            self.remember_view_changes(to, verified.message());
         }
         let from = self.instances[from].index;
         self.handle(to, Input::Message { from, message: verified });
@@ -688,6 +825,10 @@ impl World {
                 && self.reachable(s, id)
         });
         let Some(server) = server else { return };
+        // A view churner's commits would reach the others inside the certificates it serves.
+        if self.instances[server].behavior == Some(Behavior::ViewChurn) {
+            return;
+        }
         if !self.healed && self.rng.chance(self.drop_rate) {
             return;
         }
@@ -695,6 +836,16 @@ impl World {
         let start = (from.0.max(1) - 1) as usize;
         let end = (to.0 as usize).min(chain.len());
         let mut blocks: Vec<Block> = if start < end { chain[start..end].to_vec() } else { Vec::new() };
+        if self.instances[server].behavior == Some(Behavior::LyingSync) {
+            // Genuine blocks, but not the ones asked for: far ahead, shifted, or none at all.
+            let length = chain.len();
+            blocks = match self.rng.range(0, 2) {
+                0 => chain[end.min(length)..length.min(end + 300)].to_vec(),
+                1 => chain[start.saturating_sub(8)..end.saturating_sub(8).max(start.saturating_sub(8))]
+                    .to_vec(),
+                _ => Vec::new(),
+            };
+        }
         if self.instances[server].behavior == Some(Behavior::Forge) {
             for block in &mut blocks {
                 let mut batch = (*block.batch).clone();
@@ -704,11 +855,14 @@ impl World {
         }
         let epoch = self.instances[id].epoch;
         let delay = self.rng.range(1, self.scenario.delay_max_ms * 2);
-        self.push(self.now + delay, Event::Blocks { to: id, epoch, blocks });
+        self.push(self.now + delay, Event::Blocks { to: id, epoch, from: peer, blocks });
     }
 
     fn client_tick(&mut self) {
         self.push(self.now + CLIENT_TICK_MS, Event::ClientTick);
+        if self.scenario.key_compromise && self.now % 100 < CLIENT_TICK_MS {
+            self.key_compromise_attack();
+        }
         // New requests arrive throughout the run, so progress is always possible.
         let arrivals = self.rng.range(1, 3);
         self.issued += arrivals;
@@ -732,8 +886,10 @@ impl World {
         for id in 0..self.instances.len() {
             let Some(replica) = self.instances[id].replica.as_ref() else { continue };
             let instance = &self.instances[id];
+            // Bounded: when nothing commits for minutes, requests pile up by the ten thousand.
             let mut pending: Vec<u64> = (instance.first_uncommitted..self.issued)
                 .filter(|request| !instance.committed_requests.contains(request))
+                .take(REQUESTS_PER_BATCH_MAX * 64)
                 .collect();
             let mut rotations: Vec<u64> = self
                 .rotations
@@ -765,7 +921,8 @@ impl World {
             }
             let payload = borsh::to_vec(&batch).expect("encode");
             // Twins and distinct instances propose with distinct timestamps, so their batches differ.
-            self.handle(id, Input::Propose { payload, timestamp_ms: now * 16 + id as u64 });
+            let timestamp_ms = self.wall_clock(id) + id as u64;
+            self.handle(id, Input::Propose { payload, timestamp_ms });
         }
     }
 
@@ -777,6 +934,15 @@ impl World {
         self.push(next, Event::FaultTick);
         if self.scenario.partitions || !self.scenario.twins.is_empty() {
             self.repartition();
+        }
+        // Amnesiacs crash at half the fault ticks (and forget their safety records).
+        for id in 0..self.instances.len() {
+            if self.instances[id].behavior == Some(Behavior::Amnesia)
+                && self.instances[id].replica.is_some()
+                && self.rng.chance(0.5)
+            {
+                self.crash(id);
+            }
         }
         if self.scenario.crashes && self.rng.chance(0.3) {
             let alive: Vec<usize> = (0..self.instances.len())
@@ -832,6 +998,12 @@ impl World {
                 self.boot(id);
             }
         }
+        if std::env::var_os("TETRAD_SIM_DEBUG").is_some() {
+            for instance in &self.instances {
+                let state = instance.replica.as_ref().map(Replica::describe).unwrap_or_default();
+                eprintln!("at heal {} ms: {}", self.now, &state[..state.len().min(200)]);
+            }
+        }
         let heights = self.heights();
         self.checker.healed(self.now, self.scenario.liveness_bound_ms, &heights);
     }
@@ -842,6 +1014,10 @@ impl World {
         let me = self.instances[from].index;
         match (behavior, message) {
             (Behavior::Silent, _) => None,
+            (
+                Behavior::ViewChurn,
+                Message::PrePrepare { .. } | Message::Prepare(_) | Message::Commit(_) | Message::Batch { .. },
+            ) => None,
             (Behavior::Equivocate, Message::PrePrepare { pre_prepare, batch }) if to % 2 == 1 => {
                 let mut other = (**batch).clone();
                 other.timestamp_ms = other.timestamp_ms.wrapping_add(1 + to as u64);
@@ -850,6 +1026,29 @@ impl World {
                 let set = self.schedule.at(body.height);
                 Some(Message::PrePrepare { pre_prepare: Signed::sign(body, me, &key, set), batch: other })
             }
+            (Behavior::BadMetadata, Message::PrePrepare { pre_prepare, batch }) => {
+                let mut other = (**batch).clone();
+                let n = u64::from(self.scenario.n);
+                match self.rng.range(0, 4) {
+                    0 => other.proposer = ValidatorIndex(((u64::from(me.0) + 1) % n) as u16),
+                    1 => other.view = View(other.view.0 + n),
+                    2 => other.timestamp_ms = u64::MAX,
+                    3 => other.timestamp_ms = self.wall_clock(from) + 10 * self.config.timestamp_skew_max_ms,
+                    _ => other.timestamp_ms = self.wall_clock(from) - 10 * self.config.timestamp_skew_max_ms,
+                }
+                let other = Arc::new(other);
+                let body = PrePrepare { digest: other.digest(), ..pre_prepare.body.clone() };
+                let set = self.schedule.at(body.height);
+                Some(Message::PrePrepare { pre_prepare: Signed::sign(body, me, &key, set), batch: other })
+            }
+            (Behavior::StaleCertificates, Message::ViewChange(view_change)) if view_change.signer == me => {
+                Some(self.stale_view_change(from, view_change))
+            }
+            (Behavior::WithholdNewView, Message::NewView(new_view)) if new_view.signer == me => None,
+            (Behavior::SplitNewView, Message::NewView(new_view)) if new_view.signer == me => {
+                Some(self.split_new_view(from, to, new_view))
+            }
+            (Behavior::WithholdPrePrepares, Message::PrePrepare { .. }) if to.is_multiple_of(2) => None,
             (Behavior::DoubleVote, Message::Prepare(prepare)) if self.rng.chance(0.5) => {
                 let body = Prepare {
                     digest: Digest::of(&self.rng.next_u64().to_le_bytes()),

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use tetrad_consensus::wire::{Message, VerifiedBlock, VerifyError, verify};
 use tetrad_consensus::{
-    Actions, Digest, Height, Input, Recipient, Replica, SecretKey, Timer, TimerAction, ValidatorIndex,
-    ValidatorSchedule, View,
+    Actions, BlockSource, Digest, Height, Input, Recipient, Replica, SecretKey, Timer, TimerAction,
+    ValidatorIndex, ValidatorSchedule, View,
 };
 use tetrad_genesis::ConsensusParams;
 use tetrad_ledger::tx::{Tx, check_all};
@@ -224,6 +224,14 @@ struct State {
     executor_gone: bool,
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock (batch timestamps).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl State {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -371,6 +379,8 @@ impl Driver {
             let Some(replica) = self.replica.as_mut() else { continue };
             let mut actions = Actions::default();
             let view_before = (replica.view(), replica.view_active());
+            // Backups check batch timestamps against this machine's clock (the replica reads none).
+            merge(&mut actions, replica.handle(now, Input::WallClock { unix_ms: wall_clock_ms() }));
             for input in inputs {
                 merge(&mut actions, replica.handle(now, input));
             }
@@ -489,7 +499,9 @@ impl Driver {
             }
             if done.height > replica.committed() {
                 match self.stored_block(done.height, &done.schedule) {
-                    Some(block) => inputs.push(Input::Blocks(vec![block])),
+                    Some(block) => {
+                        inputs.push(Input::Blocks { source: BlockSource::OwnStore, blocks: vec![block] })
+                    }
                     None => return,
                 }
             }
@@ -724,7 +736,8 @@ impl Driver {
                     }
                     match delivered {
                         None => {
-                            let _ = verified.send((Input::Blocks(blocks), None)).await;
+                            let input = Input::Blocks { source: BlockSource::Peer(from), blocks };
+                            let _ = verified.send((input, None)).await;
                         }
                         Some(mut next) => {
                             for block in blocks {
@@ -822,10 +835,8 @@ impl Driver {
             return;
         }
         let payload = borsh::to_vec(&cut.txs).unwrap_or_default();
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let timestamp_ms = wall_clock_ms();
+        merge(actions, replica.handle(now, Input::WallClock { unix_ms: timestamp_ms }));
         merge(actions, replica.handle(now, Input::Propose { payload, timestamp_ms }));
     }
 
@@ -838,7 +849,22 @@ impl Driver {
             stable_checkpoints,
             timers,
             fetch_blocks,
+            diverged,
         } = actions;
+        if let Some(divergence) = diverged {
+            // Fail-stop: this node's state disagrees with what a quorum certified. It must not
+            // sign, vote or serve blocks from that state; an operator has to look.
+            tracing::error!(
+                height = %divergence.height,
+                certified_header = %divergence.certified.header_hash,
+                certified_state_root = %divergence.certified.state_root,
+                executed_header = %divergence.executed.header_hash,
+                executed_state_root = %divergence.executed.state_root,
+                "{divergence}; stopping"
+            );
+            eprintln!("tetrad: {divergence}; stopping");
+            std::process::exit(72);
+        }
         if !persist.is_empty() {
             let (puts, deletes) = tetrad_consensus::safety::split_ops(&persist);
             let Some(safety) = self.safety.clone() else { return };
@@ -941,6 +967,7 @@ fn merge(into: &mut Actions, from: Actions) {
     into.stable_checkpoints.extend(from.stable_checkpoints);
     into.timers.extend(from.timers);
     into.fetch_blocks.extend(from.fetch_blocks);
+    into.diverged = into.diverged.take().or(from.diverged);
 }
 
 /// Per-message timing, with the network's `consensus in` and the driver's `consensus event`.
