@@ -357,10 +357,11 @@ fn gossip_validator(
             return false;
         }
         let mut pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
         for (tx, hash) in fresh {
-            let sender = store.account(&tx.body.from).ok().flatten();
-            // Stale or duplicate here is normal (it was committed or we had it already).
-            if pool.admit(tx, hash, sender).is_err() {
+            // Stale or duplicate here is normal (it was committed or we had it already); every
+            // refusal is counted by reason in the mempool's metrics.
+            if pool.admit(tx, hash, &*store, now).is_err() {
                 metrics::dropped("gossip_tx_not_admitted", 1);
             }
         }
