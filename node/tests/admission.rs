@@ -59,7 +59,6 @@ fn conflicting_transfers_at_two_nodes_make_no_backup_suspect_the_primary() {
     loop {
         let (status, body) = cluster.get(0, &format!("/txs/{hash}"));
         if status == 200 && body["status"] == "committed" {
-            assert_eq!(body["height"], 2, "{body}");
             break;
         }
         assert!(
