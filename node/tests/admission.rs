@@ -28,7 +28,7 @@ fn conflicting_transfers_at_two_nodes_make_no_backup_suspect_the_primary() {
     let (sender, other) = (cluster.account_key(0), cluster.account_key(1));
     // Warm up: one block, so gossip reaches everyone.
     let warm = cluster.transfer(&other, 0, sender.public_key(), 1);
-    assert_eq!(cluster.submit(0, &warm).0, 200);
+    assert_eq!(cluster.submit(0, &warm).0, 202);
     for node in 0..4 {
         cluster.wait_height(node, 1, Duration::from_secs(30));
     }
@@ -43,16 +43,16 @@ fn conflicting_transfers_at_two_nodes_make_no_backup_suspect_the_primary() {
         let backup = scope.spawn(|| cluster.submit(1, &next));
         (primary.join().expect("submit"), backup.join().expect("submit"))
     });
-    // Nonce 1 is admitted at the primary unless nonce 0's gossip got there first (then the two
+    // Nonce 1 is admitted (202) at the primary unless nonce 0's gossip got there first (then the two
     // together overspend). Nonce 0 is admitted whatever arrived first: a lower nonce is never
     // refused for what a higher one would spend.
     assert!(
-        at_primary.0 == 200 || at_primary.1["error"]["code"] == -32005,
+        at_primary.0 == 202 || at_primary.1["error"]["code"] == -32005,
         "primary: {} {}",
         at_primary.0,
         at_primary.1
     );
-    assert_eq!(at_backup.0, 200, "backup: {}", at_backup.1);
+    assert_eq!(at_backup.0, 202, "backup: {}", at_backup.1);
     // Nonce 0 commits, in view 0, well within one view-change timeout.
     let deadline = Instant::now() + Duration::from_secs(10);
     let hash = next.hash().to_hex();

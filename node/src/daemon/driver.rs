@@ -1093,6 +1093,9 @@ mod tests {
         let driver = Driver {
             replica: None,
             safety: None,
+            keys: Vec::new(),
+            pending: None,
+            margin_from: None,
             store,
             mempool: Arc::new(Mutex::new(Mempool::new(MempoolConfig::default()))),
             schedule,

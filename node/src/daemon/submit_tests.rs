@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tetrad_consensus::{Height, SecretKey, ValidatorIndex};
 use tetrad_genesis::Genesis;
+use tetrad_ledger::Store;
 use tetrad_ledger::scratch::ScratchDir;
 use tetrad_ledger::testkit::{TestChain, account_key, validator_key};
 use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 use tetrad_ledger::validators::possession_digest;
-use tetrad_ledger::{Address, Store};
 use tetrad_rpc::api::SubmitError;
 use tokio::sync::{broadcast, mpsc};
 
