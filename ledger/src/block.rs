@@ -92,7 +92,8 @@ impl Account {
     }
 }
 
-/// Why a transaction failed at execution. It changed nothing but its receipt.
+/// Why a transaction failed at execution. A wrong nonce changed nothing; any other failure
+/// changed nothing but its sender's nonce, which it used up.
 #[derive(
     Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize, thiserror::Error,
 )]

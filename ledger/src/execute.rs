@@ -4,9 +4,12 @@
 //! hash-map iteration order reaches the result. Signatures and other static checks are *not*
 //! repeated here; they were checked at admission and before the pre-prepare was accepted (or the
 //! block came with a commit certificate). Dynamic checks (nonce, balance, overflow) are made
-//! here; a transaction that fails them gets a failed receipt and changes nothing. A key
-//! rotation's proof of possession is checked here too (it depends on the validator registry),
-//! so a bad one is a failed receipt with its reason.
+//! here. A transaction whose nonce is wrong never executes: a failed receipt, and nothing
+//! changes. One whose nonce is right but that fails a dynamic check is executed all the same:
+//! a failed receipt, and nothing changes but its sender's nonce, which it uses up (the same
+//! signed bytes can never execute later, whatever the sender's balance becomes; DESIGN.md,
+//! Ledger). A key rotation's proof of possession is checked here too (it depends on the
+//! validator registry), so a bad one is a failed receipt with its reason.
 
 use std::collections::BTreeMap;
 
@@ -75,29 +78,36 @@ impl<S: StateReader> Overlay<'_, S> {
         let Some(nonce_after) = expected.checked_add(1) else {
             return Ok(Err(ExecutionError::BadNonce { expected, found: tx.body.nonce }));
         };
-        match &tx.body.kind {
-            TxKind::Transfer { to, amount } => {
-                // An account that does not exist has nothing to send; it is never created by
-                // its own transfer.
-                let Some(sender) = existing else {
-                    return Ok(Err(ExecutionError::InsufficientBalance { balance: 0, amount: *amount }));
-                };
-                self.transfer(from, sender, nonce_after, to, *amount)
-            }
+        let outcome = match &tx.body.kind {
+            TxKind::Transfer { to, amount } => match existing {
+                Some(sender) => self.transfer(from, sender, nonce_after, to, *amount)?,
+                // An account that does not exist has nothing to send.
+                None => Err(ExecutionError::InsufficientBalance { balance: 0, amount: *amount }),
+            },
             TxKind::RotateValidatorKey { validator, new_key, proof_of_possession } => {
-                if let Err(error) = self.rotate(from, *validator, new_key, proof_of_possession) {
-                    return Ok(Err(error));
-                }
-                // The sender (the validator's consensus key) pays nothing; its account exists
-                // from now on, so the nonce rule protects the rotation from replay.
-                let (account, created) = self.get_or_new(&from)?;
-                self.changes.insert(from, Account { nonce: nonce_after, ..account });
-                if created {
-                    self.next_slot += 1;
-                }
-                Ok(Ok(()))
+                // The sender (the validator's consensus key) pays nothing.
+                self.rotate(from, *validator, new_key, proof_of_possession)
             }
+        };
+        match outcome {
+            // A transfer wrote its sender's new nonce with its balance.
+            Ok(()) if matches!(tx.body.kind, TxKind::Transfer { .. }) => {}
+            // Anything else that executed uses up its nonce here, failed or not. The sender's
+            // account exists from then on (an empty one if it had none), so the nonce rule
+            // protects these signed bytes from replay for good.
+            _ => self.use_nonce(from, nonce_after)?,
         }
+        Ok(outcome)
+    }
+
+    /// Sets the sender's nonce to `nonce_after`, creating its (empty) account if needed.
+    fn use_nonce(&mut self, from: Address, nonce_after: u64) -> Result<(), S::Error> {
+        let (account, created) = self.get_or_new(&from)?;
+        self.changes.insert(from, Account { nonce: nonce_after, ..account });
+        if created {
+            self.next_slot += 1;
+        }
+        Ok(())
     }
 
     fn transfer(

@@ -337,6 +337,16 @@ impl Store {
         self.read_head().registry.clone()
     }
 
+    /// Validator `validator`'s consensus key for the next block: the key a rotation of that
+    /// validator must be signed with if it executes next (no copy of the registry).
+    pub fn validator_key(
+        &self,
+        validator: tetrad_consensus::ValidatorIndex,
+    ) -> Option<tetrad_consensus::PublicKey> {
+        let head = self.read_head();
+        head.registry.keys_at(head.header.height.next()).get(validator.as_usize()).copied()
+    }
+
     /// The header of the last committed block (the genesis header before the first block).
     pub fn head(&self) -> Header {
         self.read_head().header.clone()

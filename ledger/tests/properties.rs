@@ -109,19 +109,22 @@ proptest! {
             for (tx, receipt) in txs.iter().zip(&execution.receipts) {
                 let from = tx.body.from;
                 let expected = *nonces.entry(from).or_insert_with(|| state.accounts.get(&from).map(|a| a.nonce).unwrap_or(0));
-                if receipt.outcome == Outcome::Success {
+                // Executed (successfully or not) unless its nonce was wrong; either way a used
+                // nonce is used up.
+                let wrong_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
+                if wrong_nonce {
+                    prop_assert_ne!(tx.body.nonce, expected, "the next nonce always executes");
+                } else {
                     prop_assert_eq!(tx.body.nonce, expected, "only the next nonce executes");
                     prop_assert!(executed.insert((from, tx.body.nonce)), "nonce executed twice");
                     nonces.insert(from, expected + 1);
-                } else if tx.body.nonce != expected {
-                    let is_bad_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
-                    prop_assert!(is_bad_nonce);
                 }
             }
             state.apply(&execution);
             parent = execution.header.clone();
         }
-        // Replaying every transaction that executed executes none of them again.
+        // Replaying every transaction that executed (successfully or not) executes none of
+        // them again.
         let (_, _, all_txs) = run(&chain, &blocks);
         let replay: Vec<Tx> = all_txs.into_iter().flatten().filter(|tx| executed.contains(&(tx.body.from, tx.body.nonce))).collect();
         let execution = execute(&state, &parent, &batch(&parent, &replay), &replay).unwrap_or_else(|never| match never {});
@@ -140,23 +143,34 @@ proptest! {
     }
 
     #[test]
-    fn a_failed_transaction_changes_nothing_but_its_receipt(plans in prop::collection::vec(tx_plan(), 1..12)) {
+    fn a_failed_transaction_moves_nothing_and_uses_up_only_a_right_nonce(plans in prop::collection::vec(tx_plan(), 1..12)) {
         let chain = TestChain::new(4, ACCOUNTS, 1000);
         let state = MemoryState::from_genesis(&chain.genesis);
         let parent = chain.genesis.header.clone();
         let txs = realise(&chain, &state, &plans);
         let full = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
-        // Dropping the failed transactions gives the same state.
-        let succeeded: Vec<Tx> = txs
-            .iter()
-            .zip(&full.receipts)
-            .filter(|(_, receipt)| receipt.outcome == Outcome::Success)
-            .map(|(tx, _)| tx.clone())
-            .collect();
-        let only = execute(&state, &parent, &batch(&parent, &succeeded), &succeeded).unwrap_or_else(|never| match never {});
-        prop_assert_eq!(full.changes, only.changes);
-        prop_assert_eq!(full.header.state_root, only.header.state_root);
-        prop_assert!(only.receipts.iter().all(|receipt| receipt.outcome == Outcome::Success));
+        // The state after each prefix of the batch: a failed transaction's step changes no
+        // balance and no other account; its sender's nonce moves by one unless the nonce was
+        // wrong (then nothing changes at all).
+        let after = |count: usize| {
+            let prefix = &txs[..count];
+            let execution = execute(&state, &parent, &batch(&parent, prefix), prefix).unwrap_or_else(|never| match never {});
+            let mut accounts = state.accounts.clone();
+            accounts.extend(execution.changes);
+            accounts
+        };
+        for (index, (tx, receipt)) in txs.iter().zip(&full.receipts).enumerate() {
+            let Outcome::Failed { error } = &receipt.outcome else { continue };
+            let (before, later) = (after(index), after(index + 1));
+            let from = tx.body.from;
+            let mut expected = before.clone();
+            if !matches!(error, ExecutionError::BadNonce { .. }) {
+                let account = before.get(&from).copied().unwrap_or(tetrad_ledger::Account { balance: 0, nonce: 0, slot: 0 });
+                let slot = later.get(&from).map(|account| account.slot).unwrap_or(account.slot);
+                expected.insert(from, tetrad_ledger::Account { nonce: account.nonce + 1, slot, ..account });
+            }
+            prop_assert_eq!(&later, &expected, "transaction {} ({:?})", index, error);
+        }
     }
 
     #[test]
@@ -206,7 +220,55 @@ fn recipient_overflow_is_a_failed_receipt() {
         execution.receipts[0].outcome,
         Outcome::Failed { error: ExecutionError::BalanceOverflow { balance: u64::MAX - 5, amount: 10 } }
     );
-    assert!(execution.changes.is_empty());
+    // Nothing moved; only the sender's nonce is used up.
+    let sender = state.accounts[&a];
+    assert_eq!(
+        execution.changes.into_iter().collect::<Vec<_>>(),
+        vec![(a, tetrad_ledger::Account { nonce: 1, ..sender })]
+    );
+}
+
+/// A transfer that fails at execution uses up its nonce, so the same signed bytes cannot
+/// succeed later once the sender can pay (or once a sender with no account has one).
+#[test]
+fn a_failed_transaction_uses_up_its_nonce_and_never_executes_later() {
+    let chain = TestChain::new(4, 3, 1000);
+    let dir = ScratchDir::new("failed-nonce").expect("scratch dir");
+    let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
+    let nobody = account_key(77).public_key();
+    let too_much = chain.transfer(0, 0, 1, 1500);
+    let from_nobody = chain.transfer(77, 0, 1, 10);
+    let execution = chain.commit(&store, &[too_much.clone(), from_nobody.clone()]).expect("commit");
+    assert_eq!(
+        execution.receipts[0].outcome,
+        Outcome::Failed { error: ExecutionError::InsufficientBalance { balance: 1000, amount: 1500 } }
+    );
+    assert_eq!(
+        execution.receipts[1].outcome,
+        Outcome::Failed { error: ExecutionError::InsufficientBalance { balance: 0, amount: 10 } }
+    );
+    let sender = store.account(&chain.addresses[0]).expect("read").expect("account 0");
+    assert_eq!((sender.balance, sender.nonce), (1000, 1));
+    let created = store.account(&nobody).expect("read").expect("an empty account holds the used nonce");
+    assert_eq!((created.balance, created.nonce), (0, 1));
+    // Both senders get the funds they lacked; the same bytes are submitted again.
+    chain
+        .commit(&store, &[chain.transfer(1, 0, 0, 1000), chain.transfer_to(2, 0, nobody, 500)])
+        .expect("commit");
+    let replay = chain.commit(&store, &[too_much.clone(), from_nobody.clone()]).expect("commit");
+    for receipt in &replay.receipts {
+        assert_eq!(
+            receipt.outcome,
+            Outcome::Failed { error: ExecutionError::BadNonce { expected: 1, found: 0 } }
+        );
+    }
+    assert_eq!(store.account(&chain.addresses[0]).expect("read").expect("account 0").balance, 2000);
+    assert_eq!(store.account(&nobody).expect("read").expect("account").balance, 500);
+    // The index still points at the block where each was executed (and failed).
+    for tx in [&too_much, &from_nobody] {
+        let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
+        assert_eq!(receipt.height.0, 1);
+    }
 }
 
 #[test]

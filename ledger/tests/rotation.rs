@@ -97,17 +97,18 @@ fn a_rotation_takes_effect_after_the_next_checkpoint() {
         ledger.outcome(rotation(&ledger.chain, &old, 1, 1, &newer, &newer)),
         failed(ExecutionError::RotationPending { validator: 1, activation: 5 })
     );
-    // Replaying the first rotation: the nonce was used.
+    // Replaying the first rotation: the nonce was used (and the refused second one used its
+    // nonce too).
     assert_eq!(
         ledger.outcome(rotation(&ledger.chain, &old, 0, 1, &new, &new)),
-        failed(ExecutionError::BadNonce { expected: 1, found: 0 })
+        failed(ExecutionError::BadNonce { expected: 2, found: 0 })
     );
     // After activation the old key is no longer the validator's current key…
     while ledger.parent.height < Height(5) {
         ledger.block(&[]);
     }
     assert_eq!(
-        ledger.outcome(rotation(&ledger.chain, &old, 1, 1, &newer, &newer)),
+        ledger.outcome(rotation(&ledger.chain, &old, 2, 1, &newer, &newer)),
         failed(ExecutionError::NotCurrentKey { validator: 1 })
     );
     // …and the new key can rotate again.
@@ -115,20 +116,21 @@ fn a_rotation_takes_effect_after_the_next_checkpoint() {
 }
 
 #[test]
-fn each_refusal_has_its_receipt_reason_and_changes_nothing_but_the_nonce_rule() {
+fn each_refusal_has_its_receipt_reason_and_changes_nothing_but_the_senders_nonce() {
     let mut ledger = Ledger::new();
     let (v1, v2) = (validator_key(1), validator_key(2));
     let new = new_key(210);
     let before = ledger.state.registry.clone();
     // A proof of possession signed by another key.
-    assert_eq!(
-        ledger.outcome(rotation(&ledger.chain, &v1, 0, 1, &new, &new_key(211))),
-        failed(ExecutionError::InvalidProofOfPossession)
-    );
+    let bad_proof = rotation(&ledger.chain, &v1, 0, 1, &new, &new_key(211));
+    assert_eq!(ledger.outcome(bad_proof.clone()), failed(ExecutionError::InvalidProofOfPossession));
+    // Each refusal used up its nonce: the same signed bytes never execute again.
+    assert_eq!(ledger.state.accounts.get(&v1.public_key()).map(|account| account.nonce), Some(1));
+    assert_eq!(ledger.outcome(bad_proof), failed(ExecutionError::BadNonce { expected: 1, found: 0 }));
     // A key some validator already has (validator 2's), and the validator's own current key.
-    let outcome = ledger.outcome(rotation(&ledger.chain, &v1, 0, 1, &v2, &v2));
+    let outcome = ledger.outcome(rotation(&ledger.chain, &v1, 1, 1, &v2, &v2));
     assert_eq!(outcome, failed(ExecutionError::KeyAlreadyUsed { key: v2.public_key() }));
-    let outcome = ledger.outcome(rotation(&ledger.chain, &v1, 0, 1, &v1, &v1));
+    let outcome = ledger.outcome(rotation(&ledger.chain, &v1, 2, 1, &v1, &v1));
     assert_eq!(outcome, failed(ExecutionError::KeyAlreadyUsed { key: v1.public_key() }));
     // Signed by a key that is not the validator's current one.
     assert_eq!(
@@ -137,12 +139,12 @@ fn each_refusal_has_its_receipt_reason_and_changes_nothing_but_the_nonce_rule() 
     );
     // A validator that does not exist.
     assert_eq!(
-        ledger.outcome(rotation(&ledger.chain, &v1, 0, 9, &new, &new)),
+        ledger.outcome(rotation(&ledger.chain, &v1, 3, 9, &new, &new)),
         failed(ExecutionError::UnknownValidator { validator: 9 })
     );
     assert_eq!(ledger.state.registry, before, "a refused rotation changed the registry");
     // A key used before (even if no longer current) is refused too.
-    assert_eq!(ledger.outcome(rotation(&ledger.chain, &v1, 0, 1, &new, &new)), Outcome::Success);
+    assert_eq!(ledger.outcome(rotation(&ledger.chain, &v1, 4, 1, &new, &new)), Outcome::Success);
     while ledger.parent.height
         < ledger.state.registry.pending(ValidatorIndex(1), Height(0)).unwrap_or(Height(0))
     {

@@ -99,6 +99,14 @@ struct NetworkBenchArgs {
     /// Keep the network's homes and logs in this (new) directory.
     #[arg(long)]
     keep_dir: Option<PathBuf>,
+    /// Flood scenario: this many junk keys (funded accounts that only send transfers behind a
+    /// nonce gap, with as many fresh keys sending rotations and transfers from no account)
+    /// submit junk beside the honest load; 0 runs no flood.
+    #[arg(long, default_value_t = 0)]
+    flood_keys: u64,
+    /// Junk transactions per second of the flood.
+    #[arg(long, default_value_t = 5000)]
+    flood_rate: u64,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +303,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 submitters: network.submitters,
                 timeout_s: network.timeout_s,
                 keep_dir: network.keep_dir,
+                flood_keys: network.flood_keys,
+                flood_rate: network.flood_rate,
             };
             crate::ops::bench::run(&args).map(|_| ())
         }

@@ -174,6 +174,16 @@ fn bad_inputs(cluster: &Cluster) {
     let spent = cluster.transfer(&cluster.account_key(0), 0, cluster.account_key(1).public_key(), 10);
     let far = cluster.transfer(&cluster.account_key(3), 5000, cluster.account_key(0).public_key(), 1);
     let zero = cluster.transfer(&cluster.account_key(3), 0, cluster.account_key(0).public_key(), 0);
+    let from_nobody = {
+        let key = tetrad_consensus::SecretKey::from_seed([0x3c; 32]);
+        let body = TxBody {
+            chain: chain_tag(&cluster.genesis_hash),
+            from: key.public_key(),
+            nonce: 0,
+            kind: TxKind::Transfer { to: cluster.account_key(0).public_key(), amount: 1 },
+        };
+        serde_json::to_value(Tx::sign(body, &key, &cluster.genesis_hash)).expect("json")
+    };
     let call =
         |method: &str, params: Value| json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     let cases: Vec<(&str, Value, i64, &str)> = vec![
@@ -196,6 +206,12 @@ fn bad_inputs(cluster: &Cluster) {
         ("replayed tx", call("submit_transaction", json!({"tx": spent})), -32003, "nonce 0 was already used"),
         ("nonce too far ahead", call("submit_transaction", json!({"tx": far})), -32004, "ahead"),
         ("zero amount", call("submit_transaction", json!({"tx": zero})), -32016, "zero"),
+        (
+            "transfer from no account",
+            call("submit_transaction", json!({"tx": from_nobody})),
+            -32017,
+            "has no account",
+        ),
         ("unknown height", call("get_block", json!({"height": 999_999})), -32010, "999999"),
         ("unknown tx", call("get_transaction", json!({"hash": "ab".repeat(32)})), -32011, ""),
     ];

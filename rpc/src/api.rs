@@ -101,7 +101,8 @@ pub enum TxStatus {
     Pending,
     /// In a block and executed successfully.
     Committed,
-    /// In a block, but execution refused it (the receipt says why); it changed nothing.
+    /// In a block, but execution refused it (the receipt says why); it changed nothing but
+    /// its sender's nonce, which it used up (unless the nonce itself was wrong).
     Failed,
 }
 
@@ -178,6 +179,14 @@ pub enum SubmitError {
     NonceTooFarAhead { expected: u64, found: u64, max_ahead: u64 },
     #[error("balance {balance} (after pending transfers) is less than the amount {amount}")]
     InsufficientBalance { balance: u64, amount: u64 },
+    #[error("sender {from} has no account; a transfer must come from an account that exists")]
+    NoAccount { from: Address },
+    #[error("a rotation of validator {validator} must be signed by its current consensus key; {from} is not")]
+    NotValidator { from: Address, validator: u16 },
+    #[error(
+        "sender {from} already has {pending} transactions waiting, the limit is {max}; wait for some to commit"
+    )]
+    SenderQueueFull { from: Address, pending: usize, max: usize },
     #[error("the same transaction is already pending")]
     Duplicate,
     #[error("mempool is full ({txs} transactions, {bytes} bytes); try again later")]

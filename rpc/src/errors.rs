@@ -28,6 +28,9 @@
 //! | -32014 | `wait_timeout`        | 504  | admitted, but not committed before the wait timed out    |
 //! | -32015 | `unavailable`         | 503  | the node is shutting down                                |
 //! | -32016 | `zero_amount`         | 400  | the transfer amount is zero                              |
+//! | -32017 | `no_account`          | 400  | a transfer from an address that has no account           |
+//! | -32018 | `not_validator`       | 400  | a key rotation not signed by the validator's current key |
+//! | -32019 | `sender_queue_full`   | 429  | the sender has too many transactions waiting             |
 //! | -32020 | `body_too_large`      | 413  | the request body is over the server's limit              |
 //! | -32021 | `overloaded`          | 503  | too many requests in flight; try again later             |
 //! | -32022 | `request_timeout`     | 408  | the request took longer than the server's time limit     |
@@ -65,6 +68,9 @@ pub enum ErrorCode {
     WaitTimeout,
     Unavailable,
     ZeroAmount,
+    NoAccount,
+    NotValidator,
+    SenderQueueFull,
     BodyTooLarge,
     Overloaded,
     RequestTimeout,
@@ -72,7 +78,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -94,6 +100,9 @@ impl ErrorCode {
         ErrorCode::WaitTimeout,
         ErrorCode::Unavailable,
         ErrorCode::ZeroAmount,
+        ErrorCode::NoAccount,
+        ErrorCode::NotValidator,
+        ErrorCode::SenderQueueFull,
         ErrorCode::BodyTooLarge,
         ErrorCode::Overloaded,
         ErrorCode::RequestTimeout,
@@ -123,6 +132,9 @@ impl ErrorCode {
             ErrorCode::WaitTimeout => -32014,
             ErrorCode::Unavailable => -32015,
             ErrorCode::ZeroAmount => -32016,
+            ErrorCode::NoAccount => -32017,
+            ErrorCode::NotValidator => -32018,
+            ErrorCode::SenderQueueFull => -32019,
             ErrorCode::BodyTooLarge => -32020,
             ErrorCode::Overloaded => -32021,
             ErrorCode::RequestTimeout => -32022,
@@ -158,6 +170,9 @@ impl ErrorCode {
             ErrorCode::WaitTimeout => "wait_timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::ZeroAmount => "zero_amount",
+            ErrorCode::NoAccount => "no_account",
+            ErrorCode::NotValidator => "not_validator",
+            ErrorCode::SenderQueueFull => "sender_queue_full",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RequestTimeout => "request_timeout",
@@ -179,7 +194,10 @@ impl ErrorCode {
             | ErrorCode::Duplicate
             | ErrorCode::MalformedTx
             | ErrorCode::TxTooLarge
-            | ErrorCode::ZeroAmount => StatusCode::BAD_REQUEST,
+            | ErrorCode::ZeroAmount
+            | ErrorCode::NoAccount
+            | ErrorCode::NotValidator => StatusCode::BAD_REQUEST,
+            ErrorCode::SenderQueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::MethodNotFound
             | ErrorCode::UnknownBlock
             | ErrorCode::UnknownTx
@@ -285,6 +303,13 @@ impl RpcError {
             ),
             SubmitError::InsufficientBalance { balance, amount } => {
                 (ErrorCode::InsufficientBalance, Some(json!({ "balance": balance, "amount": amount })))
+            }
+            SubmitError::NoAccount { from } => (ErrorCode::NoAccount, Some(json!({ "from": from }))),
+            SubmitError::NotValidator { from, validator } => {
+                (ErrorCode::NotValidator, Some(json!({ "from": from, "validator": validator })))
+            }
+            SubmitError::SenderQueueFull { from, pending, max } => {
+                (ErrorCode::SenderQueueFull, Some(json!({ "from": from, "pending": pending, "max": max })))
             }
             // The hash lets a client that resubmitted after losing the answer look the first
             // submission up.

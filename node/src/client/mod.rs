@@ -172,19 +172,13 @@ pub fn tx(command: TxCommand) -> Result<()> {
     }
     let height = Height(answer["height"].as_u64().context("the node's answer has no height")?);
     let (certificate, source) = verify_inclusion(&rpc.rpc, &genesis, height, &hash)?;
+    let outcome = executed(&answer, &hash, nonce);
     if rpc.json {
         println!("{answer}");
-        return Ok(());
+        return outcome;
     }
     let signers: Vec<String> = certificate.signers().map(|signer| signer.to_string()).collect();
-    match answer["status"].as_str() {
-        Some("committed") => println!("committed at height {height}"),
-        Some("failed") => {
-            let reason = &answer["receipt"]["outcome"]["error"];
-            println!("committed at height {height}, but execution refused it: {reason}");
-        }
-        other => bail!("unexpected status {other:?} for {hash}"),
-    }
+    println!("in block {height}");
     println!("tx {hash}");
     println!(
         "certificate: {} of {} validators signed (validators {}), checked against {source}",
@@ -192,7 +186,33 @@ pub fn tx(command: TxCommand) -> Result<()> {
         genesis.validators.len(),
         signers.join(", ")
     );
+    outcome?;
+    println!("committed at height {height}");
     Ok(())
+}
+
+/// What `--wait` ends with, given the node's answer for a transaction in a block: `Ok` if it
+/// executed successfully; otherwise an error that says why (the command exits non-zero). A
+/// failed transaction used up its nonce: the same signed bytes can never execute later.
+fn executed(answer: &Value, hash: &Digest, nonce: u64) -> Result<()> {
+    match answer["status"].as_str() {
+        Some("committed") => Ok(()),
+        Some("failed") => {
+            let reason = serde_json::from_value::<tetrad_ledger::Receipt>(answer["receipt"].clone())
+                .ok()
+                .and_then(|receipt| match receipt.outcome {
+                    tetrad_ledger::Outcome::Failed { error } => Some(error.to_string()),
+                    tetrad_ledger::Outcome::Success => None,
+                })
+                .unwrap_or_else(|| answer["receipt"]["outcome"].to_string());
+            let height = answer["height"].as_u64().unwrap_or_default();
+            bail!(
+                "transaction {hash} is in block {height} but it failed: {reason}. It used up nonce \
+                 {nonce}: sign a new transaction to try again"
+            )
+        }
+        other => bail!("unexpected status {other:?} for {hash}"),
+    }
 }
 
 /// Nonces of the validator's account searched back for an earlier submission of a rotation.
@@ -603,5 +623,58 @@ fn scalar(value: &Value) -> String {
         Value::String(text) => text.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tetrad_consensus::{Batch, ValidatorIndex, View};
+    use tetrad_ledger::testkit::{MemoryState, TestChain};
+    use tetrad_ledger::tx::encode_payload;
+    use tetrad_rpc::api::{TxStatus, TxView};
+
+    use super::*;
+
+    /// The node's answer to a waiting submission of `tx`, executed as the first block of a
+    /// fresh test chain (whose accounts hold 1000 each).
+    fn answer_after_executing(chain: &TestChain, tx: &Tx) -> Value {
+        let state = MemoryState::from_genesis(&chain.genesis);
+        let txs = std::slice::from_ref(tx);
+        let batch = Batch {
+            view: View(0),
+            proposer: ValidatorIndex(0),
+            timestamp_ms: 1,
+            payload: encode_payload(txs),
+        };
+        let execution = tetrad_ledger::execute(&state, &chain.genesis.header, &batch, txs)
+            .unwrap_or_else(|never| match never {});
+        let receipt = execution.receipts[0].clone();
+        let status = match receipt.outcome {
+            tetrad_ledger::Outcome::Success => TxStatus::Committed,
+            tetrad_ledger::Outcome::Failed { .. } => TxStatus::Failed,
+        };
+        let view = TxView {
+            hash: tx.hash(),
+            status,
+            tx: tx.clone(),
+            height: Some(receipt.height),
+            index: Some(receipt.index),
+            receipt: Some(receipt),
+        };
+        serde_json::to_value(view).expect("json")
+    }
+
+    /// `tx transfer --wait` used to print a failed receipt and exit 0.
+    #[test]
+    fn waiting_for_a_transfer_that_failed_is_an_error_that_says_why() {
+        let chain = TestChain::new(4, 2, 1000);
+        let fine = chain.transfer(0, 0, 1, 10);
+        assert!(executed(&answer_after_executing(&chain, &fine), &fine.hash(), 0).is_ok());
+        let too_much = chain.transfer(0, 0, 1, 5000);
+        let error = executed(&answer_after_executing(&chain, &too_much), &too_much.hash(), 0)
+            .expect_err("a failed receipt is an error");
+        let message = error.to_string();
+        assert!(message.contains("balance 1000 is less than the amount 5000"), "{message}");
+        assert!(message.contains("used up nonce 0"), "{message}");
     }
 }

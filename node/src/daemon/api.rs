@@ -2,7 +2,7 @@
 //! mempool and the driver's status.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tetrad_consensus::{Digest, Height};
 use tetrad_genesis::Genesis;
@@ -55,11 +55,18 @@ fn submit_error(error: TxError) -> SubmitError {
 impl Api {
     /// Static checks, then the mempool's rules; on success the transaction is gossiped.
     pub fn admit(&self, tx: Tx) -> Result<Digest, SubmitError> {
-        tx.check(&self.genesis_hash).map_err(submit_error)?;
+        if let Err(error) = tx.check(&self.genesis_hash) {
+            let error = submit_error(error);
+            self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
+            return Err(error);
+        }
         let hash = tx.hash();
-        let sender =
-            self.store.account(&tx.body.from).map_err(|error| SubmitError::Malformed(error.to_string()))?;
-        self.mempool.lock().unwrap_or_else(|p| p.into_inner()).admit(tx.clone(), hash, sender)?;
+        self.mempool.lock().unwrap_or_else(|p| p.into_inner()).admit(
+            tx.clone(),
+            hash,
+            &*self.store,
+            Instant::now(),
+        )?;
         self.new_txs.notify_one();
         if self.gossip.try_send(tx).is_err() {
             metrics::dropped("gossip_queue_full", 1);
@@ -74,17 +81,21 @@ impl Api {
         let mut admitted = Vec::new();
         {
             let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
             for (tx, check) in txs.into_iter().zip(checks) {
-                let result = check.map_err(submit_error).and_then(|()| {
-                    let hash = tx.hash();
-                    let sender = self
-                        .store
-                        .account(&tx.body.from)
-                        .map_err(|error| SubmitError::Malformed(error.to_string()))?;
-                    pool.admit(tx.clone(), hash, sender)?;
-                    admitted.push(tx);
-                    Ok(hash)
-                });
+                let result = match check.map_err(submit_error) {
+                    Ok(()) => {
+                        let hash = tx.hash();
+                        pool.admit(tx.clone(), hash, &*self.store, now).map(|()| {
+                            admitted.push(tx);
+                            hash
+                        })
+                    }
+                    Err(error) => {
+                        pool.count_refusal(&error);
+                        Err(error)
+                    }
+                };
                 results.push(result);
             }
         }
@@ -283,10 +294,18 @@ impl NodeApi for Api {
     }
 
     fn metrics(&self) -> String {
-        metrics::gauge(
-            "tetrad_mempool_txs",
-            self.mempool.lock().unwrap_or_else(|p| p.into_inner()).len() as f64,
-        );
+        {
+            let pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            metrics::gauge("tetrad_mempool_txs", pool.len() as f64);
+            metrics::gauge("tetrad_mempool_proposable_txs", pool.proposable() as f64);
+            metrics::gauge("tetrad_mempool_gapped_txs", pool.gapped() as f64);
+            for (reason, count) in pool.refused() {
+                metrics::mempool_refused_absolute(reason, *count);
+            }
+            for (reason, count) in pool.dropped() {
+                metrics::mempool_dropped_absolute(reason, *count);
+            }
+        }
         metrics::render()
     }
 

@@ -208,9 +208,8 @@ struct State {
     stall_reported: Option<Instant>,
     /// When waiting transactions were last gossiped again.
     regossiped: Instant,
-    /// Whether the mempool holds proposable work, and when that was last computed.
+    /// Whether the mempool holds proposable work (what the replica was last told).
     requests_pending: bool,
-    requests_checked: Option<Instant>,
     fetch_peer: u16,
     /// Consensus messages above the schedule horizon, until it passes them.
     deferred: Deferred,
@@ -252,7 +251,6 @@ impl Driver {
             up_to_date_at: None,
             fetch_peer: 0,
             requests_pending: false,
-            requests_checked: None,
             keys: std::mem::take(&mut self.keys),
             swap: KeySwap::new(false),
             promotion_checked: None,
@@ -372,6 +370,7 @@ impl Driver {
                 // Follower: executed notices only update the delivered mark. A validator waiting
                 // for its key starts its replica once the registry holds it.
                 self.beat_follower(&mut state);
+                self.mempool.lock().unwrap_or_else(|p| p.into_inner()).expire(Instant::now());
                 self.promote(&mut state).await;
                 continue;
             }
@@ -790,9 +789,14 @@ impl Driver {
         self.status.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The primary cuts a batch when the mempool has work: at once if nothing is in flight
-    /// (low latency under light load), otherwise when the batch is full or has waited the
-    /// batch timeout (large batches under heavy load).
+    /// The primary cuts a batch when the mempool has proposable work: at once if nothing is in
+    /// flight (low latency under light load), otherwise when a full batch is proposable or the
+    /// batch has waited the batch timeout (large batches under heavy load).
+    ///
+    /// Every replica (backups too) tells its replica whether proposable work waits: that is what
+    /// a backup's view-change timer runs for. The mempool's ready set depends only on the
+    /// executed state and on admission rules under which an honest primary accepts whatever is
+    /// ready at a backup (docs/decisions.md, "What a backup waits for").
     fn propose(&mut self, state: &mut State, actions: &mut Actions) {
         let Some(replica) = self.replica.as_mut() else { return };
         if state.margin.is_some() {
@@ -800,25 +804,19 @@ impl Driver {
         }
         let now = state.now_ms();
         let mut mempool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
-        let store = &self.store;
-        let nonce_of = |address: &tetrad_ledger::Address| {
-            store.account(address).ok().flatten().map(|a| a.nonce).unwrap_or(0)
-        };
-        // Scanning every sender is not free: at most every 100 ms.
-        if state.requests_checked.is_none_or(|at| at.elapsed() >= Duration::from_millis(100)) {
-            state.requests_checked = Some(Instant::now());
-            let pending = mempool.has_ready(nonce_of);
-            if pending != state.requests_pending {
-                state.requests_pending = pending;
-                merge(actions, replica.handle(now, Input::RequestsPending(pending)));
-            }
+        mempool.expire(Instant::now());
+        let pending = mempool.has_ready();
+        if pending != state.requests_pending {
+            state.requests_pending = pending;
+            merge(actions, replica.handle(now, Input::RequestsPending(pending)));
         }
-        if !replica.can_propose() || !mempool.has_unproposed() {
+        if !replica.can_propose() || !mempool.has_ready() {
             state.batch_waiting_since = None;
             return;
         }
         let waiting_since = *state.batch_waiting_since.get_or_insert_with(Instant::now);
-        let full = mempool.len() >= self.params.batch_txs_max as usize;
+        // Only what a batch could take counts: entries behind a nonce gap never fill one.
+        let full = mempool.proposable() >= self.params.batch_txs_max as usize;
         let timed_out = waiting_since.elapsed() >= Duration::from_millis(self.params.batch_timeout_ms);
         if replica.in_flight() > 0 && !full && !timed_out {
             return;
@@ -827,7 +825,6 @@ impl Driver {
             self.params.batch_txs_max as usize,
             self.params.batch_bytes_max as usize,
             Instant::now(),
-            nonce_of,
         );
         drop(mempool);
         state.batch_waiting_since = None;

@@ -127,9 +127,10 @@ impl Executor {
         metrics::count("tetrad_committed_txs_total", txs.len() as u64);
         metrics::observe("tetrad_batch_txs", txs.len() as f64);
 
-        let nonces: Vec<_> =
-            execution.changes.iter().map(|(address, account)| (*address, account.nonce)).collect();
-        self.mempool.lock().unwrap_or_else(|p| p.into_inner()).on_committed(&execution.tx_hashes, &nonces);
+        self.mempool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_committed(&execution.tx_hashes, &execution.changes);
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if !waiters.is_empty() {

@@ -8,6 +8,10 @@
 //! | `tetrad_committed_txs_total` | counter | transactions in executed blocks |
 //! | `tetrad_batch_txs` | histogram | transactions per block |
 //! | `tetrad_mempool_txs` | gauge | transactions in the mempool |
+//! | `tetrad_mempool_proposable_txs` | gauge | of those, the ones a batch could take now (consecutive nonces from the account's next one, payable, not in a live proposal) |
+//! | `tetrad_mempool_gapped_txs` | gauge | of those, the ones behind a nonce gap |
+//! | `tetrad_mempool_refused_total{reason}` | counter | submissions (RPC and gossip) the mempool refused, by reason (`no_account`, `not_validator`, `insufficient_balance`, `nonce_too_far_ahead`, `stale_nonce`, `sender_queue_full`, `mempool_full`, `duplicate`, and the static checks' reasons) |
+//! | `tetrad_mempool_dropped_total{reason}` | counter | admitted transactions the mempool let go without executing them, by reason (`expired`, `evicted_for_proposable`, `evicted_for_lower_nonce`, `unpayable`, `nonce_used`) |
 //! | `tetrad_peers` | gauge | connected peers |
 //! | `tetrad_full_node_peers` | gauge | connected peers that are not validators (full nodes) |
 //! | `tetrad_consensus_messages_waiting` | gauge | consensus messages waiting for verification (all senders) |
@@ -71,6 +75,14 @@ pub fn observe(name: &'static str, value: f64) {
 /// Sets a cumulative count kept elsewhere (the replica's counters).
 pub fn counter_absolute(name: &'static str, value: u64) {
     metrics::counter!(name).absolute(value);
+}
+
+pub fn mempool_refused_absolute(reason: &'static str, value: u64) {
+    metrics::counter!("tetrad_mempool_refused_total", "reason" => reason).absolute(value);
+}
+
+pub fn mempool_dropped_absolute(reason: &'static str, value: u64) {
+    metrics::counter!("tetrad_mempool_dropped_total", "reason" => reason).absolute(value);
 }
 
 pub fn dropped_absolute(reason: &'static str, value: u64) {

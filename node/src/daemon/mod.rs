@@ -23,4 +23,6 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod safety_check;
+#[cfg(test)]
+mod submit_tests;
 pub mod wire;

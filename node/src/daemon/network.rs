@@ -12,9 +12,10 @@
 //!   with their commit certificates out, read from RocksDB on a blocking thread (never on this
 //!   task), at most one request per peer at a time and a few for full nodes in all.
 //! - **Transactions** travel on one gossipsub topic per chain, in small batches; each batch is
-//!   validated (decode, size, every signature) before gossipsub forwards it. Gossipsub's peer
-//!   scoring is on: a peer that forwards an invalid batch is graylisted, and a full node that
-//!   does is also banned for a while.
+//!   validated (decode, size, every signature) before gossipsub forwards it, and forwarded only
+//!   if this node's mempool admitted some of it (junk that admission refuses costs each node
+//!   it is sent to, and goes no further). Gossipsub's peer scoring is on: a peer that forwards
+//!   an invalid batch is graylisted, and a full node that does is also banned for a while.
 //!
 //! Every frame limit comes from genesis ([`FrameLimits`]). Protocol names and the identify
 //! protocol version carry the genesis hash, so a peer of another chain shares no protocol with
@@ -105,9 +106,20 @@ pub enum Event {
     FetchFailed,
 }
 
-/// Checks and admits the transactions of a gossip message; true if the message is acceptable
-/// to forward (decodes and every signature verifies), false to reject it.
-pub type GossipValidator = Arc<dyn Fn(Vec<Tx>) -> bool + Send + Sync>;
+/// Checks and admits the transactions of a gossip message, and says what to do with it.
+pub type GossipValidator = Arc<dyn Fn(Vec<Tx>) -> GossipVerdict + Send + Sync>;
+
+/// What a gossip message turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GossipVerdict {
+    /// Every signature verifies and the mempool admitted some of it: forward it.
+    Admitted,
+    /// Every signature verifies but nothing in it was admitted (all known already, stale, or
+    /// refused by admission): not forwarded, not held against the peer.
+    NothingNew,
+    /// Does not decode, or a signature does not verify: rejected (the peer's score drops).
+    Invalid,
+}
 
 /// A borsh codec with a 4-byte length prefix and per-direction size limits.
 #[derive(Clone)]
@@ -412,7 +424,7 @@ struct Served {
 struct Validated {
     id: gossipsub::MessageId,
     source: PeerId,
-    accept: bool,
+    verdict: GossipVerdict,
 }
 
 struct Task {
@@ -823,18 +835,18 @@ impl Task {
         let validator = self.validator.clone();
         let results = self.validations.clone();
         tokio::task::spawn_blocking(move || {
-            let accept = match borsh::from_slice::<Vec<Tx>>(&data) {
+            let verdict = match borsh::from_slice::<Vec<Tx>>(&data) {
                 Ok(txs) if txs.len() <= GOSSIP_TXS_MAX => validator(txs),
-                _ => false,
+                _ => GossipVerdict::Invalid,
             };
-            let _ = results.blocking_send(Validated { id, source, accept });
+            let _ = results.blocking_send(Validated { id, source, verdict });
         });
     }
 
     /// A gossip message's verdict. Rejecting it lowers the forwarding peer's gossipsub score
     /// (graylisted after one invalid message, forgiven over time); a full node that forwarded
     /// it is also banned for a while.
-    fn on_validated(&mut self, Validated { id, source, accept }: Validated) {
+    fn on_validated(&mut self, Validated { id, source, verdict }: Validated) {
         if let Some(count) = self.gossip_checks.get_mut(&source) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -842,11 +854,17 @@ impl Task {
             }
         }
         self.gossip_checks_total = self.gossip_checks_total.saturating_sub(1);
-        let acceptance = if accept {
-            gossipsub::MessageAcceptance::Accept
-        } else {
-            metrics::dropped("invalid_gossip", 1);
-            gossipsub::MessageAcceptance::Reject
+        let accept = verdict != GossipVerdict::Invalid;
+        let acceptance = match verdict {
+            GossipVerdict::Admitted => gossipsub::MessageAcceptance::Accept,
+            GossipVerdict::NothingNew => {
+                metrics::dropped("gossip_nothing_admitted", 1);
+                gossipsub::MessageAcceptance::Ignore
+            }
+            GossipVerdict::Invalid => {
+                metrics::dropped("invalid_gossip", 1);
+                gossipsub::MessageAcceptance::Reject
+            }
         };
         let behaviour = self.swarm.behaviour_mut();
         behaviour.gossip.report_message_validation_result(&id, &source, acceptance);

@@ -26,7 +26,7 @@ use crate::daemon::health::stall_after;
 use crate::daemon::keys::{OwnKeys, SharedSchedule};
 use crate::daemon::mempool::{Mempool, MempoolConfig};
 use crate::daemon::metrics;
-use crate::daemon::network::{self, FrameLimits, GossipValidator, NetworkConfig};
+use crate::daemon::network::{self, FrameLimits, GossipValidator, GossipVerdict, NetworkConfig};
 use crate::daemon::safety_check;
 use crate::identity;
 
@@ -334,7 +334,8 @@ pub fn restore_from(safety: &SafetyStore) -> Result<Restored> {
 
 /// Gossip messages: every transaction must pass its static checks; a batch with a forged one is
 /// rejected, and the network task then lowers the forwarding peer's gossipsub score (one such
-/// batch graylists it) and bans it if it is a full node. Valid ones are admitted.
+/// batch graylists it) and bans it if it is a full node. Valid ones are admitted; a batch of
+/// which nothing was admitted is not forwarded.
 fn gossip_validator(
     store: Arc<Store>,
     mempool: Arc<Mutex<Mempool>>,
@@ -354,18 +355,26 @@ fn gossip_validator(
         let unverified: Vec<tetrad_ledger::Tx> = fresh.iter().map(|(tx, _)| tx.clone()).collect();
         let results = tetrad_ledger::tx::check_all(&unverified, &genesis_hash);
         if results.iter().any(Result::is_err) {
-            return false;
+            return GossipVerdict::Invalid;
         }
         let mut pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let mut admitted = 0usize;
         for (tx, hash) in fresh {
-            let sender = store.account(&tx.body.from).ok().flatten();
-            // Stale or duplicate here is normal (it was committed or we had it already).
-            if pool.admit(tx, hash, sender).is_err() {
-                metrics::dropped("gossip_tx_not_admitted", 1);
+            // Stale or duplicate here is normal (it was committed or we had it already); every
+            // refusal is counted by reason in the mempool's metrics.
+            match pool.admit(tx, hash, &*store, now) {
+                Ok(()) => admitted += 1,
+                Err(_) => metrics::dropped("gossip_tx_not_admitted", 1),
             }
         }
+        if admitted == 0 {
+            // Nothing here is news to this node's mempool: not forwarded (what admission
+            // refuses goes no further than the nodes it was sent to).
+            return GossipVerdict::NothingNew;
+        }
         new_txs.notify_one();
-        true
+        GossipVerdict::Admitted
     })
 }
 

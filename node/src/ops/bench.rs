@@ -12,6 +12,14 @@
 //!    committed rate over the steady window (the middle 80% of the commits).
 //! 6. Reads per-node CPU time and peak RSS from `/proc`, prints a table, writes JSON if asked,
 //!    and stops every process it started.
+//!
+//! With `--flood-keys K` a flood runs beside the honest load, at `--flood-rate` junk tx/s
+//! through every validator's RPC: transfers behind a nonce gap from K funded junk accounts
+//! (never proposable; each account may queue some), key rotations from fresh keys that are no
+//! validator's, and transfers from fresh keys with no account, all validly signed and
+//! pre-signed. Latency percentiles are of the honest transactions only; the table adds what the
+//! nodes did with the junk (admitted, refused by error code). Run once without and once with
+//! the flood to compare honest latency.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -42,6 +50,9 @@ pub struct BenchArgs {
     pub timeout_s: u64,
     /// Keep the network (homes and logs) here instead of a scratch directory removed afterwards.
     pub keep_dir: Option<PathBuf>,
+    /// Junk keys of the flood scenario (0: no flood), and its junk tx/s.
+    pub flood_keys: u64,
+    pub flood_rate: u64,
 }
 
 /// Most transactions per `submit_transactions` call (open loop); at a fixed rate a call holds
@@ -74,6 +85,18 @@ pub struct Report {
     pub nodes: Vec<NodeUsage>,
     pub submit_errors: u64,
     pub duration_s: f64,
+    pub flood: Option<FloodReport>,
+}
+
+/// What the nodes did with the flood's junk.
+#[derive(Serialize, Default)]
+pub struct FloodReport {
+    pub keys: u64,
+    pub offered_rate: u64,
+    pub submitted: u64,
+    pub admitted: u64,
+    /// Refusals by error name (`not_validator`, `no_account`, `nonce_too_far_ahead`, …).
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -209,7 +232,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let seed = 0x7e7a_d000_u64;
     let plan = TestnetPlan {
         validators: args.validators,
-        accounts: args.accounts,
+        // The flood's junk accounts are funded too (junk from an account that exists is the kind
+        // admission cannot refuse outright).
+        accounts: args.accounts + args.flood_keys,
         balance: 1_000_000_000,
         dir: args.keep_dir.clone().unwrap_or_else(|| scratch.join("net")),
         base_port: args.base_port,
@@ -256,6 +281,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     eprintln!("pre-signing {} transfers …", args.txs);
     let (calls, hashes) = presign(args, seed, &genesis_hash);
     let total = args.txs;
+    let flood_calls = if args.flood_keys > 0 {
+        eprintln!("pre-signing the flood's junk ({} keys, {} tx/s) …", args.flood_keys, args.flood_rate);
+        flood_presign(args, seed, &genesis_hash)
+    } else {
+        Vec::new()
+    };
 
     // Commit observer.
     let submitted_at: Arc<Mutex<HashMap<String, Instant>>> =
@@ -284,6 +315,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let next_call = Arc::new(AtomicU64::new(0));
     let calls = Arc::new(calls);
     let hashes = Arc::new(hashes);
+    let flood = (!flood_calls.is_empty()).then(|| {
+        let (urls, stop, keys, rate) = (urls.clone(), stop.clone(), args.flood_keys, args.flood_rate);
+        std::thread::spawn(move || flood_run(&flood_calls, &urls, started, rate, keys, &stop))
+    });
     let mut submitters = Vec::new();
     for _ in 0..args.submitters.max(1) {
         let (calls, hashes, urls, submitted, committed, errors, next_call, submitted_at, stop) = (
@@ -382,6 +417,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     for submitter in submitters {
         let _ = submitter.join();
     }
+    let flood = flood.and_then(|flood| flood.join().ok());
     let elapsed = started.elapsed();
     let usages: Vec<NodeUsage> = nodes
         .children
@@ -436,6 +472,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         nodes: usages,
         submit_errors: errors.load(Ordering::SeqCst),
         duration_s: elapsed.as_secs_f64(),
+        flood,
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -602,4 +639,133 @@ fn print_table(report: &Report) {
     for node in &report.nodes {
         println!("  {:<6} cpu {:>6.1}%   peak rss {:>7.1} MB", node.name, node.cpu_percent, node.peak_rss_mb);
     }
+    if let Some(flood) = &report.flood {
+        println!(
+            "{:<42} {} keys, {} tx/s offered, {} submitted",
+            "flood (junk)", flood.keys, flood.offered_rate, flood.submitted
+        );
+        let refused: Vec<String> =
+            flood.refused.iter().map(|(name, count)| format!("{name} {count}")).collect();
+        println!(
+            "{:<42} {} admitted; refused: {}",
+            "  what the nodes did with it",
+            flood.admitted,
+            refused.join(", ")
+        );
+    }
+}
+
+/// Most junk transactions pre-signed (the flood cycles through them again if the honest run
+/// lasts longer; a repeat still costs the node a signature check).
+const FLOOD_TXS_MAX: u64 = 300_000;
+
+/// Junk transaction `i` of the flood, of three kinds in turn from junk key `j = i/3 mod K`:
+/// a transfer behind a nonce gap (nonce 0 is never sent) from funded junk account j; a key
+/// rotation of validator 0 from fresh key j; a transfer from fresh key j (no account). Nonces
+/// climb with each round over the keys. Signatures are valid (a node must check them).
+fn flood_tx(args: &BenchArgs, seed: u64, genesis_hash: &Digest, i: u64) -> Tx {
+    let keys = args.flood_keys.max(1);
+    let (kind, j) = (i % 3, (i / 3) % keys);
+    let round = i / (3 * keys);
+    let chain = chain_tag(genesis_hash);
+    let honest = account_key(seed, j % args.accounts.max(1)).public_key();
+    let (key, nonce, kind) = match kind {
+        0 => (account_key(seed, args.accounts + j), 1 + round, TxKind::Transfer { to: honest, amount: 1 }),
+        1 => (
+            account_key(seed ^ 0xf100d, j),
+            round,
+            TxKind::RotateValidatorKey {
+                validator: tetrad_consensus::ValidatorIndex(0),
+                new_key: honest,
+                proof_of_possession: Default::default(),
+            },
+        ),
+        _ => (account_key(seed ^ 0xf100d, j), round, TxKind::Transfer { to: honest, amount: 1 }),
+    };
+    Tx::sign(TxBody { chain, from: key.public_key(), nonce, kind }, &key, genesis_hash)
+}
+
+/// The flood's `submit_transactions` bodies (what is due in 10 ms each), with their sizes.
+fn flood_presign(args: &BenchArgs, seed: u64, genesis_hash: &Digest) -> Vec<(String, usize)> {
+    let per_call = (args.flood_rate / 100).clamp(1, CALL_TXS_MAX as u64);
+    let seconds = match args.rate {
+        Some(rate) => args.txs / rate.max(1) + 10,
+        None => 60,
+    }
+    .min(args.timeout_s);
+    let count = (args.flood_rate.saturating_mul(seconds)).clamp(per_call, FLOOD_TXS_MAX);
+    let calls = count.div_ceil(per_call);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
+    let per_thread = calls.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || {
+                    (thread * per_thread..((thread + 1) * per_thread).min(calls))
+                        .map(|call| {
+                            let txs: Vec<Tx> = (call * per_call..((call + 1) * per_call).min(count))
+                                .map(|i| flood_tx(args, seed, genesis_hash, i))
+                                .collect();
+                            let body = json!({"jsonrpc": "2.0", "id": call, "method": "submit_transactions", "params": {"txs": txs}});
+                            (body.to_string(), txs.len())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|handle| handle.join().unwrap_or_default()).collect()
+    })
+}
+
+/// Submits the junk at `rate` tx/s through every node in turn until `stop`; counts what the
+/// nodes answered.
+fn flood_run(
+    calls: &[(String, usize)],
+    urls: &[String],
+    started: Instant,
+    rate: u64,
+    keys: u64,
+    stop: &AtomicBool,
+) -> FloodReport {
+    let http = agent();
+    let mut report = FloodReport { keys, offered_rate: rate, ..FloodReport::default() };
+    let mut txs_before = 0u64;
+    for index in 0.. {
+        let due = started + Duration::from_secs_f64(txs_before as f64 / rate.max(1) as f64);
+        while Instant::now() < due && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep((due - Instant::now()).min(Duration::from_millis(20)));
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let (body, count) = &calls[index % calls.len()];
+        txs_before += *count as u64;
+        report.submitted += *count as u64;
+        let url = format!("{}/", urls[index % urls.len()]);
+        let Ok(mut response) = http.post(&url).header("content-type", "application/json").send(body.as_str())
+        else {
+            *report.refused.entry("no_answer".into()).or_default() += *count as u64;
+            continue;
+        };
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Some(items) = value["result"].as_array() else {
+            let code = value["error"]["code"].as_i64().unwrap_or_default();
+            *report.refused.entry(error_name(code)).or_default() += *count as u64;
+            continue;
+        };
+        for item in items {
+            match item["error"]["code"].as_i64() {
+                Some(code) => *report.refused.entry(error_name(code)).or_default() += 1,
+                None => report.admitted += 1,
+            }
+        }
+    }
+    report
+}
+
+fn error_name(code: i64) -> String {
+    tetrad_rpc::ErrorCode::from_code(code)
+        .map(|code| code.name().to_string())
+        .unwrap_or_else(|| code.to_string())
 }
