@@ -4,7 +4,10 @@
 //! - `TETRAD_SIM_SEED=S`: run only seed S (a failing seed prints this line to replay it);
 //! - `TETRAD_SIM_SEEDS=N`: run seeds 1..=N of each scenario (default: each test's own count);
 //! - `TETRAD_SIM_BUDGET_SECS=T`: keep running further seeds of each scenario until T seconds
-//!   have passed.
+//!   have passed;
+//! - `TETRAD_SIM_TRACE=1`: on a violation, print every replica's state;
+//! - `TETRAD_SIM_DEBUG=1`: print every replica's state at the heal, and the view-changes of a
+//!   new-view that fails the checker's choice check.
 
 mod sim;
 
