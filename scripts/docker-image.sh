@@ -38,6 +38,7 @@ if command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$context/tetrad" 2>/dev/null || true
 fi
 chmod 0755 "$context/tetrad"
+previous="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
 # The classic builder: it needs no buildx plugin (this machine's client has none) and uses the
 # local base image without asking a registry. Its deprecation notice is shown only on failure.
 if ! DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --quiet \
@@ -46,6 +47,11 @@ if ! DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build --quiet \
     cat "$scratch/build.log" >&2
     echo "docker-image: docker build failed" >&2
     exit 1
+fi
+# The image this build replaced would stay behind untagged, one per build: remove it (unless a
+# container still uses it).
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
 fi
 size="$(docker image inspect -f '{{.Size}}' "$image")"
 echo "docker-image: built $image ($(awk -v s="$size" 'BEGIN {printf "%.0f MB", s/1e6}'); base $base, binary $(du -h "$context/tetrad" | cut -f1))" >&2

@@ -312,6 +312,28 @@ fn testnet_with_hosts_writes_their_addresses_full_nodes_and_a_compose_file() {
     ]);
     assert!(error.contains("172.28.5.1 is not a container address of 172.28.5.0/24"), "{error}");
     assert!(!refused.exists(), "a refused testnet leaves no directory");
+    let error = fails(&[
+        "testnet",
+        "--dir",
+        p(&refused),
+        "--hosts",
+        "10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5",
+        "--compose",
+        "--subnet",
+        "10.0.0.5/24",
+    ]);
+    assert!(error.contains("host bits are set (the network is 10.0.0.0/24)"), "{error}");
+    let error = fails(&[
+        "testnet",
+        "--dir",
+        p(&refused),
+        "--hosts",
+        "10.0.0.2,10.0.0.3,10.0.0.4,10.0.1.5",
+        "--compose",
+        "--subnet",
+        "10.0.0.0/24",
+    ]);
+    assert!(error.contains("10.0.1.5 is not a container address of 10.0.0.0/24"), "{error}");
     let error = fails(&["testnet", "--dir", p(&refused), "--hosts", "10.0.0.2,10.0.0.3"]);
     assert!(error.contains("--hosts names 2 addresses for 4 validators"), "{error}");
     let error = fails(&["testnet", "--dir", p(&refused), "--hosts", "10.0.0.2,10.0.0.3,10.0.0.2,10.0.0.5"]);
