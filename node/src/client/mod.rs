@@ -178,7 +178,10 @@ pub fn tx(command: TxCommand) -> Result<()> {
         return outcome;
     }
     let signers: Vec<String> = certificate.signers().map(|signer| signer.to_string()).collect();
-    println!("in block {height}");
+    match &outcome {
+        Ok(()) => println!("committed at height {height}"),
+        Err(_) => println!("in block {height} (a failed receipt: see below)"),
+    }
     println!("tx {hash}");
     println!(
         "certificate: {} of {} validators signed (validators {}), checked against {source}",
@@ -186,9 +189,7 @@ pub fn tx(command: TxCommand) -> Result<()> {
         genesis.validators.len(),
         signers.join(", ")
     );
-    outcome?;
-    println!("committed at height {height}");
-    Ok(())
+    outcome
 }
 
 /// What `--wait` ends with, given the node's answer for a transaction in a block: `Ok` if it
