@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes the base image that docker/Dockerfile names (debian:bookworm-slim) from Debian's packages,
+# Makes the base image that Dockerfile names (debian:bookworm-slim) from Debian's packages,
 # for a Docker engine that reaches no image registry: debootstrap --variant=minbase into a scratch
 # folder, trimmed (apt lists and caches, docs, man pages, locales), then `docker import`.
 # Idempotent: does nothing when the engine already has the image (pulled or made here).

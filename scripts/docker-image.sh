@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the runtime image (docker/Dockerfile) from the release binary of the project's own build:
+# Builds the runtime image (Dockerfile) from the release binary of the project's own build:
 # cargo build --release (a no-op when it is fresh) into $CARGO_TARGET_DIR (scripts/env.sh), then
 # `docker build` on a scratch context that holds only the Dockerfile and the binary. Makes the base
 # image first where no registry can give it (scripts/docker-base.sh). Prints the image's size.
@@ -22,7 +22,7 @@ fi
 binary="$CARGO_TARGET_DIR/release/tetrad"
 [ -x "$binary" ] || { echo "docker-image: $binary is missing (cargo build --release -p tetrad-node --bin tetrad)" >&2; exit 1; }
 
-base="$(sed -n 's/^FROM[[:space:]]\+\([^[:space:]]\+\).*/\1/p' docker/Dockerfile | head -n 1)"
+base="$(sed -n 's/^FROM[[:space:]]\+\([^[:space:]]\+\).*/\1/p' Dockerfile | head -n 1)"
 if ! docker image inspect "$base" >/dev/null 2>&1; then
     TETRAD_DOCKER_BASE="$base" bash scripts/docker-base.sh
 fi
@@ -31,7 +31,7 @@ scratch="$(mktemp -d "${TMPDIR:-/tmp}/tetrad-docker-image.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 context="$scratch/context"
 mkdir "$context"
-cp docker/Dockerfile "$context/Dockerfile"
+cp Dockerfile "$context/Dockerfile"
 cp "$binary" "$context/tetrad"
 # The binary as built carries symbols; the image does not need them.
 if command -v strip >/dev/null 2>&1; then

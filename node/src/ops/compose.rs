@@ -5,7 +5,7 @@
 //! DIR/compose.yaml   services seed, v0 … v{N-1}, full0 …; volumes of the same names; network tetrad
 //! ```
 //!
-//! The image (`docker/Dockerfile`) runs `tetrad run` as user [`IMAGE_UID`] with its home at
+//! The image (`Dockerfile`) runs `tetrad run` as user [`IMAGE_UID`] with its home at
 //! [`IMAGE_HOME`] (a volume). The homes that `tetrad testnet` wrote on the host hold keys of mode
 //! 0600 owned by whoever ran it, which that user cannot read through a bind mount; so a one-shot
 //! `seed` service (root, no network) copies each `DIR/NAME` into the empty volume `NAME` and
@@ -20,7 +20,7 @@ use anyhow::{Result, bail};
 
 use crate::ops::testnet::{HOSTED_RPC_PORT, TestnetFile};
 
-/// The user the image runs as (`docker/Dockerfile` creates it with this uid and gid).
+/// The user the image runs as (`Dockerfile` creates it with this uid and gid).
 pub const IMAGE_UID: u32 = 10001;
 /// The node home inside the image (`TETRAD_HOME`, a volume).
 pub const IMAGE_HOME: &str = "/var/lib/tetrad";
