@@ -16,7 +16,7 @@
 //! | `tetrad_full_node_peers` | gauge | connected peers that are not validators (full nodes) |
 //! | `tetrad_consensus_messages_waiting` | gauge | consensus messages waiting for verification (all senders) |
 //! | `tetrad_sync_blocks_total` | counter | blocks a full node received by block sync |
-//! | `tetrad_messages_dropped_total{reason}` | counter | messages and transactions dropped, by reason (among them `peer_inbound_budget`, `peer_outbound_full`, `stale_view`, `stale_height`, `repeated_batch_request`, `repeated_new_view_request`, `peer_answer_budget_spent`, `sync_request_busy`, `invalid_gossip`, `p2p_refused_*`, `p2p_peer_banned`) |
+//! | `tetrad_messages_dropped_total{reason}` | counter | messages and transactions dropped, by reason (among them `peer_inbound_budget`, `peer_outbound_full`, `stale_view`, `stale_height`, `repeated_batch_request`, `repeated_new_view_request`, `peer_answer_budget_spent`, `sync_request_busy`, `invalid_gossip`, `gossip_nothing_admitted` (a valid gossip batch of which this node admitted nothing: not forwarded), `p2p_refused_*`, `p2p_peer_banned`) |
 //! | `tetrad_rpc_requests_total{method,outcome}` | counter | RPC requests |
 //! | `tetrad_storage_write_seconds` | histogram | time to commit one block to RocksDB (synced) |
 //! | `tetrad_state_transfers_total` | counter | block-sync requests made |
