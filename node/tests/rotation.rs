@@ -281,10 +281,13 @@ fn rotate(home: &std::path::Path) -> (bool, String) {
 fn wait_rotation_finished(cluster: &Cluster, node: usize) {
     let home = cluster.home(node);
     let deadline = Instant::now() + Duration::from_secs(90);
-    while home.join("consensus_key.next.json").exists() {
+    // The swap renames the next key over the current one, then erases the retired copy: the
+    // rotation is finished once both files are gone.
+    let pending = ["consensus_key.next.json", "consensus_key.retired.json"];
+    while let Some(left) = pending.iter().find(|name| home.join(name).exists()) {
         assert!(
             Instant::now() < deadline,
-            "v{node} did not finish its rotation; log:\n{}",
+            "v{node} did not finish its rotation ({left} is still there); log:\n{}",
             tail(&cluster.log(node))
         );
         std::thread::sleep(Duration::from_millis(200));
