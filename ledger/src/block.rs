@@ -20,6 +20,11 @@ pub struct Header {
     pub tx_count: u32,
     /// Root of the account tree after this block.
     pub state_root: Digest,
+    /// Merkle root of the receipts (what execution did with each transaction), in block order.
+    pub receipts_root: Digest,
+    /// Root of the address tree after this block: every account's address to its slot, so
+    /// that the absence of an account can be proven (`crate::address_tree`).
+    pub address_root: Digest,
     /// Hash of the validator registry after this block (every epoch's keys).
     pub validators_hash: Digest,
     /// The view in which the batch was proposed, and its proposer.
@@ -67,6 +72,44 @@ pub fn prove_tx(tx_hashes: &[Digest], index: u64) -> Option<merkle::MerkleProof>
 
 pub fn verify_tx_proof(tx_root: &Digest, tx_hash: &Digest, proof: &merkle::MerkleProof) -> bool {
     merkle::verify(tx_root, &merkle::leaf_hash(tx_hash.as_bytes()), proof)
+}
+
+/// The leaf of a receipt in a block's receipts root: the hash of its borsh encoding.
+pub fn receipt_leaf(receipt: &Receipt) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"tetrad/receipt/v1");
+    let _ = borsh::to_writer(&mut hasher, receipt);
+    merkle::leaf_hash(hasher.finalize().as_bytes())
+}
+
+/// Merkle root of a block's receipts.
+pub fn receipts_root(receipts: &[Receipt]) -> Digest {
+    let leaves: Vec<Digest> = receipts.iter().map(receipt_leaf).collect();
+    merkle::root(&leaves)
+}
+
+/// A proof that `receipts[index]` is in the block's receipts root.
+pub fn prove_receipt(receipts: &[Receipt], index: u64) -> Option<merkle::MerkleProof> {
+    let leaves: Vec<Digest> = receipts.iter().map(receipt_leaf).collect();
+    merkle::prove(&leaves, index)
+}
+
+pub fn verify_receipt_proof(receipts_root: &Digest, receipt: &Receipt, proof: &merkle::MerkleProof) -> bool {
+    merkle::verify(receipts_root, &receipt_leaf(receipt), proof)
+}
+
+/// A proof that `account` is the state of `address` under a state root.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct AccountProof {
+    pub address: Address,
+    pub account: Account,
+    pub proof: merkle::MerkleProof,
+}
+
+/// Checks an account proof against a state root (for example a checkpoint's).
+pub fn verify_account_proof(state_root: &Digest, proof: &AccountProof) -> bool {
+    proof.proof.index == proof.account.slot
+        && merkle::verify(state_root, &proof.account.leaf(&proof.address), &proof.proof)
 }
 
 /// An account's state.

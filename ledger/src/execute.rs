@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use tetrad_consensus::{Batch, Digest, Height};
 
-use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, tx_root};
+use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, receipts_root, tx_root};
+use crate::address_tree::AddressTree;
 use crate::state_tree::{StateTree, TreeUpdate};
 use crate::tx::{Address, Tx, TxKind};
 use crate::validators::ValidatorRegistry;
@@ -25,6 +26,7 @@ pub trait StateReader {
     type Error;
     fn account(&self, address: &Address) -> Result<Option<Account>, Self::Error>;
     fn tree(&self) -> &StateTree;
+    fn addresses(&self) -> &AddressTree;
     fn registry(&self) -> &ValidatorRegistry;
 }
 
@@ -37,6 +39,8 @@ pub struct Execution {
     pub receipts: Vec<Receipt>,
     pub tx_hashes: Vec<Digest>,
     pub tree_update: TreeUpdate,
+    /// The accounts this block created: (address, slot), for the address tree.
+    pub created: Vec<(Address, u64)>,
     /// The validator registry after this block, if a rotation changed it.
     pub registry: Option<ValidatorRegistry>,
 }
@@ -194,6 +198,14 @@ pub fn execute<S: StateReader>(
     let leaves: BTreeMap<u64, Digest> =
         overlay.changes.iter().map(|(address, account)| (account.slot, account.leaf(address))).collect();
     let tree_update = state.tree().update(&leaves);
+    // New accounts take the slots after the tree's count.
+    let created: Vec<(Address, u64)> = overlay
+        .changes
+        .iter()
+        .filter(|(_, account)| account.slot >= state.tree().count())
+        .map(|(address, account)| (*address, account.slot))
+        .collect();
+    let address_root = state.addresses().root_with(&created);
     let header = Header {
         chain_id: parent.chain_id.clone(),
         height,
@@ -202,6 +214,8 @@ pub fn execute<S: StateReader>(
         tx_root: tx_root(&tx_hashes),
         tx_count: txs.len() as u32,
         state_root: tree_update.root,
+        receipts_root: receipts_root(&receipts),
+        address_root,
         validators_hash: overlay
             .registry
             .as_ref()
@@ -217,6 +231,7 @@ pub fn execute<S: StateReader>(
         receipts,
         tx_hashes,
         tree_update,
+        created,
         registry: overlay.registry,
     })
 }
@@ -250,6 +265,8 @@ pub fn genesis_state(
         tx_root: tx_root(&[]),
         tx_count: 0,
         state_root: tree.root(),
+        receipts_root: receipts_root(&[]),
+        address_root: AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot))).root(),
         validators_hash: registry.hash(),
         view: Default::default(),
         proposer: Default::default(),

@@ -17,9 +17,12 @@
 //! `execute` is pure: it reads accounts through [`execute::StateReader`] and returns the changes;
 //! only [`storage::Store::commit`] writes, in one atomic RocksDB write batch per block.
 
+pub mod address_tree;
 pub mod block;
 pub mod execute;
+pub mod light;
 pub mod merkle;
+pub mod prover;
 pub mod safety_store;
 pub mod scratch;
 pub mod state_tree;
@@ -28,9 +31,9 @@ pub mod testkit;
 pub mod tx;
 pub mod validators;
 
-pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
+pub use block::{Account, AccountProof, Block, ExecutionError, Header, Outcome, Receipt, verify_account_proof};
 pub use execute::{Execution, StateReader, execute, genesis_state};
 pub use safety_store::SafetyStore;
-pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
+pub use storage::{AccountAt, GenesisState, StorageError, Store, TxInBlock, TxLocation};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};
 pub use validators::ValidatorRegistry;

@@ -21,7 +21,8 @@ use tetrad_consensus::{Batch, CheckpointCertificate, CommitCertificate, Digest, 
 
 use crate::block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 use crate::execute::{Execution, StateReader};
-use crate::merkle::{self, MerkleProof};
+use crate::merkle::MerkleProof;
+use crate::address_tree::{AddressProof, AddressTree};
 use crate::state_tree::StateTree;
 use crate::tx::{Address, Tx};
 use crate::validators::ValidatorRegistry;
@@ -53,6 +54,19 @@ const META_GENESIS_HASH: &[u8] = b"genesis_hash";
 const META_GENESIS_HEADER: &[u8] = b"genesis_header";
 const META_ACCOUNT_COUNT: &[u8] = b"account_count";
 const REGISTRY_KEY: &[u8] = b"registry";
+/// Registry snapshots: `r` + the big-endian height of the block that changed the registry
+/// (0: genesis). The registry after block h is the snapshot with the highest height ≤ h.
+const REGISTRY_AT_PREFIX: u8 = b'r';
+/// How many checkpoint-boundary states a store keeps in memory to prove accounts at a
+/// finalized height (the newest boundaries executed; a stable checkpoint trails execution by
+/// at most about one interval).
+const BOUNDARY_STATES_MAX: usize = 3;
+
+fn registry_at_key(height: Height) -> [u8; 9] {
+    let mut key = [REGISTRY_AT_PREFIX; 9];
+    key[1..].copy_from_slice(&height.0.to_be_bytes());
+    key
+}
 
 /// Block cache shared by all column families.
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
@@ -81,19 +95,7 @@ pub struct TxLocation {
     pub index: u32,
 }
 
-/// A proof that `account` is the state of `address` under a state root.
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
-pub struct AccountProof {
-    pub address: Address,
-    pub account: Account,
-    pub proof: MerkleProof,
-}
-
-/// Checks an account proof against a state root (for example a checkpoint's).
-pub fn verify_account_proof(state_root: &Digest, proof: &AccountProof) -> bool {
-    proof.proof.index == proof.account.slot
-        && merkle::verify(state_root, &proof.account.leaf(&proof.address), &proof.proof)
-}
+pub use crate::block::{AccountProof, verify_account_proof};
 
 /// What genesis puts in an empty store.
 pub struct GenesisState {
@@ -111,6 +113,43 @@ struct Head {
     tree: StateTree,
     accounts: HashMap<Address, Account>,
     registry: ValidatorRegistry,
+    /// Every account's address to its slot (proves absences).
+    addresses: AddressTree,
+    /// The state at the last few checkpoint boundaries executed, oldest first.
+    boundaries: Vec<BoundaryState>,
+}
+
+/// The state at a checkpoint boundary, kept so that accounts can be proven against a
+/// finalized header while the head moves on: the state tree as it was, and the accounts
+/// changed since, as they were (`None`: created since).
+struct BoundaryState {
+    header: Header,
+    tree: StateTree,
+    addresses: AddressTree,
+    before: HashMap<Address, Option<Account>>,
+}
+
+/// What a store can say of an account at a height.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountAt {
+    /// The account, with proofs against the state root and the address root of `header`.
+    Found(Box<(AccountProof, AddressProof, Header)>),
+    /// No account with that address at that height, with the proof against the address root.
+    Absent(Box<(AddressProof, Header)>),
+    /// This store does not hold the state of that height (not the head, nor a recent
+    /// checkpoint boundary it executed since it started).
+    Unavailable,
+}
+
+/// Everything a light client needs to prove a committed transaction and its outcome against
+/// its block's header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxInBlock {
+    pub tx: Tx,
+    pub receipt: Receipt,
+    pub header: Header,
+    pub tx_proof: MerkleProof,
+    pub receipt_proof: MerkleProof,
 }
 
 pub struct Store {
@@ -211,6 +250,7 @@ impl Store {
                 .cf_handle(CF_VALIDATOR_SETS)
                 .ok_or_else(|| StorageError::Corrupt { cf: CF_VALIDATOR_SETS, detail: "missing".into() })?;
             batch.put_cf(registries, REGISTRY_KEY, encode(&genesis.registry));
+            batch.put_cf(registries, registry_at_key(Height::GENESIS), encode(&genesis.registry));
             batch.put_cf(meta, META_GENESIS_HASH, genesis.genesis_hash.0);
             batch.put_cf(meta, META_GENESIS_HEADER, encode(&genesis.header));
             batch.put_cf(meta, META_HEAD, encode(&genesis.header));
@@ -244,6 +284,8 @@ impl Store {
                 tree: StateTree::default(),
                 accounts: HashMap::new(),
                 registry: ValidatorRegistry::new(Digest::ZERO, 1, Vec::new()),
+                addresses: AddressTree::default(),
+                boundaries: Vec::new(),
             }),
             sync_writes: true,
         };
@@ -271,8 +313,28 @@ impl Store {
                 detail: format!("validator registry does not match head {} validators hash", header.height),
             });
         }
+        // A head at a checkpoint boundary (an idle chain fills up to one) can prove accounts
+        // at that height after a restart too.
+        let addresses = AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot)));
+        if addresses.root() != header.address_root {
+            return Err(StorageError::Corrupt {
+                cf: CF_ACCOUNTS,
+                detail: format!("address root does not match head {}", header.height),
+            });
+        }
+        let boundaries = if header.height.0.is_multiple_of(registry.checkpoint_interval.max(1)) {
+            let boundary = BoundaryState {
+                header: header.clone(),
+                tree: tree.clone(),
+                addresses: addresses.clone(),
+                before: HashMap::new(),
+            };
+            vec![boundary]
+        } else {
+            Vec::new()
+        };
         *store.head.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Head { header, tree, accounts, registry };
+            Head { header, tree, accounts, registry, addresses, boundaries };
         Ok(store)
     }
 
@@ -418,6 +480,7 @@ impl Store {
         }
         if let Some(registry) = &execution.registry {
             batch.put_cf(self.cf(CF_VALIDATOR_SETS), REGISTRY_KEY, encode(registry));
+            batch.put_cf(self.cf(CF_VALIDATOR_SETS), registry_at_key(height), encode(registry));
         }
         batch.put_cf(self.cf(CF_META), META_HEAD, encode(&block.header));
         batch.put_cf(self.cf(CF_META), META_ACCOUNT_COUNT, execution.tree_update.count.to_le_bytes());
@@ -425,14 +488,117 @@ impl Store {
         write.set_sync(self.sync_writes);
         self.db.write_opt(batch, &write).map_err(|source| self.rocks(source))?;
         head.tree.apply(&execution.tree_update);
+        for (address, slot) in &execution.created {
+            head.addresses.insert(address, *slot);
+        }
+        let Head { accounts, boundaries, .. } = &mut *head;
         for (address, account) in &execution.changes {
-            head.accounts.insert(*address, *account);
+            let before = accounts.insert(*address, *account);
+            for boundary in boundaries.iter_mut() {
+                boundary.before.entry(*address).or_insert(before);
+            }
         }
         if let Some(registry) = &execution.registry {
             head.registry = registry.clone();
         }
         head.header = block.header.clone();
+        if height.0.is_multiple_of(head.registry.checkpoint_interval.max(1)) {
+            let boundary = BoundaryState {
+                header: block.header.clone(),
+                tree: head.tree.clone(),
+                addresses: head.addresses.clone(),
+                before: HashMap::new(),
+            };
+            head.boundaries.push(boundary);
+            if head.boundaries.len() > BOUNDARY_STATES_MAX {
+                head.boundaries.remove(0);
+            }
+        }
         Ok(())
+    }
+
+    /// The validator registry after block `height` (`None` in a store written before registry
+    /// snapshots were kept, or above the head).
+    pub fn registry_at(&self, height: Height) -> Result<Option<ValidatorRegistry>, StorageError> {
+        if height > self.read_head().header.height {
+            return Ok(None);
+        }
+        let key = registry_at_key(height);
+        let mode = IteratorMode::From(&key, rocksdb::Direction::Reverse);
+        match self.db.iterator_cf(self.cf(CF_VALIDATOR_SETS), mode).next() {
+            Some(entry) => {
+                let (found, value) = entry.map_err(|source| self.rocks(source))?;
+                if found.len() != key.len() || found[0] != REGISTRY_AT_PREFIX {
+                    return Ok(None);
+                }
+                decode(CF_VALIDATOR_SETS, &value).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The account at `height` with a proof against that height's state root: at the head, or
+    /// at one of the last checkpoint boundaries this store executed.
+    pub fn prove_account_at(&self, address: &Address, height: Height) -> Result<AccountAt, StorageError> {
+        let head = self.read_head();
+        let (account, tree, addresses, header) = if height == head.header.height {
+            (head.accounts.get(address).copied(), &head.tree, &head.addresses, &head.header)
+        } else if let Some(boundary) = head.boundaries.iter().find(|boundary| boundary.header.height == height) {
+            let account = match boundary.before.get(address) {
+                Some(before) => *before,
+                None => head.accounts.get(address).copied(),
+            };
+            (account, &boundary.tree, &boundary.addresses, &boundary.header)
+        } else {
+            return Ok(AccountAt::Unavailable);
+        };
+        let address_proof = addresses.prove(address);
+        let Some(account) = account else {
+            return Ok(AccountAt::Absent(Box::new((address_proof, header.clone()))));
+        };
+        let proof = tree.prove(account.slot).ok_or_else(|| StorageError::Corrupt {
+            cf: CF_ACCOUNTS,
+            detail: format!("slot {} not in the tree of height {height}", account.slot),
+        })?;
+        let account = AccountProof { address: *address, account, proof };
+        Ok(AccountAt::Found(Box::new((account, address_proof, header.clone()))))
+    }
+
+    /// The heights at which this store can prove accounts (the head and recent boundaries).
+    pub fn provable_heights(&self) -> Vec<Height> {
+        let head = self.read_head();
+        let mut heights: Vec<Height> = head.boundaries.iter().map(|boundary| boundary.header.height).collect();
+        heights.push(head.header.height);
+        heights.dedup();
+        heights
+    }
+
+    /// A committed transaction, its receipt and the header of its block, with proofs of both
+    /// against the header's tx and receipts roots.
+    pub fn prove_tx(&self, tx_hash: &Digest) -> Result<Option<TxInBlock>, StorageError> {
+        let Some(location) = self.get::<TxLocation>(CF_TX_INDEX, &tx_hash.0)? else {
+            return Ok(None);
+        };
+        let corrupt = |cf: &'static str, detail: String| StorageError::Corrupt { cf, detail };
+        let block = self
+            .block(location.height)?
+            .ok_or_else(|| corrupt(CF_TX_INDEX, format!("block {} missing", location.height)))?;
+        let txs = block.txs().map_err(|error| corrupt(CF_BLOCKS, error.to_string()))?;
+        let hashes: Vec<Digest> = txs.iter().map(Tx::hash).collect();
+        let receipts = self
+            .receipts(location.height)?
+            .ok_or_else(|| corrupt(CF_RECEIPTS, format!("no receipts for block {}", location.height)))?;
+        let index = u64::from(location.index);
+        let (Some(tx), Some(receipt)) =
+            (txs.get(location.index as usize).cloned(), receipts.get(location.index as usize).cloned())
+        else {
+            return Err(corrupt(CF_TX_INDEX, format!("index {} out of block", location.index)));
+        };
+        let tx_proof = crate::block::prove_tx(&hashes, index)
+            .ok_or_else(|| corrupt(CF_TX_INDEX, format!("index {} out of block", location.index)))?;
+        let receipt_proof = crate::block::prove_receipt(&receipts, index)
+            .ok_or_else(|| corrupt(CF_RECEIPTS, format!("receipt {} out of block", location.index)))?;
+        Ok(Some(TxInBlock { tx, receipt, header: block.header, tx_proof, receipt_proof }))
     }
 
     pub fn genesis_header(&self) -> Result<Header, StorageError> {
@@ -582,6 +748,10 @@ impl StateReader for StoreState<'_> {
         &self.head.tree
     }
 
+    fn addresses(&self) -> &AddressTree {
+        &self.head.addresses
+    }
+
     fn registry(&self) -> &ValidatorRegistry {
         &self.head.registry
     }
@@ -596,6 +766,8 @@ fn genesis_placeholder() -> Header {
         tx_root: Digest::ZERO,
         tx_count: 0,
         state_root: Digest::ZERO,
+        receipts_root: Digest::ZERO,
+        address_root: Digest::ZERO,
         validators_hash: Digest::ZERO,
         view: Default::default(),
         proposer: Default::default(),

@@ -2,11 +2,11 @@
 //! certificates, and a helper that executes and commits a batch.
 
 use tetrad_consensus::{
-    Batch, Certificate, Commit, CommitCertificate, Digest, SecretKey, Signed, ValidatorIndex, ValidatorSet,
-    View,
+    Batch, Certificate, Checkpoint, CheckpointCertificate, Commit, CommitCertificate, Digest, SecretKey, Signed,
+    ValidatorIndex, ValidatorSet, View,
 };
 
-use crate::block::Block;
+use crate::block::{Block, Header};
 use crate::execute::{Execution, execute};
 use crate::storage::{GenesisState, StorageError, Store};
 use crate::tx::{Address, Tx, TxBody, TxKind, encode_payload};
@@ -96,6 +96,37 @@ impl TestChain {
         Certificate::from_votes(statement, &votes)
     }
 
+    /// A checkpoint certificate over `header` by the first quorum of `keys` (validator `i`
+    /// signs with `keys[i]`), on this chain.
+    pub fn certify_checkpoint(&self, header: &Header, keys: &[SecretKey]) -> CheckpointCertificate {
+        let set = ValidatorSet::new(self.genesis_hash, keys.iter().map(SecretKey::public_key).collect())
+            .unwrap_or_else(|error| panic!("test validator set: {error}"));
+        let statement =
+            Checkpoint { height: header.height, header_hash: header.hash(), state_root: header.state_root };
+        let votes: Vec<Signed<Checkpoint>> = (0..set.quorum())
+            .map(|index| Signed::sign(statement.clone(), ValidatorIndex(index as u16), &keys[index], &set))
+            .collect();
+        Certificate::from_votes(statement, &votes)
+    }
+
+    /// A rotation of validator `validator` from `old` to `new`, sent by `old` with `nonce`.
+    pub fn rotation(&self, validator: u16, old: &SecretKey, new: &SecretKey, nonce: u64) -> Tx {
+        let index = ValidatorIndex(validator);
+        let digest =
+            crate::validators::possession_digest(&self.genesis_hash, index, &old.public_key(), &new.public_key());
+        let body = TxBody {
+            chain: crate::tx::chain_tag(&self.genesis_hash),
+            from: old.public_key(),
+            nonce,
+            kind: TxKind::RotateValidatorKey {
+                validator: index,
+                new_key: new.public_key(),
+                proof_of_possession: new.sign_digest(&digest),
+            },
+        };
+        Tx::sign(body, old, &self.genesis_hash)
+    }
+
     /// Executes `txs` as the next block on `store` and commits it. Returns the execution.
     pub fn commit(&self, store: &Store, txs: &[Tx]) -> Result<Execution, StorageError> {
         let head = store.head();
@@ -118,6 +149,7 @@ impl TestChain {
 pub struct MemoryState {
     pub accounts: std::collections::BTreeMap<Address, crate::block::Account>,
     pub tree: crate::state_tree::StateTree,
+    pub addresses: crate::address_tree::AddressTree,
     pub registry: ValidatorRegistry,
 }
 
@@ -130,6 +162,9 @@ impl MemoryState {
         MemoryState {
             accounts: genesis.accounts.clone(),
             tree: crate::state_tree::StateTree::from_leaves(leaves),
+            addresses: crate::address_tree::AddressTree::build(
+                genesis.accounts.iter().map(|(address, account)| (*address, account.slot)),
+            ),
             registry: genesis.registry.clone(),
         }
     }
@@ -139,6 +174,9 @@ impl MemoryState {
             self.accounts.insert(*address, *account);
         }
         self.tree.apply(&execution.tree_update);
+        for (address, slot) in &execution.created {
+            self.addresses.insert(address, *slot);
+        }
         if let Some(registry) = &execution.registry {
             self.registry = registry.clone();
         }
@@ -158,6 +196,10 @@ impl crate::execute::StateReader for MemoryState {
 
     fn tree(&self) -> &crate::state_tree::StateTree {
         &self.tree
+    }
+
+    fn addresses(&self) -> &crate::address_tree::AddressTree {
+        &self.addresses
     }
 
     fn registry(&self) -> &ValidatorRegistry {

@@ -10,13 +10,14 @@
 use std::collections::BTreeSet;
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
 use tetrad_consensus::crypto::{self, Domain};
 use tetrad_consensus::validators::activation_boundary;
 use tetrad_consensus::{
     Digest, Height, PublicKey, Signature, ValidatorIndex, ValidatorSchedule, ValidatorSet,
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct ValidatorRegistry {
     pub genesis_hash: Digest,
     pub checkpoint_interval: u64,
@@ -62,6 +63,12 @@ impl ValidatorRegistry {
     pub fn keys_at(&self, height: Height) -> &[PublicKey] {
         let position = self.epochs.partition_point(|(first, _)| *first <= height);
         &self.epochs[position.saturating_sub(1)].1
+    }
+
+    /// The first height of the epoch that signs `height`.
+    pub fn epoch_start(&self, height: Height) -> Height {
+        let position = self.epochs.partition_point(|(first, _)| *first <= height);
+        self.epochs[position.saturating_sub(1)].0
     }
 
     /// The first height of a rotation of `validator` that has not taken effect by `height`.

@@ -45,9 +45,15 @@ enum Command {
     /// Sign and submit transactions.
     #[command(subcommand)]
     Tx(crate::client::TxCommand),
-    /// Ask a node about its status, blocks, transactions, accounts, checkpoints, validators.
+    /// Ask a node about its status, blocks, transactions, accounts, checkpoints, validators
+    /// (what the node says, unchecked; `verify` proves it).
     #[command(subcommand)]
     Query(crate::client::QueryCommand),
+    /// Prove what a node says, trusting only the genesis file (or a header given with
+    /// --trust): a transaction and its outcome, a block, an account, the validator set, the
+    /// latest checkpoint. Exits non-zero, naming what did not verify, when the node lies.
+    #[command(subcommand)]
+    Verify(crate::client::verify::VerifyCommand),
     /// Ask a node's GET /health; exit 0 if it answers 200 (progressing, idle, syncing), 1
     /// otherwise (stalled, stopped, no answer). The image's HEALTHCHECK.
     Health {
@@ -287,6 +293,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { home, accept_double_sign_risk } => run_node(&home, accept_double_sign_risk),
         Command::Tx(command) => crate::client::tx(command),
         Command::Query(command) => crate::client::query(command),
+        Command::Verify(command) => crate::client::verify::verify(command),
         Command::Health { rpc, home, timeout_ms } => crate::client::health(rpc, home, timeout_ms),
         Command::Testnet(args) => testnet(args),
         Command::Bench(BenchCli { command: Some(BenchCommand::Ledger(args)), .. }) => {

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use tetrad_consensus::{
     CheckpointCertificate, CommitCertificate, Digest, Height, PublicKey, ValidatorIndex, View,
 };
+use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
+use tetrad_ledger::prover::Prove;
 use tetrad_ledger::{AccountProof, Address, Header, Receipt, Tx};
 
 /// Which block a query means.
@@ -245,6 +247,17 @@ pub trait NodeApi: Clone + Send + Sync + 'static {
     /// The validator set of `height` (default: the next height to be committed). `None` for a
     /// height above the chain's head.
     fn validators(&self, height: Option<Height>) -> Result<Option<ValidatorsView>, InternalError>;
+
+    /// A committed transaction and its receipt, proven against a final header
+    /// (`tetrad_ledger::light`).
+    fn prove_tx(&self, hash: &Digest) -> Result<Prove<TxProof>, InternalError>;
+    /// The header at `height`, proven by the stable checkpoint that covers it.
+    fn prove_block(&self, height: Height) -> Result<Prove<HeaderProof>, InternalError>;
+    /// An account at the latest stable checkpoint.
+    fn prove_account(&self, address: &Address) -> Result<Prove<AccountStateProof>, InternalError>;
+    /// The validator chain from genesis: one link per key rotation, up to `height` (default:
+    /// the latest stable checkpoint).
+    fn prove_validators(&self, height: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError>;
 
     /// New blocks as they are committed.
     fn subscribe_blocks(&self) -> tokio::sync::broadcast::Receiver<BlockEvent>;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tetrad_consensus::{Digest, Height};
+use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
+use tetrad_ledger::prover::Refusal;
 use tetrad_ledger::{Address, Tx};
 
 use crate::api::{
@@ -162,4 +164,61 @@ pub(crate) fn validators<A: NodeApi>(
         .with_data(json!({ "height": height, "head": head })),
         None => RpcError::internal("the node has no validator set"),
     })
+}
+
+/// The RPC error for a proof a node does not give; `what` names what was asked.
+fn refused(refusal: Refusal, what: String) -> RpcError {
+    match refusal {
+        Refusal::Unknown { height: Some(height) } => RpcError::new(
+            ErrorCode::UnknownBlock,
+            format!("{what}: there is none at height {height}"),
+        )
+        .with_data(json!({ "height": height })),
+        Refusal::Unknown { height: None } => RpcError::new(ErrorCode::UnknownTx, format!("{what}: there is none")),
+        Refusal::NotFinal { height, stable } => {
+            let stable_text = stable.map_or_else(|| "none yet".to_string(), |stable| stable.to_string());
+            RpcError::new(
+                ErrorCode::NotFinal,
+                format!(
+                    "{what}: height {height} is committed but no stable checkpoint covers it yet \
+                     (the latest is {stable_text}); ask again shortly"
+                ),
+            )
+            .with_data(json!({ "height": height, "stable": stable }))
+        }
+        Refusal::Unavailable(reason) => RpcError::new(ErrorCode::ProofUnavailable, format!("{what}: {reason}")),
+    }
+}
+
+pub(crate) fn prove_tx<A: NodeApi>(state: &AppState<A>, hash: &Digest) -> Result<TxProof, RpcError> {
+    state.api.prove_tx(hash)?.map_err(|refusal| match refusal {
+        Refusal::Unknown { .. } => RpcError::new(ErrorCode::UnknownTx, format!("no committed transaction with hash {hash}"))
+            .with_data(json!({ "hash": hash })),
+        refusal => refused(refusal, format!("proof of transaction {hash}")),
+    })
+}
+
+pub(crate) fn prove_block<A: NodeApi>(state: &AppState<A>, height: Height) -> Result<HeaderProof, RpcError> {
+    state.api.prove_block(height)?.map_err(|refusal| match refusal {
+        Refusal::Unknown { .. } => {
+            let head = state.api.status().height;
+            RpcError::new(ErrorCode::UnknownBlock, format!("no block at height {height}; the head is at {head}"))
+                .with_data(json!({ "height": height, "head": head }))
+        }
+        refusal => refused(refusal, format!("proof of block {height}")),
+    })
+}
+
+pub(crate) fn prove_account<A: NodeApi>(
+    state: &AppState<A>,
+    address: &Address,
+) -> Result<AccountStateProof, RpcError> {
+    state.api.prove_account(address)?.map_err(|refusal| refused(refusal, format!("proof of account {address}")))
+}
+
+pub(crate) fn prove_validators<A: NodeApi>(
+    state: &AppState<A>,
+    height: Option<Height>,
+) -> Result<ValidatorsProof, RpcError> {
+    state.api.prove_validators(height)?.map_err(|refusal| refused(refusal, "validator chain".to_string()))
 }

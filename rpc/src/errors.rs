@@ -34,6 +34,8 @@
 //! | -32020 | `body_too_large`      | 413  | the request body is over the server's limit              |
 //! | -32021 | `overloaded`          | 503  | too many requests in flight; try again later             |
 //! | -32022 | `request_timeout`     | 408  | the request took longer than the server's time limit     |
+//! | -32023 | `not_final`           | 409  | committed, but no stable checkpoint covers it yet; retry |
+//! | -32024 | `proof_unavailable`   | 503  | this node cannot build that proof (ask another node)     |
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -74,11 +76,13 @@ pub enum ErrorCode {
     BodyTooLarge,
     Overloaded,
     RequestTimeout,
+    NotFinal,
+    ProofUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -106,6 +110,8 @@ impl ErrorCode {
         ErrorCode::BodyTooLarge,
         ErrorCode::Overloaded,
         ErrorCode::RequestTimeout,
+        ErrorCode::NotFinal,
+        ErrorCode::ProofUnavailable,
     ];
 
     /// The number on the wire.
@@ -138,6 +144,8 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => -32020,
             ErrorCode::Overloaded => -32021,
             ErrorCode::RequestTimeout => -32022,
+            ErrorCode::NotFinal => -32023,
+            ErrorCode::ProofUnavailable => -32024,
         }
     }
 
@@ -176,6 +184,8 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::NotFinal => "not_final",
+            ErrorCode::ProofUnavailable => "proof_unavailable",
         }
     }
 
@@ -204,7 +214,11 @@ impl ErrorCode {
             | ErrorCode::UnknownAccount
             | ErrorCode::UnknownCheckpoint => StatusCode::NOT_FOUND,
             ErrorCode::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::MempoolFull | ErrorCode::Unavailable | ErrorCode::Overloaded => {
+            ErrorCode::NotFinal => StatusCode::CONFLICT,
+            ErrorCode::MempoolFull
+            | ErrorCode::Unavailable
+            | ErrorCode::Overloaded
+            | ErrorCode::ProofUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::WaitTimeout => StatusCode::GATEWAY_TIMEOUT,

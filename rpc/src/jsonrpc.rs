@@ -20,7 +20,7 @@ use crate::extract::{body_within, clip, json_kind, parse_params};
 use crate::state::AppState;
 
 /// The methods, as `method_not_found` lists them.
-pub const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 12] = [
     "submit_transaction",
     "submit_transactions",
     "get_transaction",
@@ -29,6 +29,10 @@ pub const METHODS: [&str; 8] = [
     "get_checkpoint",
     "get_validators",
     "get_status",
+    "prove_transaction",
+    "prove_block",
+    "prove_account",
+    "prove_validators",
 ];
 
 /// The metrics label of calls that name no known method (invalid requests, parse errors, unknown
@@ -204,6 +208,12 @@ struct HeightParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RequiredHeightParams {
+    height: Height,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NoParams {}
 
 #[derive(Deserialize)]
@@ -263,6 +273,22 @@ async fn dispatch<A: NodeApi>(
             let NoParams {} = parse_params(params)?;
             to_value(&calls::status(state))
         }
+        "prove_transaction" => {
+            let HashParams { hash } = parse_params(params)?;
+            to_value(&calls::prove_tx(state, &hash)?)
+        }
+        "prove_block" => {
+            let RequiredHeightParams { height } = parse_params(params)?;
+            to_value(&calls::prove_block(state, height)?)
+        }
+        "prove_account" => {
+            let AddressParams { address } = parse_params(params)?;
+            to_value(&calls::prove_account(state, &address)?)
+        }
+        "prove_validators" => {
+            let HeightParams { height } = parse_params(params)?;
+            to_value(&calls::prove_validators(state, height)?)
+        }
         unknown => Err(RpcError::new(
             crate::errors::ErrorCode::MethodNotFound,
             format!("unknown method `{}`; the methods are {}", clip(unknown), METHODS.join(", ")),
@@ -276,7 +302,10 @@ pub(crate) fn check_params(method: &str, params: Value) -> Result<(), RpcError> 
     match method {
         "submit_transaction" => parse_params::<SubmitParams>(params).map(drop),
         "submit_transactions" => parse_params::<BatchSubmitParams>(params).map(drop),
-        "get_transaction" => parse_params::<HashParams>(params).map(drop),
+        "get_transaction" | "prove_transaction" => parse_params::<HashParams>(params).map(drop),
+        "prove_block" => parse_params::<RequiredHeightParams>(params).map(drop),
+        "prove_account" => parse_params::<AddressParams>(params).map(drop),
+        "prove_validators" => parse_params::<HeightParams>(params).map(drop),
         "get_block" => parse_params::<BlockParams>(params).map(drop),
         "get_account" => parse_params::<AddressParams>(params).map(drop),
         "get_checkpoint" | "get_validators" => parse_params::<HeightParams>(params).map(drop),

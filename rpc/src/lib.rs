@@ -30,6 +30,13 @@
 //! | `get_checkpoint`     | `height?`                      | `/checkpoints/latest`, `/{height}`    |
 //! | `get_validators`     | `height?`                      | `GET /validators?height=`             |
 //! | `get_status`         |                                | `GET /status`                         |
+//! | `prove_transaction`  | `hash`                         | `GET /proofs/txs/{hash}`              |
+//! | `prove_block`        | `height`                       | `GET /proofs/blocks/{height}`         |
+//! | `prove_account`      | `address`                      | `GET /proofs/accounts/{address}`      |
+//! | `prove_validators`   | `height?`                      | `GET /proofs/validators?height=`      |
+//!
+//! The `prove_*` answers are what `tetrad_ledger::light::LightClient` checks: a client that
+//! trusts only the genesis file verifies them without trusting this node.
 //!
 //! and `GET /health`, `GET /metrics` (Prometheus text) and `GET /events` (server-sent events).
 //! Errors and their codes: [`errors`] and `rpc/ERRORS.md`.
@@ -128,6 +135,10 @@ fn build<A: NodeApi>(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>
         .route("/checkpoints/latest", get(rest::latest_checkpoint::<A>))
         .route("/checkpoints/{height}", get(rest::checkpoint_at::<A>))
         .route("/validators", get(rest::validators::<A>))
+        .route("/proofs/txs/{hash}", get(rest::prove_tx::<A>))
+        .route("/proofs/blocks/{height}", get(rest::prove_block::<A>))
+        .route("/proofs/accounts/{address}", get(rest::prove_account::<A>))
+        .route("/proofs/validators", get(rest::prove_validators::<A>))
         .route("/metrics", get(rest::metrics::<A>))
         .route_layer(
             ServiceBuilder::new()

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tetrad_consensus::{Digest, Height};
+use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
 use tetrad_ledger::{Address, Tx};
 
 use crate::api::{
@@ -119,6 +120,34 @@ pub(crate) async fn validators<A: NodeApi>(
     UrlQuery(HeightQuery { height }): UrlQuery<HeightQuery>,
 ) -> Result<Json<ValidatorsView>, RpcError> {
     calls::validators(&state, height).map(Json)
+}
+
+pub(crate) async fn prove_tx<A: NodeApi>(
+    State(state): State<AppState<A>>,
+    UrlPath(HashPath { hash }): UrlPath<HashPath>,
+) -> Result<Json<TxProof>, RpcError> {
+    calls::prove_tx(&state, &hash).map(Json)
+}
+
+pub(crate) async fn prove_block<A: NodeApi>(
+    State(state): State<AppState<A>>,
+    UrlPath(HeightPath { height }): UrlPath<HeightPath>,
+) -> Result<Json<HeaderProof>, RpcError> {
+    calls::prove_block(&state, height).map(Json)
+}
+
+pub(crate) async fn prove_account<A: NodeApi>(
+    State(state): State<AppState<A>>,
+    UrlPath(AddressPath { address }): UrlPath<AddressPath>,
+) -> Result<Json<AccountStateProof>, RpcError> {
+    calls::prove_account(&state, &address).map(Json)
+}
+
+pub(crate) async fn prove_validators<A: NodeApi>(
+    State(state): State<AppState<A>>,
+    UrlQuery(HeightQuery { height }): UrlQuery<HeightQuery>,
+) -> Result<Json<ValidatorsProof>, RpcError> {
+    calls::prove_validators(&state, height).map(Json)
 }
 
 pub(crate) async fn metrics<A: NodeApi>(State(state): State<AppState<A>>) -> Response {

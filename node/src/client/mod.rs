@@ -1,8 +1,11 @@
-//! `tetrad tx …` and `tetrad query …`: clients of a node's RPC.
+//! `tetrad tx …`, `tetrad query …` and `tetrad verify …`: clients of a node's RPC.
 //!
-//! `tx transfer` signs locally (the key never leaves the machine) and, with `--wait`, checks
-//! the commit certificate of the block that holds the transaction against the validator set
-//! from the genesis file, so a lying RPC node cannot fake a commit.
+//! `tx transfer` signs locally (the key never leaves the machine) and, with `--wait`, proves
+//! the transaction and its outcome in a final block with the light client ([`verify`]), from
+//! the genesis file alone, so a lying RPC node cannot fake a commit. `query` prints what the
+//! node says, unchecked; `verify` proves it.
+
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
-use tetrad_consensus::{CommitCertificate, Digest, Height, PublicKey};
+use tetrad_consensus::{Digest, Height, PublicKey};
 use tetrad_genesis::{Genesis, KeyFile};
-use tetrad_ledger::block::tx_root;
 use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 
 /// The RPC URL used when neither `--rpc` nor `TETRAD_RPC` is given (validator v0 of
@@ -47,7 +49,8 @@ pub enum TxCommand {
         /// Nonce to use (default: the account's next nonce, fetched from the node).
         #[arg(long)]
         nonce: Option<u64>,
-        /// Wait for the commit and verify its certificate.
+        /// Wait for the commit, then prove the transaction and its outcome in a final block
+        /// (from the genesis file; see `tetrad verify`).
         #[arg(long)]
         wait: bool,
         #[arg(long, default_value_t = 30_000)]
@@ -170,49 +173,36 @@ pub fn tx(command: TxCommand) -> Result<()> {
         }
         return Ok(());
     }
-    let height = Height(answer["height"].as_u64().context("the node's answer has no height")?);
-    let (certificate, source) = verify_inclusion(&rpc.rpc, &genesis, height, &hash)?;
-    let outcome = executed(&answer, &hash, nonce);
+    answer["height"].as_u64().context("the node's answer has no height")?;
+    let verifier = verify::Verifier::new(&rpc.rpc, &genesis, None, Duration::from_millis(timeout_ms))?;
+    let proven = verifier.tx(&hash)?;
+    let height = proven.block.header.height;
+    let outcome = executed(&proven.receipt, &hash, nonce);
     if rpc.json {
         println!("{answer}");
         return outcome;
     }
-    let signers: Vec<String> = certificate.signers().map(|signer| signer.to_string()).collect();
     match &outcome {
         Ok(()) => println!("committed at height {height}"),
         Err(_) => println!("in block {height} (a failed receipt: see below)"),
     }
     println!("tx {hash}");
-    println!(
-        "certificate: {} of {} validators signed (validators {}), checked against {source}",
-        signers.len(),
-        genesis.validators.len(),
-        signers.join(", ")
-    );
+    println!("block {height} is {}", verifier.how(&proven.block));
     outcome
 }
 
-/// What `--wait` ends with, given the node's answer for a transaction in a block: `Ok` if it
-/// executed successfully; otherwise an error that says why (the command exits non-zero). A
-/// failed transaction used up its nonce: the same signed bytes can never execute later.
-fn executed(answer: &Value, hash: &Digest, nonce: u64) -> Result<()> {
-    match answer["status"].as_str() {
-        Some("committed") => Ok(()),
-        Some("failed") => {
-            let reason = serde_json::from_value::<tetrad_ledger::Receipt>(answer["receipt"].clone())
-                .ok()
-                .and_then(|receipt| match receipt.outcome {
-                    tetrad_ledger::Outcome::Failed { error } => Some(error.to_string()),
-                    tetrad_ledger::Outcome::Success => None,
-                })
-                .unwrap_or_else(|| answer["receipt"]["outcome"].to_string());
-            let height = answer["height"].as_u64().unwrap_or_default();
-            bail!(
-                "transaction {hash} is in block {height} but it failed: {reason}. It used up nonce \
-                 {nonce}: sign a new transaction to try again"
-            )
-        }
-        other => bail!("unexpected status {other:?} for {hash}"),
+/// What `--wait` ends with, given the proven receipt of a transaction in a final block: `Ok`
+/// if it executed successfully; otherwise an error that says why (the command exits
+/// non-zero). A failed transaction used up its nonce: the same signed bytes can never execute
+/// later.
+fn executed(receipt: &tetrad_ledger::Receipt, hash: &Digest, nonce: u64) -> Result<()> {
+    match &receipt.outcome {
+        tetrad_ledger::Outcome::Success => Ok(()),
+        tetrad_ledger::Outcome::Failed { error } => bail!(
+            "transaction {hash} is in block {} but it failed: {error}. It used up nonce {nonce}: \
+             sign a new transaction to try again",
+            receipt.height
+        ),
     }
 }
 
@@ -257,7 +247,8 @@ pub fn rotate(home: &Path, rpc: Option<String>, timeout_ms: u64) -> Result<()> {
     let next_path = home.next_consensus_key();
     let next = if next_path.exists() { Some(KeyFile::read(&next_path)?) } else { None };
     let chain_key = chain_key_of(&rpc, index)?;
-    let rotation = Rotation { rpc: &rpc, genesis: &genesis, validator, current: &current };
+    let proof_timeout = Duration::from_millis(timeout_ms);
+    let rotation = Rotation { rpc: &rpc, genesis: &genesis, validator, current: &current, proof_timeout };
     match next {
         Some(next) if next.public_key() == chain_key => {
             println!(
@@ -319,6 +310,8 @@ struct Rotation<'a> {
     genesis: &'a Genesis,
     validator: tetrad_consensus::ValidatorIndex,
     current: &'a KeyFile,
+    /// How long to wait for the rotation's block to be covered by a stable checkpoint.
+    proof_timeout: Duration,
 }
 
 impl Rotation<'_> {
@@ -407,7 +400,8 @@ impl Rotation<'_> {
         }
     }
 
-    /// Checks the certificate of the block that holds `tx` and prints the outcome.
+    /// Proves the transaction `tx` and its outcome in a final block (from the genesis file) and
+    /// prints the outcome. `height` and `status` are the node's word, used only until proven.
     fn report(
         &self,
         home: &crate::config::Home,
@@ -417,26 +411,30 @@ impl Rotation<'_> {
         status: &str,
         what: &str,
     ) -> Result<()> {
-        let (_, source) = verify_inclusion(self.rpc, self.genesis, height, &tx.hash())?;
+        let verifier = verify::Verifier::new(self.rpc, self.genesis, None, self.proof_timeout)?;
+        let proven = verifier.tx(&tx.hash())?;
+        if proven.block.header.height != height {
+            bail!("the node said the rotation is in block {height}, its proof says {}", proven.block.header.height);
+        }
+        let how = verifier.how(&proven.block);
         let validator = self.validator;
-        if status != "committed" {
-            let reason = find_tx(self.rpc, &tx.hash())?
-                .map(|view| view["receipt"]["outcome"]["error"].clone())
-                .unwrap_or_default();
+        if let tetrad_ledger::Outcome::Failed { error } = &proven.receipt.outcome {
             bail!(
-                "the rotation of validator {validator} is in block {height} (certificate checked \
-                 against {source}) but the chain refused it: {reason}. The next key stays in {}",
+                "the rotation of validator {validator} is in block {height} ({how}) but the chain \
+                 refused it: {error}. The next key stays in {}",
                 home.next_consensus_key().display()
             );
+        }
+        if status != "committed" {
+            bail!("the node says the rotation {status}, its proof says it succeeded: the node lies");
         }
         let activation = tetrad_consensus::validators::activation_boundary(
             height,
             self.genesis.consensus.checkpoint_interval,
         )
         .next();
-        println!(
-            "rotation of validator {validator} {what} at height {height} (certificate checked against {source})"
-        );
+        println!("rotation of validator {validator} {what} at height {height}");
+        println!("block {height} is {how}");
         println!("new consensus key {} signs heights from {activation} on", next.public_key());
         println!(
             "the node switches keys at height {activation}, then erases the old key from {}",
@@ -453,55 +451,6 @@ fn find_tx(rpc: &str, hash: &Digest) -> Result<Option<Value>> {
         Err(error) if error.to_string().contains(" 404 ") => Ok(None),
         Err(error) => Err(error),
     }
-}
-
-/// Fetches the block at `height`, checks its commit certificate against the genesis validator
-/// set, that it certifies this block's batch, and that the block holds `hash`.
-///
-/// The validator set of `height` is the genesis set until a key rotation takes effect; after
-/// that it is the set the node reports for that height, and the output says so (following the
-/// rotations back to genesis is a light client's job, not yet this one's).
-fn verify_inclusion(
-    rpc: &str,
-    genesis: &Genesis,
-    height: Height,
-    hash: &Digest,
-) -> Result<(CommitCertificate, String)> {
-    let block = get(rpc, &format!("/blocks/{height}"))?;
-    let certificate: CommitCertificate =
-        serde_json::from_value(block["certificate"].clone()).context("block has no commit certificate")?;
-    let genesis_set = genesis.validator_set()?;
-    let reported = get(rpc, &format!("/validators?height={height}"))?;
-    let keys: Vec<PublicKey> = reported["validators"]
-        .as_array()
-        .context("no validators")?
-        .iter()
-        .map(|validator| serde_json::from_value(validator["consensus_key"].clone()))
-        .collect::<Result<_, _>>()
-        .context("validator keys")?;
-    let (set, source) = if keys == genesis_set.keys() {
-        (genesis_set, "the genesis validators".to_string())
-    } else {
-        let set = tetrad_consensus::ValidatorSet::new(genesis.hash(), keys)?;
-        (set, format!("the validator set the node reports for height {height} (keys rotated since genesis)"))
-    };
-    certificate.verify(&set).with_context(|| {
-        format!("the commit certificate of block {height} does not verify against {source}")
-    })?;
-    let batch_digest =
-        Digest::from_hex(block["header"]["batch_digest"].as_str().context("no batch digest")?)?;
-    if certificate.statement.height != height || certificate.statement.digest != batch_digest {
-        bail!("the commit certificate of block {height} certifies another batch");
-    }
-    let txs: Vec<Digest> = serde_json::from_value(block["txs"].clone()).context("block has no tx list")?;
-    let root = Digest::from_hex(block["header"]["tx_root"].as_str().context("no tx root")?)?;
-    if tx_root(&txs) != root {
-        bail!("block {height}: the tx list does not match the header's tx root");
-    }
-    if !txs.contains(hash) {
-        bail!("block {height} does not hold {hash}");
-    }
-    Ok((certificate, source))
 }
 
 pub fn query(command: QueryCommand) -> Result<()> {
@@ -632,13 +581,12 @@ mod tests {
     use tetrad_consensus::{Batch, ValidatorIndex, View};
     use tetrad_ledger::testkit::{MemoryState, TestChain};
     use tetrad_ledger::tx::encode_payload;
-    use tetrad_rpc::api::{TxStatus, TxView};
 
     use super::*;
 
-    /// The node's answer to a waiting submission of `tx`, executed as the first block of a
-    /// fresh test chain (whose accounts hold 1000 each).
-    fn answer_after_executing(chain: &TestChain, tx: &Tx) -> Value {
+    /// The receipt of `tx`, executed as the first block of a fresh test chain (whose accounts
+    /// hold 1000 each).
+    fn receipt_after_executing(chain: &TestChain, tx: &Tx) -> tetrad_ledger::Receipt {
         let state = MemoryState::from_genesis(&chain.genesis);
         let txs = std::slice::from_ref(tx);
         let batch = Batch {
@@ -649,20 +597,7 @@ mod tests {
         };
         let execution = tetrad_ledger::execute(&state, &chain.genesis.header, &batch, txs)
             .unwrap_or_else(|never| match never {});
-        let receipt = execution.receipts[0].clone();
-        let status = match receipt.outcome {
-            tetrad_ledger::Outcome::Success => TxStatus::Committed,
-            tetrad_ledger::Outcome::Failed { .. } => TxStatus::Failed,
-        };
-        let view = TxView {
-            hash: tx.hash(),
-            status,
-            tx: tx.clone(),
-            height: Some(receipt.height),
-            index: Some(receipt.index),
-            receipt: Some(receipt),
-        };
-        serde_json::to_value(view).expect("json")
+        execution.receipts[0].clone()
     }
 
     /// `tx transfer --wait` used to print a failed receipt and exit 0.
@@ -670,9 +605,9 @@ mod tests {
     fn waiting_for_a_transfer_that_failed_is_an_error_that_says_why() {
         let chain = TestChain::new(4, 2, 1000);
         let fine = chain.transfer(0, 0, 1, 10);
-        assert!(executed(&answer_after_executing(&chain, &fine), &fine.hash(), 0).is_ok());
+        assert!(executed(&receipt_after_executing(&chain, &fine), &fine.hash(), 0).is_ok());
         let too_much = chain.transfer(0, 0, 1, 5000);
-        let error = executed(&answer_after_executing(&chain, &too_much), &too_much.hash(), 0)
+        let error = executed(&receipt_after_executing(&chain, &too_much), &too_much.hash(), 0)
             .expect_err("a failed receipt is an error");
         let message = error.to_string();
         assert!(message.contains("balance 1000 is less than the amount 5000"), "{message}");

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use tetrad_consensus::{Digest, Height};
 use tetrad_genesis::Genesis;
+use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
+use tetrad_ledger::prover::Prove;
 use tetrad_ledger::tx::{Tx, TxError};
 use tetrad_ledger::{Address, Outcome, Store};
 use tetrad_rpc::api::{
@@ -287,6 +289,22 @@ impl NodeApi for Api {
             })
             .collect();
         Ok(Some(ValidatorsView { height, n: set.n(), f: set.f(), quorum: set.quorum(), validators }))
+    }
+
+    fn prove_tx(&self, hash: &Digest) -> Result<Prove<TxProof>, InternalError> {
+        self.store.tx_state_proof(hash).map_err(internal)
+    }
+
+    fn prove_block(&self, height: Height) -> Result<Prove<HeaderProof>, InternalError> {
+        self.store.header_proof(height).map_err(internal)
+    }
+
+    fn prove_account(&self, address: &Address) -> Result<Prove<AccountStateProof>, InternalError> {
+        self.store.account_state_proof(address).map_err(internal)
+    }
+
+    fn prove_validators(&self, height: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
+        self.store.validators_proof(height).map_err(internal)
     }
 
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockEvent> {

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tetrad_consensus::{Batch, Certificate, Checkpoint, Digest, Height, Signed, ValidatorIndex, View};
 use tetrad_ledger::testkit::{MemoryState, TestChain};
 use tetrad_ledger::tx::encode_payload;
+use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
+use tetrad_ledger::prover::{Prove, Refusal};
 use tetrad_ledger::{AccountProof, Address, Tx, execute};
 use tetrad_rpc::api::{
     AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, Health, HealthView, InternalError, NodeApi,
@@ -307,6 +309,39 @@ impl NodeApi for FakeNode {
             let height = height.unwrap_or(next);
             (height <= next).then(|| ValidatorsView { height, ..state.validators.clone() })
         })
+    }
+
+    // The fake node holds no checkpoints: it proves nothing, and says why as a real node would
+    // (the proofs themselves are tested in ledger/tests/light.rs and node/tests/verify.rs).
+    fn prove_tx(&self, hash: &Digest) -> Result<Prove<TxProof>, InternalError> {
+        self.query(|state| {
+            Some(match state.txs.get(hash).and_then(|tx| tx.height) {
+                Some(height) => Err(Refusal::NotFinal { height, stable: None }),
+                None => Err(Refusal::Unknown { height: None }),
+            })
+        })
+        .map(|answer| answer.unwrap_or(Err(Refusal::Unknown { height: None })))
+    }
+
+    fn prove_block(&self, height: Height) -> Result<Prove<HeaderProof>, InternalError> {
+        self.query(|state| {
+            Some(if height <= state.status.height {
+                Err(Refusal::NotFinal { height, stable: None })
+            } else {
+                Err(Refusal::Unknown { height: Some(height) })
+            })
+        })
+        .map(|answer| answer.unwrap_or(Err(Refusal::Unknown { height: Some(height) })))
+    }
+
+    fn prove_account(&self, _: &Address) -> Result<Prove<AccountStateProof>, InternalError> {
+        self.query(|_| Some(Err(Refusal::Unavailable("the fake node keeps no state snapshots".into()))))
+            .map(|answer| answer.unwrap_or(Err(Refusal::Unknown { height: None })))
+    }
+
+    fn prove_validators(&self, _: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
+        self.query(|_| Some(Ok(ValidatorsProof { links: Vec::new() })))
+            .map(|answer| answer.unwrap_or(Ok(ValidatorsProof { links: Vec::new() })))
     }
 
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockEvent> {
