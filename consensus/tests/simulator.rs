@@ -37,6 +37,7 @@ fn scenario(name: &'static str, n: u16) -> Scenario {
         isolated: None,
         lose_kind: None,
         amnesia_counted_honest: false,
+        request_every_ms: 0,
     }
 }
 
@@ -63,8 +64,9 @@ fn run_seeds(test: &str, scenario: &Scenario, default_count: u64) -> Vec<(u64, R
     let highest = reports.iter().map(|(_, report)| report.max_height).max().unwrap_or(0);
     let view_changes: u64 = reports.iter().map(|(_, report)| report.view_changes).sum();
     let rotations: usize = reports.iter().map(|(_, report)| report.rotations).sum();
+    let fills: u64 = reports.iter().map(|(_, report)| report.empty_fills).sum();
     eprintln!(
-        "{test} ({}, n = {}): {} seeds in {elapsed:.1} s ({:.2} seeds/s), {:.0} heights committed per seed by the slowest honest replica (highest {highest}), {:.1} view changes per seed, {:.1} key rotations per seed",
+        "{test} ({}, n = {}): {} seeds in {elapsed:.1} s ({:.2} seeds/s), {:.0} heights committed per seed by the slowest honest replica (highest {highest}), {:.1} view changes per seed, {:.1} key rotations per seed, {:.1} empty batches per seed",
         scenario.name,
         scenario.n,
         reports.len(),
@@ -72,6 +74,7 @@ fn run_seeds(test: &str, scenario: &Scenario, default_count: u64) -> Vec<(u64, R
         commits as f64 / reports.len() as f64,
         view_changes as f64 / reports.len() as f64,
         rotations as f64 / reports.len() as f64,
+        fills as f64 / reports.len() as f64,
     );
     reports
 }
@@ -99,6 +102,23 @@ fn assert_safe_and_live(test: &str, scenario: Scenario, seeds: u64) {
 #[test]
 fn lossy_network_n4() {
     assert_safe_and_live("lossy_network_n4", scenario("lossy", 4), 12);
+}
+
+/// Idle primaries propose empty batches up to the checkpoint boundary, as the node's driver does
+/// (whenever no request waits, without the node's quiet delay). Requests come in bursts, one
+/// tick every 300 ms, so the chain goes idle in between: the fills race requests, losses,
+/// partitions, crashes and view changes, and every invariant holds.
+#[test]
+fn idle_primaries_fill_to_the_checkpoint_boundary_n4() {
+    let test = "idle_primaries_fill_to_the_checkpoint_boundary_n4";
+    let reports = run_seeds(test, &Scenario { request_every_ms: 300, ..scenario("bursts", 4) }, 8);
+    for (seed, report) in &reports {
+        if let Some(violation) = &report.violation {
+            panic!("{test} seed {seed}: {violation}\n{}", replay_line(test, *seed));
+        }
+    }
+    let fills: u64 = reports.iter().map(|(_, report)| report.empty_fills).sum();
+    assert!(fills > 0, "no idle primary filled up to a boundary in {} seeds", reports.len());
 }
 
 #[test]

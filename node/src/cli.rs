@@ -586,7 +586,12 @@ fn init(args: InitArgs) -> Result<()> {
         .clone()
         .or_else(|| validator.map(|index| genesis.validators[index].name.clone()))
         .unwrap_or_else(|| "full-node".to_string());
-    let config = Config { name, p2p_listen: args.p2p_listen, rpc_listen: args.rpc_listen };
+    let config = Config {
+        name,
+        p2p_listen: args.p2p_listen,
+        rpc_listen: args.rpc_listen,
+        empty_blocks_after_idle_ms: crate::config::EMPTY_BLOCKS_AFTER_IDLE_MS,
+    };
     config.validate().context("invalid --p2p-listen or --rpc-listen")?;
     tetrad_genesis::durable::create_dir(&home.dir)
         .with_context(|| format!("{}: cannot create", home.dir.display()))?;

@@ -35,6 +35,24 @@ pub struct Config {
     pub p2p_listen: String,
     /// RPC listen address, e.g. `127.0.0.1:8545`.
     pub rpc_listen: String,
+    /// When this validator is the primary and the chain has been quiet this long (nothing ready
+    /// in the mempool, nothing in flight) short of a checkpoint boundary, it proposes empty
+    /// batches up to the boundary, so the last blocks get a stable checkpoint. Timing only:
+    /// safety does not depend on it, and validators may differ.
+    #[serde(default = "default_empty_blocks_after_idle_ms")]
+    pub empty_blocks_after_idle_ms: u64,
+}
+
+/// The default of `empty_blocks_after_idle_ms`: long enough that a client sending one
+/// transaction after another (a round trip each) is not interleaved with empty blocks, short
+/// beside a human's wait for finality.
+pub const EMPTY_BLOCKS_AFTER_IDLE_MS: u64 = 150;
+
+/// The longest `empty_blocks_after_idle_ms` (an hour).
+pub const EMPTY_BLOCKS_AFTER_IDLE_MS_MAX: u64 = 3_600_000;
+
+fn default_empty_blocks_after_idle_ms() -> u64 {
+    EMPTY_BLOCKS_AFTER_IDLE_MS
 }
 
 /// Paths inside a home directory.
@@ -120,6 +138,12 @@ impl Config {
         self.p2p_listen.parse::<libp2p::Multiaddr>().with_context(|| {
             format!("p2p_listen: {:?} is not a multiaddr like /ip4/0.0.0.0/tcp/26000", self.p2p_listen)
         })?;
+        if self.empty_blocks_after_idle_ms > EMPTY_BLOCKS_AFTER_IDLE_MS_MAX {
+            bail!(
+                "empty_blocks_after_idle_ms: must be at most {EMPTY_BLOCKS_AFTER_IDLE_MS_MAX} (an hour), found {}",
+                self.empty_blocks_after_idle_ms
+            );
+        }
         Ok(())
     }
 }

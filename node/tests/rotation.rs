@@ -23,6 +23,12 @@ fn create() -> Cluster {
     Cluster::create_with("rotation", 4, ACCOUNTS, &["--checkpoint-interval", "4", "--watermark-window", "8"])
 }
 
+/// An idle primary fills up to the next checkpoint boundary 150 ms after the chain went quiet,
+/// and a rotation takes effect at the first boundary after its commit: the activation follows
+/// the commit within a second. Tests that act between the two (a retried command, a crash
+/// inside the swap) hold the fill off for longer than they run; load moves the chain on.
+const HOLD_THE_CHAIN_MS: u64 = 3_600_000;
+
 #[test]
 fn all_four_validators_rotate_while_transfers_continue() {
     let mut cluster = create();
@@ -154,6 +160,7 @@ fn all_four_validators_rotate_while_transfers_continue() {
 #[test]
 fn a_rotating_validator_survives_a_crash_at_every_step() {
     let mut cluster = create();
+    cluster.set_empty_blocks_after_idle_ms(HOLD_THE_CHAIN_MS);
     cluster.start_all();
     let home = cluster.home(1);
     let current_path = home.join("consensus_key.json");
@@ -303,11 +310,13 @@ fn nonce_of(cluster: &Net, address: &PublicKey) -> u64 {
 }
 
 /// The operator's retry of `keys rotate` between the commit and the activation (the chain is
-/// idle, so the activation waits): the retry finds the committed rotation, reports it,
-/// submits nothing, and the scheduled key stays on disk; the node later switches to it.
+/// idle and its primary does not fill up to the boundary, so the activation waits): the retry
+/// finds the committed rotation, reports it, submits nothing, and the scheduled key stays on
+/// disk; the node later switches to it.
 #[test]
 fn a_retried_rotation_keeps_the_scheduled_key() {
     let mut cluster = create();
+    cluster.set_empty_blocks_after_idle_ms(HOLD_THE_CHAIN_MS);
     cluster.start_all();
     let home = cluster.home(1);
     let old = KeyFile::read(&home.join("consensus_key.json")).expect("key").public_key();

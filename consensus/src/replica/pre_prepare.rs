@@ -6,6 +6,7 @@ use super::{DropReason, Replica, remember_batch};
 use crate::certificate::Signed;
 use crate::messages::{Batch, PrePrepare, Prepare};
 use crate::safety::SafetyRecord;
+use crate::types::Height;
 use crate::wire::Message;
 
 impl Replica {
@@ -44,6 +45,31 @@ impl Replica {
         // With n = 1 (or whenever the quorum needs no backup) the pre-prepare alone prepares.
         self.check_prepared(height);
         self.update_view_change_timer();
+    }
+
+    /// The checkpoint boundary an idle primary may fill up to with empty batches: `Some(b)`
+    /// when this replica could propose now (see [`Replica::can_propose`]), nothing is in flight,
+    /// everything committed was executed, no peer said it committed more (this replica is not
+    /// catching up), and the last height assigned is not a multiple of K; `b` is the next
+    /// multiple of K. `None` otherwise: in particular at a boundary, so an idle chain stops there.
+    ///
+    /// PBFT §4.3 checkpoints only every K heights, so without this the last heights of a chain
+    /// that went idle are never covered by a stable checkpoint. Whether the chain *is* idle (no
+    /// request ready, for how long) is the driver's to say; see docs/decisions.md ("Empty
+    /// batches up to the checkpoint boundary").
+    pub fn checkpoint_fill_target(&self) -> Option<Height> {
+        let last = Height(self.next_height.0.saturating_sub(1));
+        let interval = self.config.checkpoint_interval;
+        let behind = self.peers.values().any(|(_, committed)| *committed > self.committed);
+        if !self.can_propose()
+            || self.in_flight() > 0
+            || self.executed < self.committed
+            || behind
+            || last.0.is_multiple_of(interval)
+        {
+            return None;
+        }
+        Some(Height(last.0.div_ceil(interval).saturating_mul(interval)))
     }
 
     /// A backup accepts a pre-prepare if it is the current view's primary's (checked by
@@ -89,7 +115,7 @@ impl Replica {
 
     /// The lowest timestamp a new batch at `height` may carry: the highest timestamp committed,
     /// and of the batches of this view's pre-prepares below `height` (empty batches carry 0).
-    pub(super) fn time_floor(&self, height: crate::types::Height) -> u64 {
+    pub(super) fn time_floor(&self, height: Height) -> u64 {
         if height <= self.committed.next() {
             return self.committed_time_ms;
         }
@@ -108,7 +134,7 @@ impl Replica {
     /// A proposal's timestamp must not run backwards (at least [`Self::time_floor`]) and must
     /// be within `timestamp_skew_max_ms` of this replica's own wall clock, either way. Without
     /// a wall clock nothing is acceptable.
-    fn timestamp_acceptable(&self, height: crate::types::Height, timestamp_ms: u64) -> bool {
+    fn timestamp_acceptable(&self, height: Height, timestamp_ms: u64) -> bool {
         let Some(wall) = self.wall_clock_ms else { return false };
         let skew = self.config.timestamp_skew_max_ms;
         timestamp_ms >= self.time_floor(height)

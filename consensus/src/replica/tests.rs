@@ -9,7 +9,7 @@ use crate::safety::{KeyValueOp, SafetyRecord, SafetyWrite, restore};
 use crate::types::{Digest, Height, ValidatorIndex, View};
 use crate::validators::{ValidatorSchedule, ValidatorSet};
 use crate::view_messages::{NewView, PreparedCertificate, ViewChange, reproposals};
-use crate::wire::{Message, VerifiedBlock, verify};
+use crate::wire::{Message, Status, VerifiedBlock, verify};
 
 const N: u16 = 4;
 const WINDOW: u64 = 8;
@@ -951,4 +951,107 @@ fn a_view_change_waits_for_the_key_of_its_epoch() {
         })
         .expect("a view-change once the key is known");
     assert!(verify(Message::ViewChange(view_change), &rotated.schedule, WINDOW).is_ok());
+}
+
+/// The primary proposes `payload` at its next height and the others prepare and commit it.
+fn commit_own_proposal(fixture: &Fixture, primary: &mut Replica, payload: &[u8]) -> Height {
+    let height = primary.next_height();
+    let actions = primary.handle(10, Input::Propose { payload: payload.to_vec(), timestamp_ms: 5 });
+    let digest = match &actions.send_after_persist[0].message {
+        Message::PrePrepare { pre_prepare, .. } => pre_prepare.body.digest,
+        other => panic!("expected a pre-prepare, got {other:?}"),
+    };
+    for signer in [1, 2] {
+        let _ = fixture.deliver(primary, signer, prepare_message(fixture, signer, height.0, digest));
+    }
+    for signer in [1, 2] {
+        let _ = fixture.deliver(primary, signer, commit_message(fixture, signer, height.0, digest));
+    }
+    assert_eq!(primary.committed(), height, "{}", primary.describe());
+    height
+}
+
+fn executed(replica: &mut Replica, height: Height) {
+    let _ = replica.handle(
+        20,
+        Input::Executed {
+            height,
+            header_hash: Digest::of(&height.0.to_le_bytes()),
+            state_root: Digest::ZERO,
+        },
+    );
+}
+
+/// An idle primary fills up to the next checkpoint boundary and stops there: the query names
+/// the boundary only with nothing in flight, everything executed, and a non-boundary last
+/// height; never at genesis, at a boundary, on a backup, in a view change, or when a peer is
+/// ahead.
+#[test]
+fn the_checkpoint_fill_target_is_the_next_boundary_of_an_idle_primary() {
+    const K3: u64 = 3;
+    let fixture = fixture();
+    let mut primary = Replica::new(
+        ReplicaConfig::new(K3, 2 * K3, T, 8 * T),
+        ValidatorIndex(0),
+        vec![(Height(0), fixture.keys[0].clone())],
+        Arc::new(fixture.schedule.clone()),
+        Height(0),
+        Default::default(),
+    );
+    let _ = primary.start(0);
+    let _ = primary.handle(0, Input::WallClock { unix_ms: 5 });
+    // Genesis is a boundary: an idle new chain makes no blocks.
+    assert_eq!(primary.checkpoint_fill_target(), None);
+    let height = commit_own_proposal(&fixture, &mut primary, b"tx");
+    assert_eq!(height, Height(1));
+    // Committed but not executed yet.
+    assert_eq!(primary.checkpoint_fill_target(), None);
+    executed(&mut primary, height);
+    assert_eq!(primary.checkpoint_fill_target(), Some(Height(K3)));
+    // Two empty batches reach the boundary; while one is in flight there is nothing to fill,
+    // and at the boundary the fill stops.
+    for height in 2..=K3 {
+        let _ = primary.handle(30, Input::Propose { payload: Vec::new(), timestamp_ms: 5 });
+        assert_eq!(primary.in_flight(), 1);
+        assert_eq!(primary.checkpoint_fill_target(), None);
+        let digest = primary.log[&Height(height)].pre_prepare.as_ref().expect("proposed").body.digest;
+        for signer in [1, 2] {
+            let _ = fixture.deliver(&mut primary, signer, prepare_message(&fixture, signer, height, digest));
+            let _ = fixture.deliver(&mut primary, signer, commit_message(&fixture, signer, height, digest));
+        }
+        assert_eq!(primary.committed(), Height(height), "{}", primary.describe());
+        executed(&mut primary, Height(height));
+        let expected = if height < K3 { Some(Height(K3)) } else { None };
+        assert_eq!(primary.checkpoint_fill_target(), expected, "after height {height}");
+    }
+    // A peer that committed more: this primary is catching up, not idle.
+    assert_eq!(commit_own_proposal(&fixture, &mut primary, b"tx2"), Height(K3 + 1));
+    executed(&mut primary, Height(K3 + 1));
+    assert_eq!(primary.checkpoint_fill_target(), Some(Height(2 * K3)));
+    let status = Status { view: View(0), view_active: true, committed: Height(K3 + 2), stable: Height(0) };
+    let _ = fixture.deliver(&mut primary, 2, Message::Status(status));
+    assert_eq!(primary.checkpoint_fill_target(), None);
+
+    // A backup never fills.
+    let mut backup = fixture.replica(1);
+    let (message, digest, _) = fixture.pre_prepare(0, 1, b"tx");
+    let _ = fixture.deliver(&mut backup, 0, message);
+    for signer in [0, 2, 3] {
+        let _ = fixture.deliver(&mut backup, signer, commit_message(&fixture, signer, 1, digest));
+    }
+    executed(&mut backup, Height(1));
+    assert_eq!(backup.committed(), Height(1));
+    assert_eq!(backup.checkpoint_fill_target(), None);
+
+    // Nor does a primary whose view is changing.
+    let mut primary = fixture.replica(0);
+    let height = commit_own_proposal(&fixture, &mut primary, b"tx");
+    executed(&mut primary, height);
+    assert_eq!(primary.checkpoint_fill_target(), Some(Height(K)));
+    for signer in [1, 2] {
+        let body = ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] };
+        let _ = fixture.deliver(&mut primary, signer, Message::ViewChange(fixture.sign(signer, body)));
+    }
+    assert!(!primary.view_active(), "{}", primary.describe());
+    assert_eq!(primary.checkpoint_fill_target(), None);
 }

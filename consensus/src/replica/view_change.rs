@@ -294,7 +294,8 @@ impl Replica {
         self.check_prepared(height);
     }
 
-    /// The height the new view's primary proposes next (for tests and the driver's logs).
+    /// The height this replica assigns next as primary (for tests, the driver's logs and its
+    /// fill up to the checkpoint boundary).
     pub fn next_height(&self) -> Height {
         self.next_height
     }

@@ -113,6 +113,10 @@ pub struct Scenario {
     /// During chaos, messages of this kind ([`Message::kind`]) are lost with this probability
     /// (on top of the general loss).
     pub lose_kind: Option<(&'static str, f64)>,
+    /// Requests arrive only in the first client tick of every this many ms (0: in every tick),
+    /// so that the chain goes idle in between and idle primaries fill up to the checkpoint
+    /// boundary with empty batches.
+    pub request_every_ms: u64,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -189,6 +193,8 @@ pub struct Report {
     pub rotations: usize,
     /// Forged messages the key-compromise attacker sent.
     pub forgeries: u64,
+    /// Empty batches idle primaries proposed to reach a checkpoint boundary.
+    pub empty_fills: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +292,8 @@ pub struct World {
     one_way: Option<(u8, u8)>,
     healed: bool,
     issued: u64,
+    /// Empty batches proposed by idle primaries (see `fill_to_checkpoint`).
+    filled: u64,
     /// Rotation requests issued so far (valid request ids).
     rotations: HashSet<u64>,
     rotation_generation: u64,
@@ -400,6 +408,7 @@ impl World {
             one_way: None,
             healed: false,
             issued: 0,
+            filled: 0,
             rotations: HashSet::new(),
             rotation_generation: 0,
             global_applied: 0,
@@ -491,6 +500,7 @@ impl World {
             events: self.events,
             rotations: self.schedule.epochs().len() - 1,
             forgeries: self.forgeries,
+            empty_fills: self.filled,
         }
     }
 
@@ -865,7 +875,10 @@ impl World {
         }
         // New requests arrive throughout the run, so progress is always possible.
         let arrivals = self.rng.range(1, 3);
-        self.issued += arrivals;
+        let every = self.scenario.request_every_ms;
+        if every == 0 || self.now % every < CLIENT_TICK_MS {
+            self.issued += arrivals;
+        }
         let every = self.scenario.rotation_every_ms;
         if every > 0 && self.now > 0 && self.now % every < CLIENT_TICK_MS {
             // A third of the rotations are of the current primary.
@@ -914,6 +927,9 @@ impl World {
                 .take(REQUESTS_PER_BATCH_MAX)
                 .collect();
             if batch.is_empty() {
+                if !waiting {
+                    self.fill_to_checkpoint(id);
+                }
                 continue;
             }
             for request in &batch {
@@ -923,6 +939,28 @@ impl World {
             // Twins and distinct instances propose with distinct timestamps, so their batches differ.
             let timestamp_ms = self.wall_clock(id) + id as u64;
             self.handle(id, Input::Propose { payload, timestamp_ms });
+        }
+    }
+
+    /// An idle primary proposes empty batches up to the next checkpoint boundary, as the node's
+    /// driver does (without its quiet delay: here the fill races the next client tick).
+    fn fill_to_checkpoint(&mut self, id: usize) {
+        let Some(target) = self.instances[id].replica.as_ref().and_then(|r| r.checkpoint_fill_target())
+        else {
+            return;
+        };
+        loop {
+            let Some(replica) = self.instances[id].replica.as_ref() else { return };
+            let next = replica.next_height();
+            if !replica.can_propose() || next > target {
+                return;
+            }
+            let timestamp_ms = self.wall_clock(id) + id as u64;
+            self.handle(id, Input::Propose { payload: Vec::new(), timestamp_ms });
+            self.filled += 1;
+            if self.instances[id].replica.as_ref().is_none_or(|r| r.next_height() == next) {
+                return;
+            }
         }
     }
 

@@ -113,6 +113,9 @@ pub struct Driver {
     pub gossip: mpsc::Sender<tetrad_ledger::Tx>,
     /// Frame limits from genesis (bound the answers rationed per peer).
     pub limits: FrameLimits,
+    /// How long the chain must be quiet before an idle primary proposes empty batches up to the
+    /// next checkpoint boundary (`empty_blocks_after_idle_ms` of `config.toml`).
+    pub empty_blocks_after_idle: Duration,
 }
 
 /// A validator that waits for its consensus key to appear in the registry.
@@ -210,6 +213,9 @@ struct State {
     regossiped: Instant,
     /// Whether the mempool holds proposable work (what the replica was last told).
     requests_pending: bool,
+    /// Since when this primary has been idle short of a checkpoint boundary (nothing ready,
+    /// nothing in flight, the last height not a boundary); `None` when it is not.
+    quiet_since: Option<Instant>,
     fetch_peer: u16,
     /// Consensus messages above the schedule horizon, until it passes them.
     deferred: Deferred,
@@ -251,6 +257,7 @@ impl Driver {
             up_to_date_at: None,
             fetch_peer: 0,
             requests_pending: false,
+            quiet_since: None,
             keys: std::mem::take(&mut self.keys),
             swap: KeySwap::new(false),
             promotion_checked: None,
@@ -288,6 +295,7 @@ impl Driver {
             metrics::dropped_absolute(reason.name(), 0);
         }
         metrics::counter_absolute("tetrad_view_changes_total", 0);
+        metrics::count("tetrad_empty_batches_proposed_total", 0);
         if self.replica.is_some() {
             self.start_replica(&mut state).await;
         }
@@ -306,6 +314,12 @@ impl Driver {
             let sleep = match next_timer {
                 Some(at) => Duration::from_millis(at.saturating_sub(state.now_ms())),
                 None => Duration::from_secs(3600),
+            };
+            // An idle primary wakes when it is time to fill up to the checkpoint boundary.
+            let sleep = match state.quiet_since {
+                Some(since) => sleep
+                    .min((since + self.empty_blocks_after_idle).saturating_duration_since(Instant::now())),
+                None => sleep,
             };
             tokio::select! {
                 event = self.events.recv() => match event {
@@ -810,7 +824,13 @@ impl Driver {
             state.requests_pending = pending;
             merge(actions, replica.handle(now, Input::RequestsPending(pending)));
         }
-        if !replica.can_propose() || !mempool.has_ready() {
+        if !pending {
+            state.batch_waiting_since = None;
+            drop(mempool);
+            return self.fill_to_checkpoint(state, actions);
+        }
+        state.quiet_since = None;
+        if !replica.can_propose() {
             state.batch_waiting_since = None;
             return;
         }
@@ -835,6 +855,43 @@ impl Driver {
         let timestamp_ms = wall_clock_ms();
         merge(actions, replica.handle(now, Input::WallClock { unix_ms: timestamp_ms }));
         merge(actions, replica.handle(now, Input::Propose { payload, timestamp_ms }));
+    }
+
+    /// An idle primary proposes empty batches up to the next checkpoint boundary once the chain
+    /// has been quiet for `empty_blocks_after_idle`, so that every committed block is covered
+    /// by a stable checkpoint (a finalized header) within a bound even if no other transaction
+    /// ever comes. It stops at the boundary: an idle chain then stands still. It never fills
+    /// while transactions are ready, heights are in flight, execution lags, a view change runs
+    /// or a peer is ahead ([`Replica::checkpoint_fill_target`]); see docs/decisions.md ("Empty
+    /// batches up to the checkpoint boundary").
+    ///
+    /// The empty batches are proposed all at once (pipelined, like a burst of transactions):
+    /// the boundary is at most K − 1 heights away and the pipeline holds at least 2K.
+    fn fill_to_checkpoint(&mut self, state: &mut State, actions: &mut Actions) {
+        let Some(replica) = self.replica.as_mut() else { return };
+        let Some(boundary) = replica.checkpoint_fill_target() else {
+            state.quiet_since = None;
+            return;
+        };
+        let quiet_since = *state.quiet_since.get_or_insert_with(Instant::now);
+        if quiet_since.elapsed() < self.empty_blocks_after_idle {
+            return;
+        }
+        state.quiet_since = None;
+        let now = state.now_ms();
+        let timestamp_ms = wall_clock_ms();
+        merge(actions, replica.handle(now, Input::WallClock { unix_ms: timestamp_ms }));
+        let mut proposed = 0u64;
+        while replica.can_propose() && replica.next_height() <= boundary {
+            let before = replica.next_height();
+            merge(actions, replica.handle(now, Input::Propose { payload: Vec::new(), timestamp_ms }));
+            if replica.next_height() == before {
+                break;
+            }
+            proposed += 1;
+        }
+        metrics::count("tetrad_empty_batches_proposed_total", proposed);
+        debug!(%boundary, proposed, "idle: proposed empty batches up to the checkpoint boundary");
     }
 
     async fn carry_out(&mut self, state: &mut State, actions: Actions) {
@@ -1139,6 +1196,7 @@ mod tests {
             gossip,
             limits: FrameLimits::from_genesis(4, params.watermark_window, params.batch_bytes_max as usize),
             params,
+            empty_blocks_after_idle: Duration::from_millis(crate::config::EMPTY_BLOCKS_AFTER_IDLE_MS),
         };
         (driver, events_tx, shutdown_tx, jobs)
     }

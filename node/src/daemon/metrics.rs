@@ -20,6 +20,7 @@
 //! | `tetrad_rpc_requests_total{method,outcome}` | counter | RPC requests |
 //! | `tetrad_storage_write_seconds` | histogram | time to commit one block to RocksDB (synced) |
 //! | `tetrad_state_transfers_total` | counter | block-sync requests made |
+//! | `tetrad_empty_batches_proposed_total` | counter | empty batches this node proposed as an idle primary, up to the next checkpoint boundary |
 //! | `tetrad_early_messages_total` | counter | consensus messages kept until the schedule horizon reached their height |
 //! | `tetrad_early_messages` | gauge | such messages waiting now |
 //! | `tetrad_consensus_verify_wait_seconds` | histogram | time a consensus message waits for a verification thread |

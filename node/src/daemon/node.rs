@@ -216,6 +216,7 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
         verifications: Arc::new(tokio::sync::Semaphore::new(crate::daemon::driver::VERIFICATIONS_MAX)),
         gossip: network.gossip.clone(),
         limits,
+        empty_blocks_after_idle: std::time::Duration::from_millis(config.empty_blocks_after_idle_ms),
     };
     let mut driver = tokio::spawn(driver.run());
     let mut network_task = network.task;

@@ -239,6 +239,7 @@ pub fn create(plan: &TestnetPlan) -> Result<TestnetFile> {
             name: placement.name.clone(),
             p2p_listen: placement.p2p_listen,
             rpc_listen: placement.rpc_listen,
+            empty_blocks_after_idle_ms: crate::config::EMPTY_BLOCKS_AFTER_IDLE_MS,
         };
         config.save_new(&home.config())?;
         Store::open_or_init(&home.data(), &state)?;

@@ -111,6 +111,23 @@ impl Cluster {
         self.start_with(node, &[]);
     }
 
+    /// Sets `empty_blocks_after_idle_ms` in every node's `config.toml` (read at start). A test
+    /// that needs the chain to stand still short of a checkpoint boundary (between a key
+    /// rotation's commit and its activation, say) sets it far beyond its own length.
+    pub fn set_empty_blocks_after_idle_ms(&self, ms: u64) {
+        for node in 0..self.n() {
+            let path = self.home(node).join("config.toml");
+            let text = std::fs::read_to_string(&path).expect("config.toml");
+            let mut lines: Vec<String> = text
+                .lines()
+                .filter(|line| !line.starts_with("empty_blocks_after_idle_ms"))
+                .map(String::from)
+                .collect();
+            lines.push(format!("empty_blocks_after_idle_ms = {ms}"));
+            std::fs::write(&path, lines.join("\n") + "\n").expect("write config.toml");
+        }
+    }
+
     /// Starts `node` with extra `tetrad run` flags.
     pub fn start_with(&mut self, node: usize, extra: &[&str]) {
         assert!(self.children[node].is_none(), "node {node} is running");
