@@ -22,10 +22,11 @@ use tetrad_ledger::Header;
 #[derive(Clone, Debug)]
 enum Lie {
     Truth,
-    /// A transaction the chain never saw, claimed to be in the block of a real one (`real`):
-    /// the block's tx list swapped for it and the tx root recomputed. Waiting submissions are
-    /// answered "committed" without reaching the chain.
-    ForgeTx { real: String, fake: Value },
+    /// A transaction the chain never saw, claimed to be in the block (at `height`) of a real
+    /// one (`real`): the block's tx list swapped for it and the tx root recomputed, in the
+    /// block (`/blocks/…`) and in the proof (`/proofs/txs/…`). Waiting submissions are answered
+    /// "committed" without reaching the chain.
+    ForgeTx { real: String, height: u64, fake: Value },
     /// An account's balance and nonce changed.
     Balance,
     /// A flipped sibling hash in the account proof.
@@ -113,11 +114,17 @@ fn serve(stream: TcpStream, upstream: &str, lie: &Lie, genesis_hash: Digest) {
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or("GET").to_string(), parts.next().unwrap_or("/").to_string());
-    let faking = matches!(lie, Lie::FakeCommit | Lie::ForgeTx { .. });
-    let (status, answer) = if faking && method == "POST" {
+    let faking = match lie {
+        Lie::FakeCommit => Some(3),
+        Lie::ForgeTx { height, .. } => Some(*height),
+        _ => None,
+    };
+    let (status, answer) = if let Some(height) = faking
+        && method == "POST"
+    {
         let tx: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let hash = serde_json::from_value::<tetrad_ledger::Tx>(tx.clone()).map(|tx| tx.hash()).ok();
-        (200, json!({ "hash": hash, "status": "committed", "tx": tx, "height": 3, "index": 0 }))
+        (200, json!({ "hash": hash, "status": "committed", "tx": tx, "height": height, "index": 0 }))
     } else if let Lie::ForgeTx { real, .. } = lie
         && path.starts_with("/proofs/txs/")
     {
@@ -187,6 +194,12 @@ fn rewrite(lie: &Lie, path: &str, answer: &mut Value, genesis_hash: Digest) {
             header["tx_count"] = json!(1);
             answer["tx_proof"] = json!({ "index": 0, "count": 1, "siblings": [] });
             answer["receipt"]["index"] = json!(0);
+        }
+        Lie::ForgeTx { height, fake, .. } if path == format!("/blocks/{height}") => {
+            let tx: tetrad_ledger::Tx = serde_json::from_value(fake.clone()).expect("tx");
+            answer["txs"] = json!([tx.hash()]);
+            answer["header"]["tx_root"] = json!(tetrad_ledger::block::tx_root(&[tx.hash()]));
+            answer["header"]["tx_count"] = json!(1);
         }
         Lie::Balance if path.starts_with("/proofs/accounts/") => {
             let balance = answer["account"]["account"]["balance"].as_u64().expect("balance");
@@ -349,7 +362,9 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     let receiver = KeyFile::read(&to).expect("key").public_key();
     let fake = cluster.transfer(&sender, nonce, receiver, 1);
     let fake_hash = fake.hash().to_string();
-    let forge = Lie::ForgeTx { real: hash.clone(), fake: serde_json::to_value(&fake).expect("tx") };
+    let (_, real) = cluster.get(0, &format!("/txs/{hash}"));
+    let height = real["height"].as_u64().expect("height");
+    let forge = Lie::ForgeTx { real: hash.clone(), height, fake: serde_json::to_value(&fake).expect("tx") };
     expect_refused(&proxy, forge.clone(), &genesis, &["tx", &fake_hash], "does not verify");
     proxy.lie(forge);
     let (ok, stdout, stderr) = tetrad(&[
@@ -383,4 +398,41 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     assert!(!ok, "a faked commit was accepted:\n{stdout}");
     assert!(stderr.contains("no committed transaction"), "{stderr}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
+}
+
+/// The attack of issue 14 alone, as the old client met it: a waiting transfer answered
+/// "committed" by a node that never passed it on, and the block it names rewritten to hold it
+/// (tx list swapped, tx root recomputed; the commit certificate, which signs the batch digest,
+/// still verifies). The client must not print "committed".
+#[test]
+fn a_commit_the_chain_never_saw_is_not_printed() {
+    let mut cluster = Cluster::create("forged-commit", 4, 4);
+    cluster.start_all();
+    let genesis: PathBuf = cluster.home(0).join("genesis.json");
+    let accounts = PathBuf::from(cluster.testnet["accounts_dir"].as_str().expect("accounts dir"));
+    let (from, to) = (accounts.join("account-0.json"), accounts.join("account-1.json"));
+    let rpc = cluster.rpc(0);
+    // A real transfer to put a real block under the lie.
+    let (ok, stdout, stderr) = tetrad(&[
+        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "3",
+        "--genesis", path_str(&genesis), "--wait", "--rpc", &rpc,
+    ]);
+    assert!(ok, "a real transfer: {stdout}\n{stderr}");
+    let hash = stdout.lines().find_map(|line| line.strip_prefix("tx ")).expect("tx hash").trim().to_string();
+    let height = cluster.get(0, &format!("/txs/{hash}")).1["height"].as_u64().expect("height");
+
+    // The transfer `tx transfer` signs next (same key, nonce and amount: the same bytes).
+    let sender = KeyFile::read(&from).expect("key");
+    let nonce = cluster.get(0, &format!("/accounts/{}", sender.public_key())).1["nonce"].as_u64().expect("nonce");
+    let fake = cluster.transfer(&sender, nonce, KeyFile::read(&to).expect("key").public_key(), 1);
+    let proxy = Proxy::start(rpc.clone(), cluster.genesis_hash);
+    proxy.lie(Lie::ForgeTx { real: hash, height, fake: serde_json::to_value(&fake).expect("tx") });
+    let (ok, stdout, _) = tetrad(&[
+        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "1",
+        "--genesis", path_str(&genesis), "--wait", "--rpc", &proxy.url, "--timeout-ms", "5000",
+    ]);
+    assert!(!ok, "a commit the chain never saw was accepted:\n{stdout}");
+    assert!(!stdout.contains("committed at height"), "{stdout}");
+    // The chain indeed never saw it.
+    assert_eq!(cluster.get(0, &format!("/txs/{}", fake.hash())).0, 404);
 }
