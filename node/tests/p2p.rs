@@ -291,7 +291,9 @@ async fn invalid_gossip_from_a_full_node(cluster: &Cluster) -> Result<(), String
     })
     .await;
     if closed.is_none() {
-        return Err("a full node that published an invalid gossip message is still connected after 10 s".to_owned());
+        return Err(
+            "a full node that published an invalid gossip message is still connected after 10 s".to_owned()
+        );
     }
     // Dialled again, it is refused (the connection closes right after its handshake).
     spammer
