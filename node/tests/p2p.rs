@@ -7,6 +7,7 @@
 //! - full nodes from one address are admitted up to a bound;
 //! - a frame over the genesis-derived limit is refused after its length prefix;
 //! - a repeated `FetchBatch` is answered once per interval, not once per request;
+//! - stale commits with bad signatures are dropped as stale before any signature is checked;
 //! - a flood of fresh-looking votes with bad signatures from the Byzantine validator does not
 //!   stop the honest three from committing;
 //! - a full node that publishes an invalid gossip message is disconnected and not let back in
@@ -24,7 +25,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub};
 use serde_json::Value;
 use tetrad_consensus::wire::Message;
-use tetrad_consensus::{Digest, Height, Prepare, Signature, Signed, ValidatorIndex, View};
+use tetrad_consensus::{Commit, Digest, Height, Prepare, Signature, Signed, ValidatorIndex, View};
 
 /// What the test peer sends: a whole frame, or only a length prefix (then it waits).
 #[derive(Debug, Clone)]
@@ -419,6 +420,38 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     .await;
     assert!(answers >= 1, "the batch was never sent");
     assert!(answers <= 5, "50 requests for one batch got {answers} answers in 2 s");
+
+    // 4b. Commits for the committed height with bad signatures: dropped as stale before their
+    //     signature is checked (freshness is cheap, a signature is not).
+    let bad_signature = "tetrad_messages_dropped_total{reason=\"bad_message_signature\"}";
+    let checked_before = metric(&cluster, 0, bad_signature);
+    for index in 0..100u64 {
+        let commit = Message::Commit(Signed {
+            body: Commit { view: View(0), height: Height(height), digest: Digest::of(&index.to_le_bytes()) },
+            signer: ValidatorIndex(1),
+            signature: Signature([7; 64]),
+        });
+        byzantine.behaviour_mut().send_request(&node0, Frame::Whole(commit.encode()));
+    }
+    let _ = drive(&mut byzantine, Duration::from_secs(2), |peer, event| {
+        if let SwarmEvent::Behaviour(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        }) = event
+        {
+            let _ = peer.behaviour_mut().send_response(channel, 1);
+        }
+        None::<()>
+    })
+    .await;
+    let stale = metric(&cluster, 0, "tetrad_messages_dropped_total{reason=\"stale_height\"}")
+        + metric(&cluster, 0, "tetrad_messages_dropped_total{reason=\"stale_view\"}");
+    assert!(stale >= 1.0, "no stale commit was dropped as stale");
+    assert_eq!(
+        metric(&cluster, 0, bad_signature),
+        checked_before,
+        "stale commits had their signatures checked"
+    );
 
     // 5. A flood of fresh-looking prepares with bad signatures from validator 1, while clients
     //    submit: the honest three keep committing.
