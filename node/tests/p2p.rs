@@ -7,8 +7,11 @@
 //! - full nodes from one address are admitted up to a bound;
 //! - a frame over the genesis-derived limit is refused after its length prefix;
 //! - a repeated `FetchBatch` is answered once per interval, not once per request;
+//! - stale commits with bad signatures are dropped as stale before any signature is checked;
 //! - a flood of fresh-looking votes with bad signatures from the Byzantine validator does not
-//!   stop the honest three from committing.
+//!   stop the honest three from committing;
+//! - a full node that publishes an invalid gossip message is disconnected and not let back in
+//!   (gossip had no penalty at all).
 
 mod common;
 
@@ -19,10 +22,10 @@ use common::{Cluster, tail};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundFailure, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub};
 use serde_json::Value;
 use tetrad_consensus::wire::Message;
-use tetrad_consensus::{Digest, Height, Prepare, Signature, Signed, ValidatorIndex, View};
+use tetrad_consensus::{Commit, Digest, Height, Prepare, Signature, Signed, ValidatorIndex, View};
 
 /// What the test peer sends: a whole frame, or only a length prefix (then it waits).
 #[derive(Debug, Clone)]
@@ -217,6 +220,93 @@ async fn request(
     (outcome, started.elapsed())
 }
 
+/// A full node that speaks gossipsub only (anonymous messages, as the validators expect).
+fn gossip_stranger() -> Swarm<gossipsub::Behaviour> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .build()
+                .expect("gossipsub config");
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config).expect("gossipsub")
+        })
+        .expect("behaviour")
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Drives a gossip swarm until `done` says so (or `timeout` passes; then `None`).
+async fn drive_gossip<T>(
+    peer: &mut Swarm<gossipsub::Behaviour>,
+    timeout: Duration,
+    mut done: impl FnMut(SwarmEvent<gossipsub::Event>) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let event = tokio::time::timeout_at(deadline, peer.select_next_some()).await.ok()?;
+        if let Some(result) = done(event) {
+            return Some(result);
+        }
+    }
+}
+
+/// A full node publishes one gossip message that does not decode: node 0 must disconnect it
+/// and refuse it afterwards. Returns what went wrong, if anything.
+async fn invalid_gossip_from_a_full_node(cluster: &Cluster) -> Result<(), String> {
+    let (node0, address0) = validator_address(cluster, 0);
+    let genesis = genesis(cluster);
+    let topic = gossipsub::IdentTopic::new(format!(
+        "/tetrad/{}/{}/txs",
+        genesis["chain_id"].as_str().expect("chain id"),
+        &cluster.genesis_hash.to_hex()[..16]
+    ));
+    let mut spammer = gossip_stranger();
+    spammer.behaviour_mut().subscribe(&topic).expect("subscribe");
+    spammer
+        .dial(libp2p::swarm::dial_opts::DialOpts::peer_id(node0).addresses(vec![address0.clone()]).build())
+        .expect("dial");
+    // Node 0's subscription to the topic arrives once the connection is up.
+    let subscribed = drive_gossip(&mut spammer, Duration::from_secs(15), |event| match event {
+        SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) if peer_id == node0 => Some(true),
+        SwarmEvent::OutgoingConnectionError { .. } => Some(false),
+        _ => None,
+    })
+    .await;
+    if subscribed != Some(true) {
+        return Err(format!("the full node never saw node 0 on the gossip topic: {subscribed:?}"));
+    }
+    spammer
+        .behaviour_mut()
+        .publish(topic.clone(), vec![0xff; 64])
+        .map_err(|error| format!("publish: {error}"))?;
+    let closed = drive_gossip(&mut spammer, Duration::from_secs(10), |event| match event {
+        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == node0 => Some(()),
+        _ => None,
+    })
+    .await;
+    if closed.is_none() {
+        return Err(
+            "a full node that published an invalid gossip message is still connected after 10 s".to_owned()
+        );
+    }
+    // Dialled again, it is refused (the connection closes right after its handshake).
+    spammer
+        .dial(libp2p::swarm::dial_opts::DialOpts::peer_id(node0).addresses(vec![address0]).build())
+        .expect("dial");
+    let _ = drive_gossip(&mut spammer, Duration::from_secs(3), |_| None::<()>).await;
+    if spammer.is_connected(&node0) {
+        return Err("the full node that published an invalid gossip message was let back in".to_owned());
+    }
+    Ok(())
+}
+
 fn status_message() -> Vec<u8> {
     Message::Status(tetrad_consensus::wire::Status {
         view: View(0),
@@ -331,6 +421,38 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     assert!(answers >= 1, "the batch was never sent");
     assert!(answers <= 5, "50 requests for one batch got {answers} answers in 2 s");
 
+    // 4b. Commits for the committed height with bad signatures: dropped as stale before their
+    //     signature is checked (freshness is cheap, a signature is not).
+    let bad_signature = "tetrad_messages_dropped_total{reason=\"bad_message_signature\"}";
+    let checked_before = metric(&cluster, 0, bad_signature);
+    for index in 0..100u64 {
+        let commit = Message::Commit(Signed {
+            body: Commit { view: View(0), height: Height(height), digest: Digest::of(&index.to_le_bytes()) },
+            signer: ValidatorIndex(1),
+            signature: Signature([7; 64]),
+        });
+        byzantine.behaviour_mut().send_request(&node0, Frame::Whole(commit.encode()));
+    }
+    let _ = drive(&mut byzantine, Duration::from_secs(2), |peer, event| {
+        if let SwarmEvent::Behaviour(request_response::Event::Message {
+            message: request_response::Message::Request { channel, .. },
+            ..
+        }) = event
+        {
+            let _ = peer.behaviour_mut().send_response(channel, 1);
+        }
+        None::<()>
+    })
+    .await;
+    let stale = metric(&cluster, 0, "tetrad_messages_dropped_total{reason=\"stale_height\"}")
+        + metric(&cluster, 0, "tetrad_messages_dropped_total{reason=\"stale_view\"}");
+    assert!(stale >= 1.0, "no stale commit was dropped as stale");
+    assert_eq!(
+        metric(&cluster, 0, bad_signature),
+        checked_before,
+        "stale commits had their signatures checked"
+    );
+
     // 5. A flood of fresh-looking prepares with bad signatures from validator 1, while clients
     //    submit: the honest three keep committing.
     let flood_until = Instant::now() + Duration::from_secs(12);
@@ -394,4 +516,8 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
         0.0,
         "honest messages were dropped because the flood filled a shared queue"
     );
+
+    // 6. A full node that publishes an invalid gossip message is disconnected and banned.
+    let banned = invalid_gossip_from_a_full_node(&cluster).await;
+    assert_eq!(banned, Ok(()), "log:\n{}", tail(&cluster.log(0)));
 }

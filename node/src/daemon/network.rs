@@ -14,7 +14,10 @@
 //! - **Transactions** travel on one gossipsub topic per chain, in small batches; each batch is
 //!   validated (decode, size, every signature) before gossipsub forwards it, and forwarded only
 //!   if this node's mempool admitted some of it (junk that admission refuses costs each node
-//!   it is sent to, and goes no further). Gossipsub's peer scoring is on: a peer that forwards
+//!   it is sent to, and goes no further). Each publish carries a number the publisher chooses
+//!   anew ([`GossipMessage`]), so a re-gossip of the same transactions is a new message while
+//!   copies of one publish are still suppressed as duplicates; what the receiver already holds
+//!   is dropped by hash before any signature is checked, and not forwarded. Gossipsub's peer scoring is on: a peer that forwards
 //!   an invalid batch is graylisted, and a full node that does is also banned for a while.
 //!
 //! Every frame limit comes from genesis ([`FrameLimits`]). Protocol names and the identify
@@ -54,6 +57,9 @@ pub const GOSSIP_TXS_MAX: usize = 1024;
 const GOSSIP_FLUSH: Duration = Duration::from_millis(5);
 /// Room for gossipsub's own framing around a message.
 const GOSSIP_ENVELOPE_BYTES: usize = 1024;
+/// A gossip message's own bytes besides its transactions: the vector's length and the publish
+/// number.
+const GOSSIP_HEADER_BYTES: usize = 4 + 8;
 const REDIAL_MIN: Duration = Duration::from_millis(250);
 const REDIAL_MAX: Duration = Duration::from_secs(10);
 /// Gossip messages whose transactions are being checked at once, in all and per peer.
@@ -119,6 +125,41 @@ pub enum GossipVerdict {
     NothingNew,
     /// Does not decode, or a signature does not verify: rejected (the peer's score drops).
     Invalid,
+}
+
+/// A gossip message: transactions, and a number the publisher chooses anew for every publish
+/// (its clock at start in nanoseconds, plus one per publish). Gossipsub's message id is the hash
+/// of these bytes, so copies of one publish forwarded along the mesh share an id (and are
+/// suppressed as duplicates), while a re-gossip of the same transactions is a new message.
+/// Before, the message was the transactions alone, and gossipsub refused to publish a re-gossip
+/// whose bytes equalled an earlier publish's: a lone waiting transaction was never sent again.
+///
+/// This gives a Byzantine peer nothing it did not have: it could always vary the bytes (order,
+/// subsets). A receiver drops what its mempool already holds by hash before any signature check,
+/// does not forward a message that admitted nothing, and checks at most a few messages per peer
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
+pub struct GossipMessage {
+    pub txs: Vec<Tx>,
+    pub publish: u64,
+}
+
+impl GossipMessage {
+    /// The transactions of a gossip message, or `None` if it does not decode or holds more than
+    /// [`GOSSIP_TXS_MAX`].
+    pub fn decode_txs(bytes: &[u8]) -> Option<Vec<Tx>> {
+        borsh::from_slice::<GossipMessage>(bytes)
+            .ok()
+            .map(|message| message.txs)
+            .filter(|txs| txs.len() <= GOSSIP_TXS_MAX)
+    }
+}
+
+/// A publish number no earlier run of this node used (nanoseconds since the epoch).
+fn first_publish_number() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// A borsh codec with a 4-byte length prefix and per-direction size limits.
@@ -339,6 +380,7 @@ pub async fn start(
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(limits.gossip_bytes_max + GOSSIP_ENVELOPE_BYTES)
+        // The hash of the bytes, which include the publisher's publish number (GossipMessage).
         .message_id_fn(|message: &gossipsub::Message| {
             gossipsub::MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
         })
@@ -450,6 +492,8 @@ struct Task {
     outbound_bytes_max: usize,
     gossip_buffer: Vec<Tx>,
     gossip_buffer_bytes: usize,
+    /// The number of the last gossip publish (see [`GossipMessage`]).
+    gossip_published: u64,
     /// Gossip messages being checked, in all and per peer.
     gossip_checks: HashMap<PeerId, usize>,
     gossip_checks_total: usize,
@@ -510,6 +554,7 @@ impl Task {
             outbound: HashMap::new(),
             gossip_buffer: Vec::new(),
             gossip_buffer_bytes: 0,
+            gossip_published: first_publish_number(),
             gossip_checks: HashMap::new(),
             gossip_checks_total: 0,
             validations,
@@ -552,8 +597,8 @@ impl Task {
 
     fn buffer_gossip(&mut self, tx: Tx) {
         let size = borsh::object_length(&tx).unwrap_or(0);
-        // A gossip message stays within the gossip limit (4 bytes of the vector's length).
-        if self.gossip_buffer_bytes + size + 4 > self.limits.gossip_bytes_max {
+        // A gossip message stays within the gossip limit.
+        if self.gossip_buffer_bytes + size + GOSSIP_HEADER_BYTES > self.limits.gossip_bytes_max {
             self.flush_gossip();
         }
         self.gossip_buffer.push(tx);
@@ -568,12 +613,16 @@ impl Task {
             return;
         }
         let txs = std::mem::take(&mut self.gossip_buffer);
+        let count = txs.len();
         self.gossip_buffer_bytes = 0;
-        let bytes = borsh::to_vec(&txs).unwrap_or_default();
+        self.gossip_published = self.gossip_published.wrapping_add(1);
+        let message = GossipMessage { txs, publish: self.gossip_published };
+        let bytes = borsh::to_vec(&message).unwrap_or_default();
         if let Err(error) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), bytes) {
-            // No peers yet, or a duplicate: the transactions are in our mempool regardless.
-            debug!(%error, txs = txs.len(), "gossip publish");
-            metrics::dropped("gossip_publish_failed", txs.len() as u64);
+            // No peers yet: the transactions are in our mempool regardless (and are gossiped
+            // again while they wait).
+            debug!(%error, txs = count, "gossip publish");
+            metrics::dropped("gossip_publish_failed", count as u64);
         }
     }
 
@@ -835,9 +884,9 @@ impl Task {
         let validator = self.validator.clone();
         let results = self.validations.clone();
         tokio::task::spawn_blocking(move || {
-            let verdict = match borsh::from_slice::<Vec<Tx>>(&data) {
-                Ok(txs) if txs.len() <= GOSSIP_TXS_MAX => validator(txs),
-                _ => GossipVerdict::Invalid,
+            let verdict = match GossipMessage::decode_txs(&data) {
+                Some(txs) => validator(txs),
+                None => GossipVerdict::Invalid,
             };
             let _ = results.blocking_send(Validated { id, source, verdict });
         });
@@ -902,4 +951,40 @@ fn serve_blocks(store: &Store, request: &SyncRequest, bytes_max: usize) -> Vec<S
         }
     }
     blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use tetrad_consensus::{Digest, SecretKey};
+    use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
+
+    use super::{GOSSIP_TXS_MAX, GossipMessage};
+
+    fn tx(nonce: u64) -> Tx {
+        let genesis = Digest::of(b"gossip test");
+        let key = SecretKey::from_seed([3; 32]);
+        let body = TxBody {
+            chain: chain_tag(&genesis),
+            from: key.public_key(),
+            nonce,
+            kind: TxKind::Transfer { to: key.public_key(), amount: 1 },
+        };
+        Tx::sign(body, &key, &genesis)
+    }
+
+    #[test]
+    fn two_publishes_of_the_same_transactions_are_two_messages() {
+        let txs = vec![tx(0)];
+        let first = borsh::to_vec(&GossipMessage { txs: txs.clone(), publish: 7 }).expect("encode");
+        let again = borsh::to_vec(&GossipMessage { txs: txs.clone(), publish: 8 }).expect("encode");
+        // Gossipsub's id is the hash of the bytes: a re-gossip is not a duplicate of the first.
+        assert_ne!(blake3::hash(&first), blake3::hash(&again));
+        assert_eq!(GossipMessage::decode_txs(&first), Some(txs.clone()));
+        assert_eq!(GossipMessage::decode_txs(&again), Some(txs.clone()));
+        // The transactions alone (the old format), trailing bytes, too many: refused.
+        assert_eq!(GossipMessage::decode_txs(&borsh::to_vec(&txs).expect("encode")), None);
+        assert_eq!(GossipMessage::decode_txs(&[first.as_slice(), &[0]].concat()), None);
+        let many = GossipMessage { txs: vec![tx(1); GOSSIP_TXS_MAX + 1], publish: 0 };
+        assert_eq!(GossipMessage::decode_txs(&borsh::to_vec(&many).expect("encode")), None);
+    }
 }
