@@ -436,3 +436,43 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
     // The chain indeed never saw it.
     assert_eq!(cluster.get(0, &format!("/txs/{}", fake.hash())).0, 404);
 }
+
+/// The README's `tetrad verify` session, run verbatim against a live network (its v2 rotates
+/// its key in the session).
+#[test]
+fn readme_verify_session() {
+    let mut cluster = Cluster::create("readme-verify", 4, 4);
+    cluster.start_all();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+    let start = readme.find("<!-- readme-verify:start -->").expect("start marker");
+    let end = readme.find("<!-- readme-verify:end -->").expect("end marker");
+    let script = readme[start..end]
+        .split("```sh")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a sh code block between the markers")
+        .to_string();
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("RPC", cluster.rpc(0))
+        .env("NET", cluster.dir.join("net"))
+        .env("TETRAD", TETRAD)
+        .output()
+        .expect("run the README session");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "README verify session failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for expected in [
+        "rotation of validator 2 committed at height",
+        ": success",
+        "proven final by the checkpoint at height",
+        "through 1 key rotation",
+        "has no account at height",
+        "the validator set of height",
+        "\"receipt\":",
+    ] {
+        assert!(stdout.contains(expected), "`{expected}` missing from the session's output:\n{stdout}\n{stderr}");
+    }
+    println!("{stdout}");
+}
