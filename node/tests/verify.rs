@@ -470,7 +470,7 @@ fn readme_verify_session() {
         "through 1 key rotation",
         "has no account at height",
         "the validator set of height",
-        "\"receipt\":",
+        "{\"tx\":{",
     ] {
         assert!(stdout.contains(expected), "`{expected}` missing from the session's output:\n{stdout}\n{stderr}");
     }

@@ -411,13 +411,22 @@ impl Rotation<'_> {
         status: &str,
         what: &str,
     ) -> Result<()> {
-        let verifier = verify::Verifier::new(self.rpc, self.genesis, None, self.proof_timeout)?;
-        let proven = verifier.tx(&tx.hash())?;
+        let validator = self.validator;
+        let unproven = |error: anyhow::Error| {
+            error.context(format!(
+                "the rotation of validator {validator} is {what} at height {height} as the node says, \
+                 but it is not proven final: the next key stays in {}; run the same command again to \
+                 check it (it submits nothing new while the rotation is on the chain)",
+                home.next_consensus_key().display()
+            ))
+        };
+        let verifier =
+            verify::Verifier::new(self.rpc, self.genesis, None, self.proof_timeout).map_err(unproven)?;
+        let proven = verifier.tx(&tx.hash()).map_err(unproven)?;
         if proven.block.header.height != height {
             bail!("the node said the rotation is in block {height}, its proof says {}", proven.block.header.height);
         }
         let how = verifier.how(&proven.block);
-        let validator = self.validator;
         if let tetrad_ledger::Outcome::Failed { error } = &proven.receipt.outcome {
             bail!(
                 "the rotation of validator {validator} is in block {height} ({how}) but the chain \

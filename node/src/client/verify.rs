@@ -228,15 +228,19 @@ impl Verifier {
         let rotations = self.client.registry().epochs.len() - 1;
         format!(
             "proven final by the checkpoint at height {} ({} of {} validators of the epoch starting at \
-             {}), followed from {} through {rotations} key rotation{}",
+             {}), followed from {} through {}",
             proven.checkpoint,
             proven.signers,
             proven.n,
             proven.epoch,
             self.source,
-            if rotations == 1 { "" } else { "s" }
+            plural(rotations, "key rotation")
         )
     }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }
 
 fn outcome_text(outcome: &Outcome) -> String {
@@ -293,10 +297,10 @@ fn run_one(command: &VerifyCommand, rpc: &str, genesis: &Genesis, args: &VerifyA
                 json!({ "block": proven_json(&proven), "header": header, "trust": verifier.source }),
                 vec![
                     format!(
-                        "block {} ({}): {} transactions, state root {}",
+                        "block {} ({}): {}, state root {}",
                         header.height,
                         header.hash(),
-                        header.tx_count,
+                        plural(header.tx_count as usize, "transaction"),
                         header.state_root
                     ),
                     verifier.how(&proven),
@@ -358,10 +362,10 @@ fn run_one(command: &VerifyCommand, rpc: &str, genesis: &Genesis, args: &VerifyA
                 format!("followed from {}: no key rotation so far", verifier.source)
             } else {
                 format!(
-                    "followed from {} through {} key rotations (epochs starting at {}), each certified \
-                     by a checkpoint of the epoch before it; {}",
+                    "followed from {} through {} (epochs starting at {}), each certified by a \
+                     checkpoint of the epoch before it; {}",
                     verifier.source,
-                    epochs.len(),
+                    plural(epochs.len(), "key rotation"),
                     epochs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     verifier.how(&checkpoint)
                 )
