@@ -20,6 +20,7 @@
 pub mod block;
 pub mod execute;
 pub mod merkle;
+#[cfg(feature = "rocksdb")]
 pub mod safety_store;
 pub mod scratch;
 pub mod state_tree;
@@ -30,7 +31,10 @@ pub mod validators;
 
 pub use block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
 pub use execute::{Execution, StateReader, execute, genesis_state};
+#[cfg(feature = "rocksdb")]
 pub use safety_store::SafetyStore;
-pub use storage::{AccountProof, GenesisState, StorageError, Store, TxLocation, verify_account_proof};
+#[cfg(feature = "rocksdb")]
+pub use storage::Store;
+pub use storage::{AccountProof, GenesisState, StorageError, TxLocation, verify_account_proof};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};
 pub use validators::ValidatorRegistry;
