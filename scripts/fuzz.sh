@@ -87,7 +87,7 @@ for target in "${targets[@]}"; do
     speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$scratch/$target.log" | tail -1)
     if [ "$status" -ne 0 ]; then
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$scratch/$target.log" | tail -1)
-        failed+=("$target: ${artifact:-see the log above} (reproduce: cargo fuzz run --fuzz-dir fuzz $target ${artifact:-ARTIFACT})")
+        failed+=("$target: ${artifact:-see the log above} (reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz --target-dir $target_dir $target ${artifact:-ARTIFACT})")
         summary+=("$target: FAILED after ${runs:-?} runs")
         continue
     fi
