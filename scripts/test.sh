@@ -20,6 +20,13 @@ else
     cargo test --release --workspace --locked --no-fail-fast
 fi
 
+# Coverage-guided fuzzing (libFuzzer) of every decoder that reads bytes from a peer or a client:
+# each target for TETRAD_TEST_FUZZ_SECONDS (10 s) from the committed corpus in fuzz/corpus/.
+# New inputs go to a scratch directory only; a crash, panic or oversized allocation fails here.
+# The fuzz crate builds without RocksDB into its own target dir (~/.cache/tetrad/target-fuzz).
+echo "== fuzz (scripts/fuzz.sh ${TETRAD_TEST_FUZZ_SECONDS:-10})" >&2
+bash scripts/fuzz.sh "${TETRAD_TEST_FUZZ_SECONDS:-10}"
+
 # The image, built from the release binary above, and a 4-validator + full node network of its
 # containers (kill, pause, disconnect, SIGTERM, down -v). Needs the Docker engine: a missing or
 # stopped engine fails here, it is not skipped. Bounded (TETRAD_COMPOSE_TEST_TIMEOUT_S, 600 s).

@@ -22,7 +22,9 @@ pub mod block;
 pub mod execute;
 pub mod light;
 pub mod merkle;
+#[cfg(feature = "rocksdb")]
 pub mod prover;
+#[cfg(feature = "rocksdb")]
 pub mod safety_store;
 pub mod scratch;
 pub mod state_tree;
@@ -33,7 +35,10 @@ pub mod validators;
 
 pub use block::{Account, AccountProof, Block, ExecutionError, Header, Outcome, Receipt, verify_account_proof};
 pub use execute::{Execution, StateReader, execute, genesis_state};
+#[cfg(feature = "rocksdb")]
 pub use safety_store::SafetyStore;
-pub use storage::{AccountAt, GenesisState, StorageError, Store, TxInBlock, TxLocation};
+#[cfg(feature = "rocksdb")]
+pub use storage::Store;
+pub use storage::{AccountAt, GenesisState, StorageError, TxInBlock, TxLocation};
 pub use tx::{Address, Tx, TxBody, TxError, TxKind, chain_tag};
 pub use validators::ValidatorRegistry;

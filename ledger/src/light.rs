@@ -58,11 +58,19 @@ pub struct EpochLink {
     pub registry: ValidatorRegistry,
 }
 
-/// The steps from genesis to the validator set of a height (`/proofs/validators`).
+/// The steps from genesis to the validator set of a height (`/proofs/validators`), at most
+/// [`LINKS_PER_ANSWER_MAX`] at a time: `more` says that later links follow (ask again with
+/// `after` = the last link's height).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValidatorsProof {
     pub links: Vec<EpochLink>,
+    #[serde(default)]
+    pub more: bool,
 }
+
+/// Most epoch links in one answer (each holds the whole registry, which grows with every
+/// rotation: an answer must stay small whatever the chain's age).
+pub const LINKS_PER_ANSWER_MAX: usize = 16;
 
 /// A header at `height`, proven by a checkpoint at or above it (`/proofs/blocks/{height}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 
 use tetrad_consensus::{CheckpointCertificate, Digest, Height};
 
-use crate::light::{AccountStateProof, EpochLink, FinalizedHeader, HeaderProof, TxProof, ValidatorsProof};
+use crate::light::{
+    AccountStateProof, EpochLink, FinalizedHeader, HeaderProof, LINKS_PER_ANSWER_MAX, TxProof, ValidatorsProof,
+};
 use crate::storage::{AccountAt, StorageError, Store};
 use crate::tx::Address;
 
@@ -132,8 +134,13 @@ impl Store {
             .map(|block| AccountStateProof { address: *address, account, address_proof, block }))
     }
 
-    /// The epoch links from genesis up to `up_to` (default: the latest stable checkpoint).
-    pub fn validators_proof(&self, up_to: Option<Height>) -> Result<Prove<ValidatorsProof>, StorageError> {
+    /// The epoch links after `after` (exclusive; default: from genesis) up to `up_to`
+    /// (default: the latest stable checkpoint), at most [`LINKS_PER_ANSWER_MAX`].
+    pub fn validators_proof(
+        &self,
+        up_to: Option<Height>,
+        after: Option<Height>,
+    ) -> Result<Prove<ValidatorsProof>, StorageError> {
         let stable = self.latest_checkpoint()?.map(|certificate| certificate.statement.height);
         let limit = match (up_to, stable) {
             (Some(up_to), _) => up_to,
@@ -142,9 +149,17 @@ impl Store {
         };
         let registry = self.registry();
         let mut links = Vec::new();
+        let mut more = false;
         for (first, _) in registry.epochs.iter().skip(1) {
             let boundary = Height(first.0.saturating_sub(1));
+            if after.is_some_and(|after| boundary <= after) {
+                continue;
+            }
             if boundary > limit {
+                break;
+            }
+            if links.len() == LINKS_PER_ANSWER_MAX {
+                more = true;
                 break;
             }
             let Some(certificate) = self.checkpoint(boundary)? else {
@@ -161,7 +176,7 @@ impl Store {
             };
             links.push(EpochLink { checkpoint, registry });
         }
-        Ok(Ok(ValidatorsProof { links }))
+        Ok(Ok(ValidatorsProof { links, more }))
     }
 }
 

@@ -2,14 +2,18 @@
 //! certificates, and a helper that executes and commits a batch.
 
 use tetrad_consensus::{
-    Batch, Certificate, Checkpoint, CheckpointCertificate, Commit, CommitCertificate, Digest, SecretKey, Signed,
+    Certificate, Checkpoint, CheckpointCertificate, Commit, CommitCertificate, Digest, SecretKey, Signed,
     ValidatorIndex, ValidatorSet, View,
 };
 
-use crate::block::{Block, Header};
-use crate::execute::{Execution, execute};
-use crate::storage::{GenesisState, StorageError, Store};
-use crate::tx::{Address, Tx, TxBody, TxKind, encode_payload};
+#[cfg(feature = "rocksdb")]
+use crate::block::Block;
+use crate::block::Header;
+use crate::execute::Execution;
+use crate::storage::GenesisState;
+#[cfg(feature = "rocksdb")]
+use crate::storage::{StorageError, Store};
+use crate::tx::{Address, Tx, TxBody, TxKind};
 use crate::validators::ValidatorRegistry;
 
 /// The key of test account `index` (deterministic).
@@ -128,15 +132,16 @@ impl TestChain {
     }
 
     /// Executes `txs` as the next block on `store` and commits it. Returns the execution.
+    #[cfg(feature = "rocksdb")]
     pub fn commit(&self, store: &Store, txs: &[Tx]) -> Result<Execution, StorageError> {
         let head = store.head();
-        let batch = Batch {
+        let batch = tetrad_consensus::Batch {
             view: View(0),
             proposer: ValidatorIndex(0),
             timestamp_ms: head.timestamp_ms + 1,
-            payload: encode_payload(txs),
+            payload: crate::tx::encode_payload(txs),
         };
-        let execution = store.with_state(|head, state| execute(state, head, &batch, txs))?;
+        let execution = store.with_state(|head, state| crate::execute::execute(state, head, &batch, txs))?;
         let certificate = self.certify(View(0), execution.header.height, batch.digest());
         let block = Block { header: execution.header.clone(), batch, certificate };
         store.commit(&block, &execution)?;

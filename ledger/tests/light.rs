@@ -364,7 +364,7 @@ fn the_store_serves_proofs_the_client_accepts() {
     }
     let store = &fixture.store;
     let mut client = fixture.client();
-    let links = store.validators_proof(None).expect("read").expect("links");
+    let links = store.validators_proof(None, None).expect("read").expect("links");
     assert_eq!(links.links.len(), 1);
     assert_eq!(client.follow(&links.links).expect("follow"), vec![Height(5)]);
 
@@ -396,4 +396,36 @@ fn the_store_serves_proofs_the_client_accepts() {
     let stranger = SecretKey::from_seed([98; 32]).public_key();
     let absent = fixture.store.account_state_proof(&stranger).expect("read").expect("absence proof");
     assert_eq!(client.account(&stranger, &absent).expect("absence proves").0, None);
+}
+
+#[test]
+fn the_validator_chain_comes_in_pages() {
+    use tetrad_ledger::light::LINKS_PER_ANSWER_MAX;
+    let mut fixture = Fixture::new();
+    let rotations = LINKS_PER_ANSWER_MAX + 3;
+    for round in 0..rotations {
+        // One rotation of every validator per checkpoint interval (K = 4).
+        fixture.commit_to((round as u64) * 4 + 1);
+        fixture.rotate_all(10 + 4 * round as u8);
+    }
+    fixture.commit_to((rotations as u64) * 4 + 8);
+    let head = fixture.store.head().height.0;
+    for boundary in (4..=head).step_by(4) {
+        let certificate = fixture.finalized(boundary).certificate;
+        fixture.store.put_checkpoint(&certificate).expect("checkpoint");
+    }
+    let mut client = fixture.client();
+    let first = fixture.store.validators_proof(None, None).expect("read").expect("page");
+    assert_eq!(first.links.len(), LINKS_PER_ANSWER_MAX);
+    assert!(first.more);
+    client.follow(&first.links).expect("first page");
+    let after = first.links.last().map(|link| link.checkpoint.header.height);
+    let second = fixture.store.validators_proof(None, after).expect("read").expect("page");
+    assert_eq!(second.links.len(), rotations - LINKS_PER_ANSWER_MAX);
+    assert!(!second.more);
+    client.follow(&second.links).expect("second page");
+    assert_eq!(client.registry().epochs.len(), rotations + 1);
+    let tx = fixture.txs.last().expect("tx").clone();
+    let checkpoint = head - head % 4;
+    client.tx(&tx.hash(), &fixture.tx_proof(&tx, checkpoint)).expect("proves after every rotation");
 }

@@ -478,7 +478,8 @@ async fn strangers_and_a_byzantine_validator_on_the_p2p_port() {
     };
     let mut sent = 0u64;
     let mut view = 0;
-    while Instant::now() < flood_until && !submitter.is_finished() {
+    // At least 5,000 bad prepares, and for as long as the honest submissions take.
+    while Instant::now() < flood_until && (!submitter.is_finished() || sent < 5_000) {
         for _ in 0..200 {
             let prepare = Message::Prepare(Signed {
                 body: Prepare {

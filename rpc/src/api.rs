@@ -255,9 +255,13 @@ pub trait NodeApi: Clone + Send + Sync + 'static {
     fn prove_block(&self, height: Height) -> Result<Prove<HeaderProof>, InternalError>;
     /// An account at the latest stable checkpoint.
     fn prove_account(&self, address: &Address) -> Result<Prove<AccountStateProof>, InternalError>;
-    /// The validator chain from genesis: one link per key rotation, up to `height` (default:
-    /// the latest stable checkpoint).
-    fn prove_validators(&self, height: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError>;
+    /// The validator chain from genesis: one link per key rotation after `after` (default:
+    /// from genesis), up to `height` (default: the latest stable checkpoint), a page at a time.
+    fn prove_validators(
+        &self,
+        height: Option<Height>,
+        after: Option<Height>,
+    ) -> Result<Prove<ValidatorsProof>, InternalError>;
 
     /// New blocks as they are committed.
     fn subscribe_blocks(&self) -> tokio::sync::broadcast::Receiver<BlockEvent>;

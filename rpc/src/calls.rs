@@ -219,6 +219,7 @@ pub(crate) fn prove_account<A: NodeApi>(
 pub(crate) fn prove_validators<A: NodeApi>(
     state: &AppState<A>,
     height: Option<Height>,
+    after: Option<Height>,
 ) -> Result<ValidatorsProof, RpcError> {
-    state.api.prove_validators(height)?.map_err(|refusal| refused(refusal, "validator chain".to_string()))
+    state.api.prove_validators(height, after)?.map_err(|refusal| refused(refusal, "validator chain".to_string()))
 }

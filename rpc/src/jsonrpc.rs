@@ -208,6 +208,13 @@ struct HeightParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct LinksParams {
+    height: Option<Height>,
+    after: Option<Height>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RequiredHeightParams {
     height: Height,
 }
@@ -286,8 +293,8 @@ async fn dispatch<A: NodeApi>(
             to_value(&calls::prove_account(state, &address)?)
         }
         "prove_validators" => {
-            let HeightParams { height } = parse_params(params)?;
-            to_value(&calls::prove_validators(state, height)?)
+            let LinksParams { height, after } = parse_params(params)?;
+            to_value(&calls::prove_validators(state, height, after)?)
         }
         unknown => Err(RpcError::new(
             crate::errors::ErrorCode::MethodNotFound,
@@ -305,7 +312,7 @@ pub(crate) fn check_params(method: &str, params: Value) -> Result<(), RpcError> 
         "get_transaction" | "prove_transaction" => parse_params::<HashParams>(params).map(drop),
         "prove_block" => parse_params::<RequiredHeightParams>(params).map(drop),
         "prove_account" => parse_params::<AddressParams>(params).map(drop),
-        "prove_validators" => parse_params::<HeightParams>(params).map(drop),
+        "prove_validators" => parse_params::<LinksParams>(params).map(drop),
         "get_block" => parse_params::<BlockParams>(params).map(drop),
         "get_account" => parse_params::<AddressParams>(params).map(drop),
         "get_checkpoint" | "get_validators" => parse_params::<HeightParams>(params).map(drop),

@@ -33,7 +33,7 @@
 //! | `prove_transaction`  | `hash`                         | `GET /proofs/txs/{hash}`              |
 //! | `prove_block`        | `height`                       | `GET /proofs/blocks/{height}`         |
 //! | `prove_account`      | `address`                      | `GET /proofs/accounts/{address}`      |
-//! | `prove_validators`   | `height?`                      | `GET /proofs/validators?height=`      |
+//! | `prove_validators`   | `height?`, `after?`            | `GET /proofs/validators?height=&after=` |
 //!
 //! The `prove_*` answers are what `tetrad_ledger::light::LightClient` checks: a client that
 //! trusts only the genesis file verifies them without trusting this node.

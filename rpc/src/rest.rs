@@ -47,6 +47,13 @@ pub(crate) struct HeightQuery {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct LinksQuery {
+    height: Option<Height>,
+    after: Option<Height>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct SubmitQuery {
     #[serde(default)]
     wait: bool,
@@ -145,9 +152,9 @@ pub(crate) async fn prove_account<A: NodeApi>(
 
 pub(crate) async fn prove_validators<A: NodeApi>(
     State(state): State<AppState<A>>,
-    UrlQuery(HeightQuery { height }): UrlQuery<HeightQuery>,
+    UrlQuery(LinksQuery { height, after }): UrlQuery<LinksQuery>,
 ) -> Result<Json<ValidatorsProof>, RpcError> {
-    calls::prove_validators(&state, height).map(Json)
+    calls::prove_validators(&state, height, after).map(Json)
 }
 
 pub(crate) async fn metrics<A: NodeApi>(State(state): State<AppState<A>>) -> Response {

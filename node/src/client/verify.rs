@@ -162,10 +162,25 @@ impl Verifier {
             }
         };
         let mut verifier = Verifier { client, rpc: rpc.to_string(), source, timeout };
-        let links: ValidatorsProof = verifier.proof("/proofs/validators")?;
-        verifier.client.follow(&links.links).map_err(|error| {
-            anyhow!("{}: the validator chain does not verify: {error}", verifier.rpc)
-        })?;
+        // A page of links at a time; each page must move on, so a node cannot keep a client
+        // asking forever.
+        let mut after: Option<Height> = None;
+        loop {
+            let path = match after {
+                Some(after) => format!("/proofs/validators?after={after}"),
+                None => "/proofs/validators".to_string(),
+            };
+            let page: ValidatorsProof = verifier.proof(&path)?;
+            verifier.client.follow(&page.links).map_err(|error| {
+                anyhow!("{}: the validator chain does not verify: {error}", verifier.rpc)
+            })?;
+            let last = page.links.last().map(|link| link.checkpoint.header.height);
+            match (page.more, last) {
+                (true, Some(last)) if after.is_none_or(|after| last > after) => after = Some(last),
+                (true, _) => bail!("{}: /proofs/validators says more links follow but gives none", verifier.rpc),
+                (false, _) => break,
+            }
+        }
         Ok(verifier)
     }
 

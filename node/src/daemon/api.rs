@@ -303,8 +303,12 @@ impl NodeApi for Api {
         self.store.account_state_proof(address).map_err(internal)
     }
 
-    fn prove_validators(&self, height: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
-        self.store.validators_proof(height).map_err(internal)
+    fn prove_validators(
+        &self,
+        height: Option<Height>,
+        after: Option<Height>,
+    ) -> Result<Prove<ValidatorsProof>, InternalError> {
+        self.store.validators_proof(height, after).map_err(internal)
     }
 
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockEvent> {

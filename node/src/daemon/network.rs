@@ -47,13 +47,12 @@ use tracing::{debug, info, warn};
 use crate::daemon::admission::{Admission, AdmissionBehaviour, AdmissionLimits, ValidatorsOnly};
 use crate::daemon::intake::{InboundBudgets, PEER_QUEUE_MESSAGES_MAX, Ticket, peer_queue_bytes_max};
 use crate::daemon::metrics;
-pub use crate::daemon::wire::{FrameLimits, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest};
+pub use crate::daemon::wire::{FrameLimits, GOSSIP_TXS_MAX, GossipMessage, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest};
 use crate::daemon::wire::{SYNC_REQUEST_BYTES_MAX, read_frame, read_framed};
 
 /// Executed-block notices waiting for the driver, at most.
 pub const INBOUND_QUEUE: usize = 16_384;
-/// Most transactions in one gossip message, and how long admitted ones wait to fill one.
-pub const GOSSIP_TXS_MAX: usize = 1024;
+// How long admitted transactions wait to fill a gossip message (at most GOSSIP_TXS_MAX).
 const GOSSIP_FLUSH: Duration = Duration::from_millis(5);
 /// Room for gossipsub's own framing around a message.
 const GOSSIP_ENVELOPE_BYTES: usize = 1024;
@@ -125,34 +124,6 @@ pub enum GossipVerdict {
     NothingNew,
     /// Does not decode, or a signature does not verify: rejected (the peer's score drops).
     Invalid,
-}
-
-/// A gossip message: transactions, and a number the publisher chooses anew for every publish
-/// (its clock at start in nanoseconds, plus one per publish). Gossipsub's message id is the hash
-/// of these bytes, so copies of one publish forwarded along the mesh share an id (and are
-/// suppressed as duplicates), while a re-gossip of the same transactions is a new message.
-/// Before, the message was the transactions alone, and gossipsub refused to publish a re-gossip
-/// whose bytes equalled an earlier publish's: a lone waiting transaction was never sent again.
-///
-/// This gives a Byzantine peer nothing it did not have: it could always vary the bytes (order,
-/// subsets). A receiver drops what its mempool already holds by hash before any signature check,
-/// does not forward a message that admitted nothing, and checks at most a few messages per peer
-/// at once.
-#[derive(Debug, Clone, PartialEq, Eq, borsh::BorshSerialize, borsh::BorshDeserialize)]
-pub struct GossipMessage {
-    pub txs: Vec<Tx>,
-    pub publish: u64,
-}
-
-impl GossipMessage {
-    /// The transactions of a gossip message, or `None` if it does not decode or holds more than
-    /// [`GOSSIP_TXS_MAX`].
-    pub fn decode_txs(bytes: &[u8]) -> Option<Vec<Tx>> {
-        borsh::from_slice::<GossipMessage>(bytes)
-            .ok()
-            .map(|message| message.txs)
-            .filter(|txs| txs.len() <= GOSSIP_TXS_MAX)
-    }
 }
 
 /// A publish number no earlier run of this node used (nanoseconds since the epoch).

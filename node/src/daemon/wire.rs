@@ -18,6 +18,7 @@ use tetrad_consensus::wire::{MESSAGE_BYTES_MAX, Message};
 use tetrad_consensus::{
     Batch, Checkpoint, Commit, CommitCertificate, Digest, Height, PrePrepare, Signature, ValidatorIndex, View,
 };
+use tetrad_ledger::Tx;
 
 /// Bytes read into a frame's buffer at a time.
 pub const FRAME_CHUNK_BYTES: usize = 64 << 10;
@@ -173,6 +174,37 @@ pub async fn read_framed<T: AsyncRead + Unpin + Send, V: BorshDeserialize>(
     max: usize,
 ) -> io::Result<V> {
     decode(&read_frame(io, max).await?)
+}
+
+/// Most transactions in one gossip message.
+pub const GOSSIP_TXS_MAX: usize = 1024;
+
+/// A gossip message: transactions, and a number the publisher chooses anew for every publish
+/// (its clock at start in nanoseconds, plus one per publish). Gossipsub's message id is the hash
+/// of these bytes, so copies of one publish forwarded along the mesh share an id (and are
+/// suppressed as duplicates), while a re-gossip of the same transactions is a new message.
+/// Before, the message was the transactions alone, and gossipsub refused to publish a re-gossip
+/// whose bytes equalled an earlier publish's: a lone waiting transaction was never sent again.
+///
+/// This gives a Byzantine peer nothing it did not have: it could always vary the bytes (order,
+/// subsets). A receiver drops what its mempool already holds by hash before any signature check,
+/// does not forward a message that admitted nothing, and checks at most a few messages per peer
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct GossipMessage {
+    pub txs: Vec<Tx>,
+    pub publish: u64,
+}
+
+impl GossipMessage {
+    /// The transactions of a gossip message, or `None` if it does not decode or holds more than
+    /// [`GOSSIP_TXS_MAX`].
+    pub fn decode_txs(bytes: &[u8]) -> Option<Vec<Tx>> {
+        borsh::from_slice::<GossipMessage>(bytes)
+            .ok()
+            .map(|message| message.txs)
+            .filter(|txs| txs.len() <= GOSSIP_TXS_MAX)
+    }
 }
 
 #[cfg(test)]

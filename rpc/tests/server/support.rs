@@ -339,9 +339,9 @@ impl NodeApi for FakeNode {
             .map(|answer| answer.unwrap_or(Err(Refusal::Unknown { height: None })))
     }
 
-    fn prove_validators(&self, _: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
-        self.query(|_| Some(Ok(ValidatorsProof { links: Vec::new() })))
-            .map(|answer| answer.unwrap_or(Ok(ValidatorsProof { links: Vec::new() })))
+    fn prove_validators(&self, _: Option<Height>, _: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
+        let empty = || ValidatorsProof { links: Vec::new(), more: false };
+        self.query(|_| Some(Ok(empty()))).map(|answer| answer.unwrap_or(Ok(empty())))
     }
 
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockEvent> {
