@@ -13,6 +13,16 @@ cargo fmt --all -- --check
 echo "== cargo clippy (release, all targets, -D warnings)" >&2
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
+# The light client (tetrad_ledger::light and the types and proofs it uses) must build without
+# RocksDB, tokio and libp2p, so that a wallet can embed it (README "Prove it").
+echo "== the light client builds without RocksDB, tokio and libp2p" >&2
+if cargo tree -p tetrad-ledger --no-default-features -e normal --prefix none --locked \
+    | grep -iE '^(rocksdb|librocksdb-sys|tokio|libp2p|axum) '; then
+    echo "tetrad-ledger without default features depends on the crates above" >&2
+    exit 1
+fi
+cargo build --release -p tetrad-ledger --no-default-features --lib --locked
+
 echo "== tests (release)" >&2
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --locked --no-fail-fast

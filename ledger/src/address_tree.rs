@@ -50,6 +50,9 @@ pub const EMPTY: Digest = Digest::ZERO;
 
 const DEPTH: usize = 256;
 
+/// A key of the tree and its slot.
+type Entry = ([u8; 32], u64);
+
 fn bit(key: &[u8; 32], depth: usize) -> bool {
     key[depth / 8] & (0x80 >> (depth % 8)) != 0
 }
@@ -167,8 +170,9 @@ impl AddressTree {
         self.keys.is_empty()
     }
 
-    /// The keys that share their first `depth` bits with `key`, up to two of them.
-    fn below(&self, depth: usize, key: &[u8; 32]) -> ([Option<([u8; 32], u64)>; 2], usize) {
+    /// The keys that share their first `depth` bits with `key`, up to two of them, and how
+    /// many there are (0, 1 or 2 for "two or more").
+    fn below(&self, depth: usize, key: &[u8; 32]) -> ([Option<Entry>; 2], usize) {
         let range = self.keys.range(bound(key, depth, false)..=bound(key, depth, true));
         let mut out = [None, None];
         let mut count = 0;
@@ -251,7 +255,9 @@ impl AddressTree {
         for depth in 0..=DEPTH {
             match self.below(depth, &key) {
                 (_, 0) => return AddressProof { siblings, leaf: None },
-                ([Some((found, slot)), _], 1) => return AddressProof { siblings, leaf: Some((Digest(found), slot)) },
+                ([Some((found, slot)), _], 1) => {
+                    return AddressProof { siblings, leaf: Some((Digest(found), slot)) };
+                }
                 _ => {
                     let other = with_bit(&key, depth, !bit(&key, depth));
                     siblings.push(self.hash_at(depth + 1, &other));

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use tetrad_consensus::{Batch, Digest, Height};
 
-use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, receipts_root, tx_root};
 use crate::address_tree::AddressTree;
+use crate::block::{Account, ExecutionError, Header, Outcome, Receipt, receipts_root, tx_root};
 use crate::state_tree::{StateTree, TreeUpdate};
 use crate::tx::{Address, Tx, TxKind};
 use crate::validators::ValidatorRegistry;
@@ -266,7 +266,8 @@ pub fn genesis_state(
         tx_count: 0,
         state_root: tree.root(),
         receipts_root: receipts_root(&[]),
-        address_root: AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot))).root(),
+        address_root: AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot)))
+            .root(),
         validators_hash: registry.hash(),
         view: Default::default(),
         proposer: Default::default(),

@@ -33,7 +33,9 @@ pub mod testkit;
 pub mod tx;
 pub mod validators;
 
-pub use block::{Account, AccountProof, Block, ExecutionError, Header, Outcome, Receipt, verify_account_proof};
+pub use block::{
+    Account, AccountProof, Block, ExecutionError, Header, Outcome, Receipt, verify_account_proof,
+};
 pub use execute::{Execution, StateReader, execute, genesis_state};
 #[cfg(feature = "rocksdb")]
 pub use safety_store::SafetyStore;

@@ -35,11 +35,11 @@ use serde::{Deserialize, Serialize};
 use tetrad_consensus::{CheckpointCertificate, Digest, Height, PublicKey, ValidatorSet};
 
 use crate::address_tree::{self, AddressProof, Membership};
+use crate::block::Account;
 use crate::block::{
     AccountProof, Header, Receipt, verify_account_proof, verify_receipt_proof, verify_tx_proof,
 };
 use crate::merkle::MerkleProof;
-use crate::block::Account;
 use crate::tx::{Address, Tx};
 use crate::validators::ValidatorRegistry;
 
@@ -226,13 +226,13 @@ impl LightClient {
 
     /// The validator set that signs `height`, as far as the links followed so far tell.
     pub fn validator_set(&self, height: Height) -> Result<ValidatorSet, ProofError> {
-        ValidatorSet::new(self.registry.genesis_hash, self.registry.keys_at(height).to_vec()).map_err(|error| {
-            ProofError::CheckpointSignatures {
+        ValidatorSet::new(self.registry.genesis_hash, self.registry.keys_at(height).to_vec()).map_err(
+            |error| ProofError::CheckpointSignatures {
                 height,
                 epoch: self.registry.epoch_start(height),
                 detail: error.to_string(),
-            }
-        })
+            },
+        )
     }
 
     /// Follows epoch links in height order, each signed by the epoch before it. Returns the
@@ -265,7 +265,11 @@ impl LightClient {
     }
 
     /// Checks a finalized header and the registry its header commits to.
-    pub fn finalized(&self, finalized: &FinalizedHeader, registry: &ValidatorRegistry) -> Result<Proven, ProofError> {
+    pub fn finalized(
+        &self,
+        finalized: &FinalizedHeader,
+        registry: &ValidatorRegistry,
+    ) -> Result<Proven, ProofError> {
         let header = &finalized.header;
         let height = header.height;
         if height < self.trusted {
@@ -355,15 +359,27 @@ impl LightClient {
         let header = &block.header;
         let height = header.height;
         if proof.receipt.height != height {
-            return Err(ProofError::TxNotInBlock { tx: *hash, height, detail: "the receipt names another height" });
+            return Err(ProofError::TxNotInBlock {
+                tx: *hash,
+                height,
+                detail: "the receipt names another height",
+            });
         }
         let index = u64::from(proof.receipt.index);
         let count = u64::from(header.tx_count);
         if proof.tx_proof.index != index || proof.tx_proof.count != count {
-            return Err(ProofError::TxNotInBlock { tx: *hash, height, detail: "the proof is for another position" });
+            return Err(ProofError::TxNotInBlock {
+                tx: *hash,
+                height,
+                detail: "the proof is for another position",
+            });
         }
         if !verify_tx_proof(&header.tx_root, hash, &proof.tx_proof) {
-            return Err(ProofError::TxNotInBlock { tx: *hash, height, detail: "the proof does not reach the tx root" });
+            return Err(ProofError::TxNotInBlock {
+                tx: *hash,
+                height,
+                detail: "the proof does not reach the tx root",
+            });
         }
         if proof.receipt_proof.index != index
             || proof.receipt_proof.count != count

@@ -4,7 +4,8 @@
 use tetrad_consensus::{CheckpointCertificate, Digest, Height};
 
 use crate::light::{
-    AccountStateProof, EpochLink, FinalizedHeader, HeaderProof, LINKS_PER_ANSWER_MAX, TxProof, ValidatorsProof,
+    AccountStateProof, EpochLink, FinalizedHeader, HeaderProof, LINKS_PER_ANSWER_MAX, TxProof,
+    ValidatorsProof,
 };
 use crate::storage::{AccountAt, StorageError, Store};
 use crate::tx::Address;
@@ -62,7 +63,9 @@ impl Store {
     fn finalized(&self, certificate: CheckpointCertificate) -> Result<Prove<FinalizedHeader>, StorageError> {
         let height = certificate.statement.height;
         let Some(header) = self.header(height)? else {
-            return Ok(Err(Refusal::Unavailable(format!("this node has the checkpoint of {height} but not its block"))));
+            return Ok(Err(Refusal::Unavailable(format!(
+                "this node has the checkpoint of {height} but not its block"
+            ))));
         };
         Ok(Ok(FinalizedHeader { header, certificate }))
     }
@@ -129,9 +132,12 @@ impl Store {
                 ))));
             }
         };
-        Ok(self
-            .header_proof(height)?
-            .map(|block| AccountStateProof { address: *address, account, address_proof, block }))
+        Ok(self.header_proof(height)?.map(|block| AccountStateProof {
+            address: *address,
+            account,
+            address_proof,
+            block,
+        }))
     }
 
     /// The epoch links after `after` (exclusive; default: from genesis) up to `up_to`
@@ -172,11 +178,12 @@ impl Store {
             };
             let checkpoint = proven!(self.finalized(certificate)?);
             let Some(registry) = self.registry_at(boundary)? else {
-                return Ok(Err(Refusal::Unavailable(format!("this node keeps no validator registry of height {boundary}"))));
+                return Ok(Err(Refusal::Unavailable(format!(
+                    "this node keeps no validator registry of height {boundary}"
+                ))));
             };
             links.push(EpochLink { checkpoint, registry });
         }
         Ok(Ok(ValidatorsProof { links, more }))
     }
 }
-

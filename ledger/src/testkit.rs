@@ -116,8 +116,12 @@ impl TestChain {
     /// A rotation of validator `validator` from `old` to `new`, sent by `old` with `nonce`.
     pub fn rotation(&self, validator: u16, old: &SecretKey, new: &SecretKey, nonce: u64) -> Tx {
         let index = ValidatorIndex(validator);
-        let digest =
-            crate::validators::possession_digest(&self.genesis_hash, index, &old.public_key(), &new.public_key());
+        let digest = crate::validators::possession_digest(
+            &self.genesis_hash,
+            index,
+            &old.public_key(),
+            &new.public_key(),
+        );
         let body = TxBody {
             chain: crate::tx::chain_tag(&self.genesis_hash),
             from: old.public_key(),

@@ -109,12 +109,18 @@ impl Fixture {
     }
 
     fn account_proof(&self, address: &tetrad_ledger::Address, height: u64) -> AccountStateProof {
-        let (account, address_proof) = match self.store.prove_account_at(address, Height(height)).expect("read") {
-            AccountAt::Found(found) => (Some(found.0), found.1),
-            AccountAt::Absent(absent) => (None, absent.0),
-            AccountAt::Unavailable => panic!("no state of {height}"),
-        };
-        AccountStateProof { address: *address, account, address_proof, block: self.header_proof(height, height) }
+        let (account, address_proof) =
+            match self.store.prove_account_at(address, Height(height)).expect("read") {
+                AccountAt::Found(found) => (Some(found.0), found.1),
+                AccountAt::Absent(absent) => (None, absent.0),
+                AccountAt::Unavailable => panic!("no state of {height}"),
+            };
+        AccountStateProof {
+            address: *address,
+            account,
+            address_proof,
+            block: self.header_proof(height, height),
+        }
     }
 
     fn client(&self) -> LightClient {
@@ -164,7 +170,10 @@ fn accounts_prove_at_a_boundary_after_the_head_moved_on() {
     fixture.chain.commit(&fixture.store, std::slice::from_ref(&tx)).expect("commit");
     let proof = fixture.account_proof(&newcomer, 8);
     assert_eq!(fixture.client().account(&newcomer, &proof).expect("absent at 8").0, None);
-    assert!(matches!(fixture.store.prove_account_at(&newcomer, Height(12)).expect("read"), AccountAt::Found(_)));
+    assert!(matches!(
+        fixture.store.prove_account_at(&newcomer, Height(12)).expect("read"),
+        AccountAt::Found(_)
+    ));
 }
 
 #[test]
@@ -298,7 +307,10 @@ fn the_validator_set_is_followed_from_genesis_across_rotations() {
     assert_eq!(learned, vec![Height(5), Height(13)]);
     let proven = client.tx(&tx.hash(), &proof).expect("tx proves after following the rotations");
     assert_eq!(proven.block.epoch, Height(13));
-    assert_eq!(client.validator_set(Height(16)).expect("set").keys(), fixture.store.registry().keys_at(Height(16)));
+    assert_eq!(
+        client.validator_set(Height(16)).expect("set").keys(),
+        fixture.store.registry().keys_at(Height(16))
+    );
 
     // A certificate made with retired keys (the genesis keys, which no longer sign 16).
     let mut retired = proof.clone();

@@ -338,13 +338,19 @@ fn a_retried_rotation_keeps_the_scheduled_key() {
     // The chain is held before the checkpoint that would make the rotation final: the command
     // says it is committed but not proven, and fails (a retry is the way to check again).
     let (ok, first) = rotate_within(&home, 5_000);
-    assert!(!ok && first.contains("committed at height") && first.contains("not proven final"), "first rotate: {first}");
+    assert!(
+        !ok && first.contains("committed at height") && first.contains("not proven final"),
+        "first rotate: {first}"
+    );
     let next = home.join("consensus_key.next.json");
     let new = KeyFile::read(&next).expect("next key").public_key();
     let nonce = nonce_of(&cluster, &old);
 
     let (_, retry) = rotate_within(&home, 5_000);
-    assert!(retry.contains("already committed"), "a retried rotate must report the committed rotation: {retry}");
+    assert!(
+        retry.contains("already committed"),
+        "a retried rotate must report the committed rotation: {retry}"
+    );
     assert!(next.exists(), "the retry deleted the scheduled key; output:\n{retry}");
     assert_eq!(KeyFile::read(&next).expect("next key").public_key(), new);
     assert_eq!(nonce_of(&cluster, &old), nonce, "the retry submitted another rotation");

@@ -26,7 +26,11 @@ enum Lie {
     /// one (`real`): the block's tx list swapped for it and the tx root recomputed, in the
     /// block (`/blocks/…`) and in the proof (`/proofs/txs/…`). Waiting submissions are answered
     /// "committed" without reaching the chain.
-    ForgeTx { real: String, height: u64, fake: Value },
+    ForgeTx {
+        real: String,
+        height: u64,
+        fake: Value,
+    },
     /// An account's balance and nonce changed.
     Balance,
     /// A flipped sibling hash in the account proof.
@@ -221,10 +225,7 @@ fn rewrite(lie: &Lie, path: &str, answer: &mut Value, genesis_hash: Digest) {
         }
         Lie::ExtraKey if path.starts_with("/proofs/validators") => {
             let key = SecretKey::from_seed([42; 32]).public_key();
-            answer["links"][0]["registry"]["epochs"][1][1]
-                .as_array_mut()
-                .expect("keys")
-                .push(json!(key));
+            answer["links"][0]["registry"]["epochs"][1][1].as_array_mut().expect("keys").push(json!(key));
         }
         Lie::HiddenRotations if path.starts_with("/proofs/validators") => {
             answer["links"] = json!([]);
@@ -235,10 +236,15 @@ fn rewrite(lie: &Lie, path: &str, answer: &mut Value, genesis_hash: Digest) {
                 serde_json::from_value(block["checkpoint"]["header"].clone()).expect("header");
             let set = ValidatorSet::new(genesis_hash, keys.iter().map(SecretKey::public_key).collect())
                 .expect("set");
-            let statement =
-                Checkpoint { height: header.height, header_hash: header.hash(), state_root: header.state_root };
+            let statement = Checkpoint {
+                height: header.height,
+                header_hash: header.hash(),
+                state_root: header.state_root,
+            };
             let votes: Vec<Signed<Checkpoint>> = (0..3)
-                .map(|index| Signed::sign(statement.clone(), ValidatorIndex(index as u16), &keys[index], &set))
+                .map(|index| {
+                    Signed::sign(statement.clone(), ValidatorIndex(index as u16), &keys[index], &set)
+                })
                 .collect();
             block["checkpoint"]["certificate"] = json!(Certificate::from_votes(statement, &votes));
         }
@@ -292,12 +298,20 @@ fn expect_refused(proxy: &Proxy, lie: Lie, genesis: &Path, what: &[&str], fragme
 
 fn rotate(cluster: &Cluster, node: usize) {
     let home = cluster.home(node);
-    let (ok, stdout, stderr) = tetrad(&["keys", "rotate", "--home", path_str(&home), "--timeout-ms", "120000"]);
+    let (ok, stdout, stderr) =
+        tetrad(&["keys", "rotate", "--home", path_str(&home), "--timeout-ms", "120000"]);
     assert!(ok, "rotating v{node}: {stdout}\n{stderr}\nlog:\n{}", tail(&cluster.log(node)));
     assert!(stdout.contains("proven final by the checkpoint"), "{stdout}");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while ["consensus_key.next.json", "consensus_key.retired.json"].iter().any(|name| home.join(name).exists()) {
-        assert!(Instant::now() < deadline, "v{node} did not finish its rotation:\n{}", tail(&cluster.log(node)));
+    while ["consensus_key.next.json", "consensus_key.retired.json"]
+        .iter()
+        .any(|name| home.join(name).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "v{node} did not finish its rotation:\n{}",
+            tail(&cluster.log(node))
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -321,8 +335,19 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     let (from, to) = (accounts.join("account-2.json"), accounts.join("account-3.json"));
     let rpc = cluster.rpc(0);
     let (ok, stdout, stderr) = tetrad(&[
-        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "7",
-        "--genesis", path_str(&genesis), "--wait", "--rpc", &rpc,
+        "tx",
+        "transfer",
+        "--key",
+        path_str(&from),
+        "--to",
+        path_str(&to),
+        "--amount",
+        "7",
+        "--genesis",
+        path_str(&genesis),
+        "--wait",
+        "--rpc",
+        &rpc,
     ]);
     assert!(ok, "transfer --wait: {stdout}\n{stderr}");
     assert!(stdout.contains("proven final by the checkpoint"), "{stdout}");
@@ -358,7 +383,8 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     // Every lie is refused, and says what did not verify. First a transaction the chain never
     // saw (the next transfer `tx transfer` would sign), claimed in the block of a real one.
     let sender = KeyFile::read(&from).expect("key");
-    let nonce = cluster.get(0, &format!("/accounts/{}", sender.public_key())).1["nonce"].as_u64().expect("nonce");
+    let nonce =
+        cluster.get(0, &format!("/accounts/{}", sender.public_key())).1["nonce"].as_u64().expect("nonce");
     let receiver = KeyFile::read(&to).expect("key").public_key();
     let fake = cluster.transfer(&sender, nonce, receiver, 1);
     let fake_hash = fake.hash().to_string();
@@ -368,32 +394,100 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     expect_refused(&proxy, forge.clone(), &genesis, &["tx", &fake_hash], "does not verify");
     proxy.lie(forge);
     let (ok, stdout, stderr) = tetrad(&[
-        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "1",
-        "--genesis", path_str(&genesis), "--wait", "--rpc", &proxy.url, "--timeout-ms", "5000",
+        "tx",
+        "transfer",
+        "--key",
+        path_str(&from),
+        "--to",
+        path_str(&to),
+        "--amount",
+        "1",
+        "--genesis",
+        path_str(&genesis),
+        "--wait",
+        "--rpc",
+        &proxy.url,
+        "--timeout-ms",
+        "5000",
     ]);
     assert!(!ok, "a forged commit was accepted:\n{stdout}");
     assert!(stderr.contains(&format!("the proof of transaction {fake_hash} does not verify")), "{stderr}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
-    expect_refused(&proxy, Lie::Balance, &genesis, &["account", path_str(&to)], "does not prove against the state root");
-    expect_refused(&proxy, Lie::FlippedSibling, &genesis, &["account", path_str(&to)], "does not prove against the state root");
-    expect_refused(&proxy, Lie::UncertifiedRoot, &genesis, &["account", path_str(&to)], "is over another header or state root");
+    expect_refused(
+        &proxy,
+        Lie::Balance,
+        &genesis,
+        &["account", path_str(&to)],
+        "does not prove against the state root",
+    );
+    expect_refused(
+        &proxy,
+        Lie::FlippedSibling,
+        &genesis,
+        &["account", path_str(&to)],
+        "does not prove against the state root",
+    );
+    expect_refused(
+        &proxy,
+        Lie::UncertifiedRoot,
+        &genesis,
+        &["account", path_str(&to)],
+        "is over another header or state root",
+    );
     proxy.lie(Lie::Truth);
     let (_, stale) = forward(&rpc, "GET", "/proofs/blocks/1", &[]);
     expect_refused(&proxy, Lie::StaleCheckpoint(stale), &genesis, &["tx", &hash], "does not verify");
-    expect_refused(&proxy, Lie::SwappedKey, &genesis, &["validators"], "does not match its header's validators hash");
-    expect_refused(&proxy, Lie::ExtraKey, &genesis, &["validators"], "does not match its header's validators hash");
-    expect_refused(&proxy, Lie::HiddenRotations, &genesis, &["tx", &hash], "withheld or altered a key rotation");
+    expect_refused(
+        &proxy,
+        Lie::SwappedKey,
+        &genesis,
+        &["validators"],
+        "does not match its header's validators hash",
+    );
+    expect_refused(
+        &proxy,
+        Lie::ExtraKey,
+        &genesis,
+        &["validators"],
+        "does not match its header's validators hash",
+    );
+    expect_refused(
+        &proxy,
+        Lie::HiddenRotations,
+        &genesis,
+        &["tx", &hash],
+        "withheld or altered a key rotation",
+    );
     // The retired keys of v1 and v2 with v0's current key: a quorum of signatures, two of them
     // by keys that no longer sign.
     let retired = vec![old_keys[0].clone(), old_keys[1].clone(), old_keys[2].clone(), old_keys[3].clone()];
-    expect_refused(&proxy, Lie::RetiredKeys(retired), &genesis, &["tx", &hash], "does not verify against the keys of epoch");
+    expect_refused(
+        &proxy,
+        Lie::RetiredKeys(retired),
+        &genesis,
+        &["tx", &hash],
+        "does not verify against the keys of epoch",
+    );
     expect_refused(&proxy, Lie::BrokenChain, &genesis, &["tx", &hash], "does not verify");
 
     // `tx transfer --wait` through the liar: a commit the chain never saw, and a swapped tx.
     proxy.lie(Lie::FakeCommit);
     let (ok, stdout, stderr) = tetrad(&[
-        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "1",
-        "--genesis", path_str(&genesis), "--wait", "--rpc", &proxy.url, "--timeout-ms", "5000",
+        "tx",
+        "transfer",
+        "--key",
+        path_str(&from),
+        "--to",
+        path_str(&to),
+        "--amount",
+        "1",
+        "--genesis",
+        path_str(&genesis),
+        "--wait",
+        "--rpc",
+        &proxy.url,
+        "--timeout-ms",
+        "5000",
     ]);
     assert!(!ok, "a faked commit was accepted:\n{stdout}");
     assert!(stderr.contains("no committed transaction"), "{stderr}");
@@ -414,8 +508,19 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
     let rpc = cluster.rpc(0);
     // A real transfer to put a real block under the lie.
     let (ok, stdout, stderr) = tetrad(&[
-        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "3",
-        "--genesis", path_str(&genesis), "--wait", "--rpc", &rpc,
+        "tx",
+        "transfer",
+        "--key",
+        path_str(&from),
+        "--to",
+        path_str(&to),
+        "--amount",
+        "3",
+        "--genesis",
+        path_str(&genesis),
+        "--wait",
+        "--rpc",
+        &rpc,
     ]);
     assert!(ok, "a real transfer: {stdout}\n{stderr}");
     let hash = stdout.lines().find_map(|line| line.strip_prefix("tx ")).expect("tx hash").trim().to_string();
@@ -423,13 +528,27 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
 
     // The transfer `tx transfer` signs next (same key, nonce and amount: the same bytes).
     let sender = KeyFile::read(&from).expect("key");
-    let nonce = cluster.get(0, &format!("/accounts/{}", sender.public_key())).1["nonce"].as_u64().expect("nonce");
+    let nonce =
+        cluster.get(0, &format!("/accounts/{}", sender.public_key())).1["nonce"].as_u64().expect("nonce");
     let fake = cluster.transfer(&sender, nonce, KeyFile::read(&to).expect("key").public_key(), 1);
     let proxy = Proxy::start(rpc.clone(), cluster.genesis_hash);
     proxy.lie(Lie::ForgeTx { real: hash, height, fake: serde_json::to_value(&fake).expect("tx") });
     let (ok, stdout, _) = tetrad(&[
-        "tx", "transfer", "--key", path_str(&from), "--to", path_str(&to), "--amount", "1",
-        "--genesis", path_str(&genesis), "--wait", "--rpc", &proxy.url, "--timeout-ms", "5000",
+        "tx",
+        "transfer",
+        "--key",
+        path_str(&from),
+        "--to",
+        path_str(&to),
+        "--amount",
+        "1",
+        "--genesis",
+        path_str(&genesis),
+        "--wait",
+        "--rpc",
+        &proxy.url,
+        "--timeout-ms",
+        "5000",
     ]);
     assert!(!ok, "a commit the chain never saw was accepted:\n{stdout}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
@@ -462,7 +581,10 @@ fn readme_verify_session() {
         .expect("run the README session");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "README verify session failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        output.status.success(),
+        "README verify session failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     for expected in [
         "rotation of validator 2 committed at height",
         ": success",
@@ -472,7 +594,10 @@ fn readme_verify_session() {
         "the validator set of height",
         "{\"tx\":{",
     ] {
-        assert!(stdout.contains(expected), "`{expected}` missing from the session's output:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing from the session's output:\n{stdout}\n{stderr}"
+        );
     }
     println!("{stdout}");
 }

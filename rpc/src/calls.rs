@@ -169,12 +169,13 @@ pub(crate) fn validators<A: NodeApi>(
 /// The RPC error for a proof a node does not give; `what` names what was asked.
 fn refused(refusal: Refusal, what: String) -> RpcError {
     match refusal {
-        Refusal::Unknown { height: Some(height) } => RpcError::new(
-            ErrorCode::UnknownBlock,
-            format!("{what}: there is none at height {height}"),
-        )
-        .with_data(json!({ "height": height })),
-        Refusal::Unknown { height: None } => RpcError::new(ErrorCode::UnknownTx, format!("{what}: there is none")),
+        Refusal::Unknown { height: Some(height) } => {
+            RpcError::new(ErrorCode::UnknownBlock, format!("{what}: there is none at height {height}"))
+                .with_data(json!({ "height": height }))
+        }
+        Refusal::Unknown { height: None } => {
+            RpcError::new(ErrorCode::UnknownTx, format!("{what}: there is none"))
+        }
         Refusal::NotFinal { height, stable } => {
             let stable_text = stable.map_or_else(|| "none yet".to_string(), |stable| stable.to_string());
             RpcError::new(
@@ -186,14 +187,18 @@ fn refused(refusal: Refusal, what: String) -> RpcError {
             )
             .with_data(json!({ "height": height, "stable": stable }))
         }
-        Refusal::Unavailable(reason) => RpcError::new(ErrorCode::ProofUnavailable, format!("{what}: {reason}")),
+        Refusal::Unavailable(reason) => {
+            RpcError::new(ErrorCode::ProofUnavailable, format!("{what}: {reason}"))
+        }
     }
 }
 
 pub(crate) fn prove_tx<A: NodeApi>(state: &AppState<A>, hash: &Digest) -> Result<TxProof, RpcError> {
     state.api.prove_tx(hash)?.map_err(|refusal| match refusal {
-        Refusal::Unknown { .. } => RpcError::new(ErrorCode::UnknownTx, format!("no committed transaction with hash {hash}"))
-            .with_data(json!({ "hash": hash })),
+        Refusal::Unknown { .. } => {
+            RpcError::new(ErrorCode::UnknownTx, format!("no committed transaction with hash {hash}"))
+                .with_data(json!({ "hash": hash }))
+        }
         refusal => refused(refusal, format!("proof of transaction {hash}")),
     })
 }
@@ -202,8 +207,11 @@ pub(crate) fn prove_block<A: NodeApi>(state: &AppState<A>, height: Height) -> Re
     state.api.prove_block(height)?.map_err(|refusal| match refusal {
         Refusal::Unknown { .. } => {
             let head = state.api.status().height;
-            RpcError::new(ErrorCode::UnknownBlock, format!("no block at height {height}; the head is at {head}"))
-                .with_data(json!({ "height": height, "head": head }))
+            RpcError::new(
+                ErrorCode::UnknownBlock,
+                format!("no block at height {height}; the head is at {head}"),
+            )
+            .with_data(json!({ "height": height, "head": head }))
         }
         refusal => refused(refusal, format!("proof of block {height}")),
     })
@@ -213,7 +221,10 @@ pub(crate) fn prove_account<A: NodeApi>(
     state: &AppState<A>,
     address: &Address,
 ) -> Result<AccountStateProof, RpcError> {
-    state.api.prove_account(address)?.map_err(|refusal| refused(refusal, format!("proof of account {address}")))
+    state
+        .api
+        .prove_account(address)?
+        .map_err(|refusal| refused(refusal, format!("proof of account {address}")))
 }
 
 pub(crate) fn prove_validators<A: NodeApi>(
@@ -221,5 +232,8 @@ pub(crate) fn prove_validators<A: NodeApi>(
     height: Option<Height>,
     after: Option<Height>,
 ) -> Result<ValidatorsProof, RpcError> {
-    state.api.prove_validators(height, after)?.map_err(|refusal| refused(refusal, "validator chain".to_string()))
+    state
+        .api
+        .prove_validators(height, after)?
+        .map_err(|refusal| refused(refusal, "validator chain".to_string()))
 }

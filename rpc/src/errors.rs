@@ -218,9 +218,7 @@ impl ErrorCode {
             ErrorCode::MempoolFull
             | ErrorCode::Unavailable
             | ErrorCode::Overloaded
-            | ErrorCode::ProofUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | ErrorCode::ProofUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::WaitTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,

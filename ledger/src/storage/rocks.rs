@@ -251,7 +251,8 @@ impl Store {
         }
         // A head at a checkpoint boundary (an idle chain fills up to one) can prove accounts
         // at that height after a restart too.
-        let addresses = AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot)));
+        let addresses =
+            AddressTree::build(accounts.iter().map(|(address, account)| (*address, account.slot)));
         if addresses.root() != header.address_root {
             return Err(StorageError::Corrupt {
                 cf: CF_ACCOUNTS,
@@ -479,7 +480,9 @@ impl Store {
         let head = self.read_head();
         let (account, tree, addresses, header) = if height == head.header.height {
             (head.accounts.get(address).copied(), &head.tree, &head.addresses, &head.header)
-        } else if let Some(boundary) = head.boundaries.iter().find(|boundary| boundary.header.height == height) {
+        } else if let Some(boundary) =
+            head.boundaries.iter().find(|boundary| boundary.header.height == height)
+        {
             let account = match boundary.before.get(address) {
                 Some(before) => *before,
                 None => head.accounts.get(address).copied(),
@@ -503,7 +506,8 @@ impl Store {
     /// The heights at which this store can prove accounts (the head and recent boundaries).
     pub fn provable_heights(&self) -> Vec<Height> {
         let head = self.read_head();
-        let mut heights: Vec<Height> = head.boundaries.iter().map(|boundary| boundary.header.height).collect();
+        let mut heights: Vec<Height> =
+            head.boundaries.iter().map(|boundary| boundary.header.height).collect();
         heights.push(head.header.height);
         heights.dedup();
         heights

@@ -424,7 +424,10 @@ impl Rotation<'_> {
             verify::Verifier::new(self.rpc, self.genesis, None, self.proof_timeout).map_err(unproven)?;
         let proven = verifier.tx(&tx.hash()).map_err(unproven)?;
         if proven.block.header.height != height {
-            bail!("the node said the rotation is in block {height}, its proof says {}", proven.block.header.height);
+            bail!(
+                "the node said the rotation is in block {height}, its proof says {}",
+                proven.block.header.height
+            );
         }
         let how = verifier.how(&proven.block);
         if let tetrad_ledger::Outcome::Failed { error } = &proven.receipt.outcome {

@@ -157,7 +157,8 @@ impl Verifier {
                         genesis.consensus.checkpoint_interval
                     );
                 }
-                let client = LightClient::trust(&genesis.hash(), &hash, &proof.checkpoint.header, proof.registry)?;
+                let client =
+                    LightClient::trust(&genesis.hash(), &hash, &proof.checkpoint.header, proof.registry)?;
                 (client, format!("the trusted header {height}"))
             }
         };
@@ -171,13 +172,16 @@ impl Verifier {
                 None => "/proofs/validators".to_string(),
             };
             let page: ValidatorsProof = verifier.proof(&path)?;
-            verifier.client.follow(&page.links).map_err(|error| {
-                anyhow!("{}: the validator chain does not verify: {error}", verifier.rpc)
-            })?;
+            verifier
+                .client
+                .follow(&page.links)
+                .map_err(|error| anyhow!("{}: the validator chain does not verify: {error}", verifier.rpc))?;
             let last = page.links.last().map(|link| link.checkpoint.header.height);
             match (page.more, last) {
                 (true, Some(last)) if after.is_none_or(|after| last > after) => after = Some(last),
-                (true, _) => bail!("{}: /proofs/validators says more links follow but gives none", verifier.rpc),
+                (true, _) => {
+                    bail!("{}: /proofs/validators says more links follow but gives none", verifier.rpc)
+                }
                 (false, _) => break,
             }
         }
@@ -278,12 +282,18 @@ fn proven_json(proven: &Proven) -> Value {
 }
 
 /// Runs one verify command against one node: `(json, human lines)`.
-fn run_one(command: &VerifyCommand, rpc: &str, genesis: &Genesis, args: &VerifyArgs) -> Result<(Value, Vec<String>)> {
+fn run_one(
+    command: &VerifyCommand,
+    rpc: &str,
+    genesis: &Genesis,
+    args: &VerifyArgs,
+) -> Result<(Value, Vec<String>)> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let verifier = Verifier::new(rpc, genesis, args.trust.as_deref(), timeout)?;
     match command {
         VerifyCommand::Tx { hash, .. } => {
-            let hash = Digest::from_hex(hash).map_err(|error| anyhow!("transaction hash {hash:?}: {error}"))?;
+            let hash =
+                Digest::from_hex(hash).map_err(|error| anyhow!("transaction hash {hash:?}: {error}"))?;
             let proven = verifier.tx(&hash)?;
             let block = &proven.block;
             Ok((
@@ -301,7 +311,12 @@ fn run_one(command: &VerifyCommand, rpc: &str, genesis: &Genesis, args: &VerifyA
                         proven.receipt.index,
                         outcome_text(&proven.receipt.outcome)
                     ),
-                    format!("block {} ({}) is {}", block.header.height, block.header.hash(), verifier.how(block)),
+                    format!(
+                        "block {} ({}) is {}",
+                        block.header.height,
+                        block.header.hash(),
+                        verifier.how(block)
+                    ),
                 ],
             ))
         }
@@ -344,7 +359,10 @@ fn run_one(command: &VerifyCommand, rpc: &str, genesis: &Genesis, args: &VerifyA
                 }),
                 vec![
                     first,
-                    format!("against the address and state roots of block {height}, {}", verifier.how(&proven)),
+                    format!(
+                        "against the address and state roots of block {height}, {}",
+                        verifier.how(&proven)
+                    ),
                 ],
             ))
         }
@@ -453,7 +471,11 @@ pub fn verify(command: VerifyCommand) -> Result<()> {
             println!("{line}");
         }
         if nodes.len() > 1 {
-            println!("(from {node}; {} of {} nodes proved the same)", nodes.len() - failed.len(), nodes.len());
+            println!(
+                "(from {node}; {} of {} nodes proved the same)",
+                nodes.len() - failed.len(),
+                nodes.len()
+            );
         }
     }
     if !failed.is_empty() {

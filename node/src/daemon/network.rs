@@ -47,7 +47,9 @@ use tracing::{debug, info, warn};
 use crate::daemon::admission::{Admission, AdmissionBehaviour, AdmissionLimits, ValidatorsOnly};
 use crate::daemon::intake::{InboundBudgets, PEER_QUEUE_MESSAGES_MAX, Ticket, peer_queue_bytes_max};
 use crate::daemon::metrics;
-pub use crate::daemon::wire::{FrameLimits, GOSSIP_TXS_MAX, GossipMessage, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest};
+pub use crate::daemon::wire::{
+    FrameLimits, GOSSIP_TXS_MAX, GossipMessage, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest,
+};
 use crate::daemon::wire::{SYNC_REQUEST_BYTES_MAX, read_frame, read_framed};
 
 /// Executed-block notices waiting for the driver, at most.

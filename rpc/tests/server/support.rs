@@ -10,10 +10,10 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use serde_json::{Value, json};
 use tetrad_consensus::{Batch, Certificate, Checkpoint, Digest, Height, Signed, ValidatorIndex, View};
-use tetrad_ledger::testkit::{MemoryState, TestChain};
-use tetrad_ledger::tx::encode_payload;
 use tetrad_ledger::light::{AccountStateProof, HeaderProof, TxProof, ValidatorsProof};
 use tetrad_ledger::prover::{Prove, Refusal};
+use tetrad_ledger::testkit::{MemoryState, TestChain};
+use tetrad_ledger::tx::encode_payload;
 use tetrad_ledger::{AccountProof, Address, Tx, execute};
 use tetrad_rpc::api::{
     AccountView, BlockEvent, BlockRef, BlockView, CheckpointView, Health, HealthView, InternalError, NodeApi,
@@ -339,7 +339,11 @@ impl NodeApi for FakeNode {
             .map(|answer| answer.unwrap_or(Err(Refusal::Unknown { height: None })))
     }
 
-    fn prove_validators(&self, _: Option<Height>, _: Option<Height>) -> Result<Prove<ValidatorsProof>, InternalError> {
+    fn prove_validators(
+        &self,
+        _: Option<Height>,
+        _: Option<Height>,
+    ) -> Result<Prove<ValidatorsProof>, InternalError> {
         let empty = || ValidatorsProof { links: Vec::new(), more: false };
         self.query(|_| Some(Ok(empty()))).map(|answer| answer.unwrap_or(Ok(empty())))
     }
