@@ -22,7 +22,6 @@ pub mod block;
 pub mod execute;
 pub mod light;
 pub mod merkle;
-#[cfg(feature = "rocksdb")]
 pub mod prover;
 #[cfg(feature = "rocksdb")]
 pub mod safety_store;

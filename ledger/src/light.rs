@@ -127,8 +127,6 @@ pub enum ProofError {
     NotABoundary { height: Height, interval: u64 },
     #[error("epoch links must come in increasing height order ({height} after {previous})")]
     LinkOrder { height: Height, previous: Height },
-    #[error("epoch link at height {height} adds no epoch")]
-    UselessLink { height: Height },
     #[error("height {height} is below the trusted header {trusted}; this client checks nothing below it")]
     BelowTrust { height: Height, trusted: Height },
     #[error("the trusted header does not match: {0}")]
@@ -215,6 +213,27 @@ impl LightClient {
         Ok(LightClient { registry, trusted: header.height, followed: header.height })
     }
 
+    /// The newest height whose registry this client follows (a link's, or the trusted one).
+    pub fn followed(&self) -> Height {
+        self.followed
+    }
+
+    /// Checks a finalized header and, if it is above what was followed, follows its registry
+    /// too (its scheduled epochs are certified by the same quorum): how a client learns the
+    /// validator set of the heights just above the latest checkpoint.
+    pub fn learn(
+        &mut self,
+        finalized: &FinalizedHeader,
+        registry: &ValidatorRegistry,
+    ) -> Result<Proven, ProofError> {
+        let proven = self.finalized(finalized, registry)?;
+        if proven.checkpoint > self.followed {
+            self.registry = registry.clone();
+            self.followed = proven.checkpoint;
+        }
+        Ok(proven)
+    }
+
     /// The registry followed so far.
     pub fn registry(&self) -> &ValidatorRegistry {
         &self.registry
@@ -253,11 +272,14 @@ impl LightClient {
                 return Err(ProofError::NotABoundary { height, interval });
             }
             self.finalized(&link.checkpoint, &link.registry)?;
-            let before = self.registry.epochs.len();
-            if link.registry.epochs.len() <= before {
-                return Err(ProofError::UselessLink { height });
-            }
-            learned.extend(link.registry.epochs[before..].iter().map(|(first, _)| *first));
+            // A link may teach nothing new (a rotation committed at a boundary is already in that
+            // boundary's registry); it is verified all the same. `finalized` checked that it
+            // agrees with every epoch followed so far that starts at or below it (the only ones
+            // that can no longer change: a later epoch may still take more rotations).
+            let known: Vec<Height> = self.registry.epochs.iter().map(|(first, _)| *first).collect();
+            learned.extend(
+                link.registry.epochs.iter().map(|(first, _)| *first).filter(|first| !known.contains(first)),
+            );
             self.registry = link.registry.clone();
             self.followed = height;
         }

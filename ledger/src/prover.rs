@@ -25,6 +25,7 @@ pub enum Refusal {
 pub type Prove<T> = Result<T, Refusal>;
 
 /// Unwraps a proof, or returns the refusal from the enclosing function.
+#[cfg(feature = "rocksdb")]
 macro_rules! proven {
     ($answer:expr) => {
         match $answer {
@@ -34,12 +35,14 @@ macro_rules! proven {
     };
 }
 
-/// At most this many headers between a block and the checkpoint that proves it.
-const CHAIN_HEADERS_MAX: u64 = 20_000;
+/// About how many bytes of registries one page of epoch links holds at most.
+#[cfg(feature = "rocksdb")]
+const LINK_PAGE_BYTES_MAX: usize = 4 << 20;
 
+#[cfg(feature = "rocksdb")]
 impl Store {
     fn interval(&self) -> u64 {
-        self.registry().checkpoint_interval.max(1)
+        self.checkpoint_interval()
     }
 
     /// The stable checkpoint that proves `height`: the first boundary at or above it when this
@@ -77,7 +80,9 @@ impl Store {
         }
         let certificate = proven!(self.covering_checkpoint(height)?);
         let checkpoint = certificate.statement.height;
-        if checkpoint.0 - height.0 > CHAIN_HEADERS_MAX {
+        // At most one interval of headers: a node that lacks the boundary's certificate says so
+        // rather than read a long chain of blocks for one request.
+        if checkpoint.0 - height.0 > self.interval() {
             return Ok(Err(Refusal::Unavailable(format!(
                 "this node lacks the checkpoint certificate near {height}; the nearest it has is {checkpoint}"
             ))));
@@ -156,6 +161,10 @@ impl Store {
         let registry = self.registry();
         let mut links = Vec::new();
         let mut more = false;
+        // Each link holds the whole registry, which grows with every rotation: a page stops at
+        // LINK_PAGE_BYTES_MAX (and always holds at least one link).
+        let registry_bytes = (registry.epochs.len() * registry.n() + registry.used.len()) * 32 + 64;
+        let mut page_bytes = 0usize;
         for (first, _) in registry.epochs.iter().skip(1) {
             let boundary = Height(first.0.saturating_sub(1));
             if after.is_some_and(|after| boundary <= after) {
@@ -164,10 +173,12 @@ impl Store {
             if boundary > limit {
                 break;
             }
-            if links.len() == LINKS_PER_ANSWER_MAX {
+            if links.len() == LINKS_PER_ANSWER_MAX || (!links.is_empty() && page_bytes > LINK_PAGE_BYTES_MAX)
+            {
                 more = true;
                 break;
             }
+            page_bytes += registry_bytes;
             let Some(certificate) = self.checkpoint(boundary)? else {
                 if stable.is_none_or(|stable| stable < boundary) {
                     return Ok(Err(Refusal::NotFinal { height: boundary, stable }));

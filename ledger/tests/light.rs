@@ -51,6 +51,19 @@ impl Fixture {
         self.keys.push(next);
     }
 
+    /// Rotates validator `validator`'s key in the next block (sent by its current key).
+    fn rotate_one(&mut self, validator: u16, seed: u8) {
+        let registry = self.store.registry();
+        let head = self.store.head().height.next();
+        let current_key = registry.keys_at(head)[validator as usize];
+        let all: Vec<SecretKey> = self.keys.iter().flatten().cloned().collect();
+        let current = all.iter().find(|key| key.public_key() == current_key).expect("known key").clone();
+        let next = SecretKey::from_seed([seed; 32]);
+        let rotation = self.chain.rotation(validator, &current, &next, 0);
+        self.chain.commit(&self.store, &[rotation]).expect("commit rotation");
+        self.keys.push(vec![next]);
+    }
+
     fn header(&self, height: u64) -> Header {
         self.store.header(Height(height)).expect("read").expect("header")
     }
@@ -440,4 +453,52 @@ fn the_validator_chain_comes_in_pages() {
     let tx = fixture.txs.last().expect("tx").clone();
     let checkpoint = head - head % 4;
     client.tx(&tx.hash(), &fixture.tx_proof(&tx, checkpoint)).expect("proves after every rotation");
+}
+
+/// A rotation committed exactly at a boundary B takes effect after the next one (B + K + 1), so
+/// the registry of B already lists it, and the link at B + K teaches nothing new: an honest chain
+/// that the client must follow all the same (found by review: it was refused as a useless link).
+#[test]
+fn a_rotation_committed_at_a_boundary_is_followed() {
+    let mut fixture = Fixture::new();
+    fixture.commit_to(1);
+    fixture.rotate_one(1, 50); // block 2: signs from 5 (link at 4)
+    fixture.commit_to(3);
+    fixture.rotate_one(0, 51); // block 4, a boundary: signs from 9 (link at 8)
+    fixture.commit_to(12);
+    let registry = fixture.store.registry();
+    assert_eq!(registry.epochs.iter().map(|(first, _)| first.0).collect::<Vec<_>>(), vec![0, 5, 9]);
+    for boundary in [4, 8, 12] {
+        let certificate = fixture.finalized(boundary).certificate;
+        fixture.store.put_checkpoint(&certificate).expect("checkpoint");
+    }
+    let mut client = fixture.client();
+    let links = fixture.store.validators_proof(None, None).expect("read").expect("links");
+    assert_eq!(links.links.len(), 2);
+    assert_eq!(client.follow(&links.links).expect("both links verify"), vec![Height(5), Height(9)]);
+    let tx = fixture.txs.last().expect("tx").clone();
+    client.tx(&tx.hash(), &fixture.tx_proof(&tx, 12)).expect("proves");
+}
+
+/// The validator set of the heights just above the latest checkpoint comes from that
+/// checkpoint's own certified registry: a node that withholds the last link cannot make the
+/// client name the set before the rotation (found by review).
+#[test]
+fn the_set_above_the_latest_checkpoint_is_the_one_it_certifies() {
+    let mut fixture = Fixture::new();
+    fixture.commit_to(2);
+    fixture.rotate_all(10); // block 3: the new keys sign from 5; link at 4
+    fixture.commit_to(4);
+    fixture.store.put_checkpoint(&fixture.finalized(4).certificate).expect("checkpoint");
+    // The node gives no link (withholds the one at 4) and proves the checkpoint at 4.
+    let mut client = fixture.client();
+    client.follow(&[]).expect("nothing to follow");
+    assert_eq!(client.validator_set(Height(5)).expect("set").keys()[0], fixture.keys[0][0].public_key());
+    let proof = fixture.store.header_proof(Height(4)).expect("read").expect("proof");
+    client.learn(&proof.checkpoint, &proof.registry).expect("the checkpoint at 4 verifies");
+    assert_eq!(
+        client.validator_set(Height(5)).expect("set").keys()[0],
+        fixture.keys[1][0].public_key(),
+        "the rotated set, as the checkpoint at 4 certifies it"
+    );
 }

@@ -551,7 +551,19 @@ impl Store {
         if height == Height::GENESIS {
             return self.genesis_header().map(Some);
         }
-        Ok(self.get::<(Header, Batch)>(CF_BLOCKS, &be(height))?.map(|(header, _)| header))
+        // A block record is the header's encoding followed by the batch's: decode the header
+        // alone from the pinned value (no copy, no decoding of a batch of up to 16 MiB).
+        let pinned =
+            self.db.get_pinned_cf(self.cf(CF_BLOCKS), be(height)).map_err(|source| self.rocks(source))?;
+        let Some(bytes) = pinned else { return Ok(None) };
+        let header = Header::deserialize(&mut &bytes[..])
+            .map_err(|error| StorageError::Corrupt { cf: CF_BLOCKS, detail: error.to_string() })?;
+        Ok(Some(header))
+    }
+
+    /// The checkpoint interval of the chain (without copying the registry).
+    pub fn checkpoint_interval(&self) -> u64 {
+        self.read_head().registry.checkpoint_interval.max(1)
     }
 
     pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {

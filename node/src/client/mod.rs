@@ -198,6 +198,13 @@ pub fn tx(command: TxCommand) -> Result<()> {
 fn executed(receipt: &tetrad_ledger::Receipt, hash: &Digest, nonce: u64) -> Result<()> {
     match &receipt.outcome {
         tetrad_ledger::Outcome::Success => Ok(()),
+        outcome if verify::replayed(outcome) => bail!(
+            "the proof the node gave for transaction {hash} is of a replayed copy in block {}: nonce \
+             {nonce} was already used, by this transaction executed earlier or by another. That \
+             proves nothing of this transaction's own execution: do NOT sign it again before \
+             `tetrad verify account` shows what the account did (ask another node with --rpc)",
+            receipt.height
+        ),
         tetrad_ledger::Outcome::Failed { error } => bail!(
             "transaction {hash} is in block {} but it failed: {error}. It used up nonce {nonce}: \
              sign a new transaction to try again",
@@ -430,6 +437,14 @@ impl Rotation<'_> {
             );
         }
         let how = verifier.how(&proven.block);
+        if verify::replayed(&proven.receipt.outcome) {
+            bail!(
+                "the node proved only a replayed copy of the rotation of validator {validator} (block \
+                 {height}); that says nothing of the rotation itself: ask another node with --rpc. \
+                 The next key stays in {}",
+                home.next_consensus_key().display()
+            );
+        }
         if let tetrad_ledger::Outcome::Failed { error } = &proven.receipt.outcome {
             bail!(
                 "the rotation of validator {validator} is in block {height} ({how}) but the chain \
@@ -624,5 +639,21 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("balance 1000 is less than the amount 5000"), "{message}");
         assert!(message.contains("used up nonce 0"), "{message}");
+    }
+
+    /// A replayed copy of a transaction (its nonce already used when the copy executed) has a
+    /// real, provable failed receipt; it must not be reported as the transaction failing, which
+    /// would make the user sign and pay again (found by review).
+    #[test]
+    fn a_replayed_copy_is_not_reported_as_a_failure_to_retry() {
+        let chain = TestChain::new(4, 2, 1000);
+        let tx = chain.transfer(0, 0, 1, 10);
+        let mut receipt = receipt_after_executing(&chain, &tx);
+        receipt.outcome = tetrad_ledger::Outcome::Failed {
+            error: tetrad_ledger::ExecutionError::BadNonce { expected: 1, found: 0 },
+        };
+        let message = executed(&receipt, &tx.hash(), 0).expect_err("not a success").to_string();
+        assert!(message.contains("replayed copy") && message.contains("do NOT sign it again"), "{message}");
+        assert!(!message.contains("sign a new transaction to try again"), "{message}");
     }
 }

@@ -88,10 +88,25 @@ pub struct Verifier {
     timeout: Duration,
 }
 
-/// An HTTP answer: the JSON body, or the node's error (code and message).
+/// An HTTP answer: the body of a 2xx answer, or the node's error (code and message).
 enum Answer {
-    Ok(Value),
+    Ok(String),
     Refused { status: u16, code: i64, message: String },
+}
+
+/// The error body of a refused request.
+#[derive(serde::Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: ErrorFields,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ErrorFields {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
 }
 
 fn fetch(rpc: &str, path: &str) -> Result<Answer> {
@@ -110,16 +125,15 @@ fn fetch(rpc: &str, path: &str) -> Result<Answer> {
         .limit(64 << 20)
         .read_to_string()
         .with_context(|| format!("GET {url}: reading the answer"))?;
-    let value: Value = serde_json::from_str(&body)
-        .with_context(|| format!("{url}: answered {status} with non-JSON: {}", clip(&body)))?;
     if (200..300).contains(&status) {
-        return Ok(Answer::Ok(value));
+        return Ok(Answer::Ok(body));
     }
-    Ok(Answer::Refused {
-        status,
-        code: value["error"]["code"].as_i64().unwrap_or(0),
-        message: value["error"]["message"].as_str().unwrap_or("(no message)").to_string(),
-    })
+    // Decoded into its two fields only (never a whole JSON tree of an answer of any size).
+    let refused: ErrorBody = serde_json::from_str(&body)
+        .with_context(|| format!("{url}: answered {status} with non-JSON: {}", clip(&body)))?;
+    let message =
+        if refused.error.message.is_empty() { "(no message)".to_string() } else { refused.error.message };
+    Ok(Answer::Refused { status, code: refused.error.code, message })
 }
 
 fn clip(text: &str) -> &str {
@@ -165,8 +179,10 @@ impl Verifier {
         let mut verifier = Verifier { client, rpc: rpc.to_string(), source, timeout };
         // A page of links at a time; each page must move on, so a node cannot keep a client
         // asking forever.
-        let mut after: Option<Height> = None;
+        let mut after: Option<Height> =
+            (verifier.client.trusted() > Height::GENESIS).then(|| verifier.client.trusted());
         loop {
+            let followed = verifier.client.followed();
             let path = match after {
                 Some(after) => format!("/proofs/validators?after={after}"),
                 None => "/proofs/validators".to_string(),
@@ -178,10 +194,11 @@ impl Verifier {
                 .map_err(|error| anyhow!("{}: the validator chain does not verify: {error}", verifier.rpc))?;
             let last = page.links.last().map(|link| link.checkpoint.header.height);
             match (page.more, last) {
-                (true, Some(last)) if after.is_none_or(|after| last > after) => after = Some(last),
-                (true, _) => {
-                    bail!("{}: /proofs/validators says more links follow but gives none", verifier.rpc)
-                }
+                (true, Some(last)) if verifier.client.followed() > followed => after = Some(last),
+                (true, _) => bail!(
+                    "{}: /proofs/validators says more links follow but its page moves nothing on",
+                    verifier.rpc
+                ),
                 (false, _) => break,
             }
         }
@@ -193,8 +210,8 @@ impl Verifier {
         let deadline = Instant::now() + self.timeout;
         loop {
             match fetch(&self.rpc, path)? {
-                Answer::Ok(value) => {
-                    return serde_json::from_value(value)
+                Answer::Ok(body) => {
+                    return serde_json::from_str(&body)
                         .with_context(|| format!("{}{path}: not a proof this client can read", self.rpc));
                 }
                 Answer::Refused { code, .. } if code == NOT_FINAL && Instant::now() < deadline => {
@@ -231,14 +248,33 @@ impl Verifier {
         self.checked(&format!("the proof of account {address}"), self.client.account(address, &proof))
     }
 
-    /// The latest stable checkpoint the node has, proven.
-    pub fn checkpoint(&self) -> Result<Proven> {
-        let height = match fetch(&self.rpc, "/checkpoints/latest")? {
-            Answer::Ok(value) => Height(value["height"].as_u64().context("/checkpoints/latest: no height")?),
+    /// The latest stable checkpoint, proven, and its registry followed (so that the validator
+    /// set of the heights just above it is the one it certifies).
+    pub fn learn_checkpoint(&mut self) -> Result<Proven> {
+        let height = self.latest_checkpoint_height()?;
+        let proof: HeaderProof = self.proof(&format!("/proofs/blocks/{height}"))?;
+        if proof.checkpoint.header.height != height || proof.height != height {
+            bail!("{}: asked for the checkpoint {height}, the proof is for another height", self.rpc);
+        }
+        let learned = self.client.learn(&proof.checkpoint, &proof.registry);
+        self.checked(&format!("the checkpoint {height}"), learned)
+    }
+
+    fn latest_checkpoint_height(&self) -> Result<Height> {
+        match fetch(&self.rpc, "/checkpoints/latest")? {
+            Answer::Ok(body) => {
+                let value: Value = serde_json::from_str(&body).context("/checkpoints/latest: not JSON")?;
+                Ok(Height(value["height"].as_u64().context("/checkpoints/latest: no height")?))
+            }
             Answer::Refused { status, code, message } => {
                 bail!("{}/checkpoints/latest: {status} error {code}: {message}", self.rpc)
             }
-        };
+        }
+    }
+
+    /// The latest stable checkpoint the node has, proven.
+    pub fn checkpoint(&self) -> Result<Proven> {
+        let height = self.latest_checkpoint_height()?;
         self.block(height)
     }
 
@@ -262,10 +298,33 @@ fn plural(count: usize, noun: &str) -> String {
     if count == 1 { format!("1 {noun}") } else { format!("{count} {noun}s") }
 }
 
+/// Whether a receipt is that of a replayed copy: the same signed transaction again, after its
+/// nonce was used (by this transaction executed earlier, or by another with the same nonce). A
+/// Byzantine proposer can put such copies in a block; their receipts are real but say nothing
+/// of the transaction's own execution.
+pub fn replayed(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Failed { error: tetrad_ledger::ExecutionError::BadNonce { expected, found } } if found < expected
+    )
+}
+
 fn outcome_text(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Success => "success".to_string(),
+        outcome if replayed(outcome) => format!(
+            "a replayed copy ({}): its nonce was already used, by this transaction executed earlier or \
+             by another; this proves nothing of its own execution",
+            outcome_error(outcome)
+        ),
         Outcome::Failed { error } => format!("failed: {error}"),
+    }
+}
+
+fn outcome_error(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Success => String::new(),
+        Outcome::Failed { error } => error.to_string(),
     }
 }
 
@@ -281,6 +340,23 @@ fn proven_json(proven: &Proven) -> Value {
     })
 }
 
+/// What two honest nodes must agree on, from what a command proved: everything but how it was
+/// proven (which checkpoint, which signers). Accounts, checkpoints and validator sets are at the
+/// node's latest checkpoint, so they are compared only between answers of the same height.
+fn fact(value: &Value) -> (Option<u64>, Value) {
+    let mut fact = value.clone();
+    let height = fact["block"]["height"].as_u64().or(fact["checkpoint"]["height"].as_u64());
+    for object in ["block", "checkpoint"] {
+        if let Some(proof) = fact.get_mut(object).and_then(Value::as_object_mut) {
+            proof.retain(|key, _| key == "height" || key == "hash" || key == "state_root");
+        }
+    }
+    // A transaction or a block is the same whatever checkpoint proved it: always compared.
+    let always = value.get("tx").is_some() || (value.get("block").is_some() && value.get("header").is_some());
+    let by_height = !always;
+    (if by_height { height } else { None }, fact)
+}
+
 /// Runs one verify command against one node: `(json, human lines)`.
 fn run_one(
     command: &VerifyCommand,
@@ -289,7 +365,7 @@ fn run_one(
     args: &VerifyArgs,
 ) -> Result<(Value, Vec<String>)> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let verifier = Verifier::new(rpc, genesis, args.trust.as_deref(), timeout)?;
+    let mut verifier = Verifier::new(rpc, genesis, args.trust.as_deref(), timeout)?;
     match command {
         VerifyCommand::Tx { hash, .. } => {
             let hash =
@@ -367,7 +443,7 @@ fn run_one(
             ))
         }
         VerifyCommand::Validators { height, .. } => {
-            let checkpoint = verifier.checkpoint()?;
+            let checkpoint = verifier.learn_checkpoint()?;
             let height = height.map_or(checkpoint.header.height.next(), Height);
             let registry = verifier.client.registry();
             // A set is only known up to the horizon of what was proven: one interval past the
@@ -452,11 +528,20 @@ pub fn verify(command: VerifyCommand) -> Result<()> {
     let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
     for node in &nodes {
         match run_one(&command, node, &genesis, &args) {
-            Ok((value, lines)) => {
-                if proven.is_none() {
-                    proven = Some((node.to_string(), value, lines));
+            Ok((value, lines)) => match &proven {
+                None => proven = Some((node.to_string(), value, lines)),
+                Some((first, first_value, _)) => {
+                    let ((height, this), (first_height, that)) = (fact(&value), fact(first_value));
+                    // Two proofs of the same thing that differ: one of the two nodes lies (or
+                    // the chain forked, which a quorum of honest validators never signs).
+                    if height == first_height && this != that {
+                        failed.push((
+                            node.to_string(),
+                            anyhow!("proved {this}, but {first} proved {that}: one of them lies"),
+                        ));
+                    }
                 }
-            }
+            },
             Err(error) => failed.push((node.to_string(), error)),
         }
     }
