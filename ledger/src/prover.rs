@@ -1,13 +1,22 @@
 //! The node's side of the light client: assembling, from the store, the proofs that
 //! [`crate::light::LightClient`] checks.
 
-use tetrad_consensus::{CheckpointCertificate, Digest, Height};
+//!
+//! The answers' types ([`Prove`], [`Refusal`]) build without the `rocksdb` feature (the RPC
+//! layer names them); assembling them from a [`crate::storage::Store`] needs it.
 
+use tetrad_consensus::Height;
+#[cfg(feature = "rocksdb")]
+use tetrad_consensus::{CheckpointCertificate, Digest};
+
+#[cfg(feature = "rocksdb")]
 use crate::light::{
     AccountStateProof, EpochLink, FinalizedHeader, HeaderProof, LINKS_PER_ANSWER_MAX, TxProof,
     ValidatorsProof,
 };
+#[cfg(feature = "rocksdb")]
 use crate::storage::{AccountAt, StorageError, Store};
+#[cfg(feature = "rocksdb")]
 use crate::tx::Address;
 
 /// Why a store gives no proof.
