@@ -128,7 +128,7 @@ wait_balance() {
 }
 
 # Submits a transfer of $2 from account $1 to the recipient through node $3 and waits for its
-# commit (the certificate is checked by `tx transfer --wait`); the nodes that must then show it
+# commit (proven final from the genesis file by `tx transfer --wait`); the nodes that must then show it
 # follow.
 transfer() {
     local account=$1 amount=$2 via=$3
