@@ -204,13 +204,21 @@ impl AddressTree {
             return;
         }
         self.keys.insert(key, slot);
-        for depth in (0..DEPTH).rev() {
-            let prefix = bound(&key, depth, false);
-            if self.below(depth, &key).1 >= 2 {
-                let left = self.hash_at(depth + 1, &with_bit(&key, depth, false));
-                let right = self.hash_at(depth + 1, &with_bit(&key, depth, true));
-                self.nodes.insert((depth as u16, prefix), node_hash(&left, &right));
-            }
+        // The nodes on the key's path with two or more keys below them are the depths up to the
+        // deepest one shared with another key (fewer keys share deeper prefixes): find it by
+        // bisection, then recompute those nodes bottom-up, about log2(keys) of them.
+        if self.below(0, &key).1 < 2 {
+            return;
+        }
+        let (mut shared, mut alone) = (0usize, DEPTH);
+        while alone - shared > 1 {
+            let middle = (shared + alone) / 2;
+            if self.below(middle, &key).1 >= 2 { shared = middle } else { alone = middle }
+        }
+        for depth in (0..=shared).rev() {
+            let left = self.hash_at(depth + 1, &with_bit(&key, depth, false));
+            let right = self.hash_at(depth + 1, &with_bit(&key, depth, true));
+            self.nodes.insert((depth as u16, bound(&key, depth, false)), node_hash(&left, &right));
         }
     }
 
