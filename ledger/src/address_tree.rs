@@ -162,14 +162,6 @@ impl AddressTree {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// The keys that share their first `depth` bits with `key`, up to two of them, and how
     /// many there are (0, 1 or 2 for "two or more").
     fn below(&self, depth: usize, key: &[u8; 32]) -> ([Option<Entry>; 2], usize) {

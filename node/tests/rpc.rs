@@ -418,33 +418,7 @@ fn cli_clients(cluster: &Cluster) {
 
 /// Runs the README's curl session (between its markers) verbatim against this network.
 fn readme_session(cluster: &Cluster) {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
-    let start = readme.find("<!-- readme-session:start -->").expect("start marker");
-    let end = readme.find("<!-- readme-session:end -->").expect("end marker");
-    let block = &readme[start..end];
-    let script: String = block
-        .split("```sh")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a sh code block between the markers")
-        .to_string();
-    let output = Command::new("bash")
-        .arg("-euo")
-        .arg("pipefail")
-        .arg("-c")
-        .arg(&script)
-        .env("RPC", cluster.rpc(0))
-        .env("NET", cluster.dir.join("net"))
-        .env("TETRAD", TETRAD)
-        .output()
-        .expect("run the README session");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "README session failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = common::run_readme_block(cluster, "readme-session");
     assert!(stdout.contains("\"chain_id\":\"tetrad-local\""), "{stdout}");
     assert!(stdout.contains("committed at height "), "{stdout}");
     assert!(stdout.contains("event: block"), "{stdout}");

@@ -276,6 +276,23 @@ fn tetrad(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `tetrad tx transfer --wait` of `amount` from the key file `from` to the key file `to`.
+fn transfer_wait(
+    from: &Path,
+    to: &Path,
+    amount: &str,
+    genesis: &Path,
+    rpc: &str,
+    timeout_ms: Option<&str>,
+) -> (bool, String, String) {
+    let mut args = vec!["tx", "transfer", "--key", path_str(from), "--to", path_str(to), "--amount", amount];
+    args.extend_from_slice(&["--genesis", path_str(genesis), "--wait", "--rpc", rpc]);
+    if let Some(timeout_ms) = timeout_ms {
+        args.extend_from_slice(&["--timeout-ms", timeout_ms]);
+    }
+    tetrad(&args)
+}
+
 fn verify(genesis: &Path, rpc: &str, what: &[&str]) -> (bool, String, String) {
     let mut args = vec!["verify"];
     args.extend_from_slice(what);
@@ -334,21 +351,7 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     let accounts = PathBuf::from(cluster.testnet["accounts_dir"].as_str().expect("accounts dir"));
     let (from, to) = (accounts.join("account-2.json"), accounts.join("account-3.json"));
     let rpc = cluster.rpc(0);
-    let (ok, stdout, stderr) = tetrad(&[
-        "tx",
-        "transfer",
-        "--key",
-        path_str(&from),
-        "--to",
-        path_str(&to),
-        "--amount",
-        "7",
-        "--genesis",
-        path_str(&genesis),
-        "--wait",
-        "--rpc",
-        &rpc,
-    ]);
+    let (ok, stdout, stderr) = transfer_wait(&from, &to, "7", &genesis, &rpc, None);
     assert!(ok, "transfer --wait: {stdout}\n{stderr}");
     assert!(stdout.contains("proven final by the checkpoint"), "{stdout}");
     assert!(stdout.contains("through 2 key rotations"), "{stdout}");
@@ -393,23 +396,7 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
     let forge = Lie::ForgeTx { real: hash.clone(), height, fake: serde_json::to_value(&fake).expect("tx") };
     expect_refused(&proxy, forge.clone(), &genesis, &["tx", &fake_hash], "does not verify");
     proxy.lie(forge);
-    let (ok, stdout, stderr) = tetrad(&[
-        "tx",
-        "transfer",
-        "--key",
-        path_str(&from),
-        "--to",
-        path_str(&to),
-        "--amount",
-        "1",
-        "--genesis",
-        path_str(&genesis),
-        "--wait",
-        "--rpc",
-        &proxy.url,
-        "--timeout-ms",
-        "5000",
-    ]);
+    let (ok, stdout, stderr) = transfer_wait(&from, &to, "1", &genesis, &proxy.url, Some("5000"));
     assert!(!ok, "a forged commit was accepted:\n{stdout}");
     assert!(stderr.contains(&format!("the proof of transaction {fake_hash} does not verify")), "{stderr}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
@@ -472,23 +459,7 @@ fn a_lying_node_cannot_fool_verify_or_a_waiting_transfer() {
 
     // `tx transfer --wait` through the liar: a commit the chain never saw, and a swapped tx.
     proxy.lie(Lie::FakeCommit);
-    let (ok, stdout, stderr) = tetrad(&[
-        "tx",
-        "transfer",
-        "--key",
-        path_str(&from),
-        "--to",
-        path_str(&to),
-        "--amount",
-        "1",
-        "--genesis",
-        path_str(&genesis),
-        "--wait",
-        "--rpc",
-        &proxy.url,
-        "--timeout-ms",
-        "5000",
-    ]);
+    let (ok, stdout, stderr) = transfer_wait(&from, &to, "1", &genesis, &proxy.url, Some("5000"));
     assert!(!ok, "a faked commit was accepted:\n{stdout}");
     assert!(stderr.contains("no committed transaction"), "{stderr}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
@@ -507,21 +478,7 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
     let (from, to) = (accounts.join("account-0.json"), accounts.join("account-1.json"));
     let rpc = cluster.rpc(0);
     // A real transfer to put a real block under the lie.
-    let (ok, stdout, stderr) = tetrad(&[
-        "tx",
-        "transfer",
-        "--key",
-        path_str(&from),
-        "--to",
-        path_str(&to),
-        "--amount",
-        "3",
-        "--genesis",
-        path_str(&genesis),
-        "--wait",
-        "--rpc",
-        &rpc,
-    ]);
+    let (ok, stdout, stderr) = transfer_wait(&from, &to, "3", &genesis, &rpc, None);
     assert!(ok, "a real transfer: {stdout}\n{stderr}");
     let hash = stdout.lines().find_map(|line| line.strip_prefix("tx ")).expect("tx hash").trim().to_string();
     let height = cluster.get(0, &format!("/txs/{hash}")).1["height"].as_u64().expect("height");
@@ -533,23 +490,7 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
     let fake = cluster.transfer(&sender, nonce, KeyFile::read(&to).expect("key").public_key(), 1);
     let proxy = Proxy::start(rpc.clone(), cluster.genesis_hash);
     proxy.lie(Lie::ForgeTx { real: hash, height, fake: serde_json::to_value(&fake).expect("tx") });
-    let (ok, stdout, _) = tetrad(&[
-        "tx",
-        "transfer",
-        "--key",
-        path_str(&from),
-        "--to",
-        path_str(&to),
-        "--amount",
-        "1",
-        "--genesis",
-        path_str(&genesis),
-        "--wait",
-        "--rpc",
-        &proxy.url,
-        "--timeout-ms",
-        "5000",
-    ]);
+    let (ok, stdout, _) = transfer_wait(&from, &to, "1", &genesis, &proxy.url, Some("5000"));
     assert!(!ok, "a commit the chain never saw was accepted:\n{stdout}");
     assert!(!stdout.contains("committed at height"), "{stdout}");
     // The chain indeed never saw it.
@@ -562,29 +503,7 @@ fn a_commit_the_chain_never_saw_is_not_printed() {
 fn readme_verify_session() {
     let mut cluster = Cluster::create("readme-verify", 4, 4);
     cluster.start_all();
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
-    let start = readme.find("<!-- readme-verify:start -->").expect("start marker");
-    let end = readme.find("<!-- readme-verify:end -->").expect("end marker");
-    let script = readme[start..end]
-        .split("```sh")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a sh code block between the markers")
-        .to_string();
-    let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .env("RPC", cluster.rpc(0))
-        .env("NET", cluster.dir.join("net"))
-        .env("TETRAD", TETRAD)
-        .output()
-        .expect("run the README session");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "README verify session failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = common::run_readme_block(&cluster, "readme-verify");
     for expected in [
         "rotation of validator 2 committed at height",
         ": success",
@@ -594,10 +513,7 @@ fn readme_verify_session() {
         "the validator set of height",
         "{\"tx\":{",
     ] {
-        assert!(
-            stdout.contains(expected),
-            "`{expected}` missing from the session's output:\n{stdout}\n{stderr}"
-        );
+        assert!(stdout.contains(expected), "`{expected}` missing from the session's output:\n{stdout}");
     }
     println!("{stdout}");
 }

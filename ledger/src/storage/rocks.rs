@@ -503,16 +503,6 @@ impl Store {
         Ok(AccountAt::Found(Box::new((account, address_proof, header.clone()))))
     }
 
-    /// The heights at which this store can prove accounts (the head and recent boundaries).
-    pub fn provable_heights(&self) -> Vec<Height> {
-        let head = self.read_head();
-        let mut heights: Vec<Height> =
-            head.boundaries.iter().map(|boundary| boundary.header.height).collect();
-        heights.push(head.header.height);
-        heights.dedup();
-        heights
-    }
-
     /// A committed transaction, its receipt and the header of its block, with proofs of both
     /// against the header's tx and receipts roots.
     pub fn prove_tx(&self, tx_hash: &Digest) -> Result<Option<TxInBlock>, StorageError> {

@@ -144,6 +144,25 @@ fn clip(text: &str) -> &str {
 /// The error code of a committed block that no stable checkpoint covers yet.
 const NOT_FINAL: i64 = -32023;
 
+/// GETs a proof from `rpc`, waiting (up to `timeout`) while the node says it is not final yet.
+fn fetch_proof<T: DeserializeOwned>(rpc: &str, timeout: Duration, path: &str) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match fetch(rpc, path)? {
+            Answer::Ok(body) => {
+                return serde_json::from_str(&body)
+                    .with_context(|| format!("{rpc}{path}: not a proof this client can read"));
+            }
+            Answer::Refused { code, .. } if code == NOT_FINAL && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Answer::Refused { status, code, message } => {
+                bail!("{rpc}{path}: {status} error {code}: {message}")
+            }
+        }
+    }
+}
+
 impl Verifier {
     /// A verifier that trusts `genesis` (and `trust`, if given) and asks `rpc`; follows the
     /// validator chain from there.
@@ -157,13 +176,7 @@ impl Verifier {
                     .context("--trust: expected HEIGHT:HASH (a checkpoint height and its header hash)")?;
                 let height = Height(height.parse().with_context(|| format!("--trust: height {height:?}"))?);
                 let hash = Digest::from_hex(hash).map_err(|error| anyhow!("--trust: hash: {error}"))?;
-                let verifier = Verifier {
-                    client: LightClient::from_genesis(registry.clone()),
-                    rpc: rpc.to_string(),
-                    source: String::new(),
-                    timeout,
-                };
-                let proof: HeaderProof = verifier.proof(&format!("/proofs/blocks/{height}"))?;
+                let proof: HeaderProof = fetch_proof(rpc, timeout, &format!("/proofs/blocks/{height}"))?;
                 if proof.checkpoint.header.height != height {
                     bail!(
                         "--trust {height}: not a checkpoint height (the checkpoint interval is {}); \
@@ -207,21 +220,7 @@ impl Verifier {
 
     /// GETs a proof, waiting (up to the timeout) while the node says it is not final yet.
     fn proof<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match fetch(&self.rpc, path)? {
-                Answer::Ok(body) => {
-                    return serde_json::from_str(&body)
-                        .with_context(|| format!("{}{path}: not a proof this client can read", self.rpc));
-                }
-                Answer::Refused { code, .. } if code == NOT_FINAL && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Answer::Refused { status, code, message } => {
-                    bail!("{}{path}: {status} error {code}: {message}", self.rpc)
-                }
-            }
-        }
+        fetch_proof(&self.rpc, self.timeout, path)
     }
 
     fn checked<T>(&self, what: &str, result: Result<T, tetrad_ledger::light::ProofError>) -> Result<T> {

@@ -488,3 +488,34 @@ pub fn keep_busy(cluster: &Net) -> (StopOnDrop, std::thread::JoinHandle<()>) {
     });
     (StopOnDrop(stop), handle)
 }
+
+/// Runs the `sh` block of the README between `<!-- MARKER:start -->` and `<!-- MARKER:end -->`
+/// verbatim (bash -euo pipefail) against `cluster`'s validator 0: `RPC`, `NET` and `TETRAD` are
+/// set as the README expects. Fails the test, with the script and its output, if it fails;
+/// returns its stdout.
+pub fn run_readme_block(cluster: &Cluster, marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+    let start = readme.find(&format!("<!-- {marker}:start -->")).expect("start marker");
+    let end = readme.find(&format!("<!-- {marker}:end -->")).expect("end marker");
+    let script = readme[start..end]
+        .split("```sh")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a sh code block between the markers")
+        .to_string();
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env("RPC", cluster.rpc(0))
+        .env("NET", cluster.dir.join("net"))
+        .env("TETRAD", TETRAD)
+        .output()
+        .expect("run the README block");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "README block {marker} failed:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}
