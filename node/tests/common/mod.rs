@@ -20,6 +20,12 @@ use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 
 pub const TETRAD: &str = env!("CARGO_BIN_EXE_tetrad");
 
+/// The `tetrad` the cluster runs: this build's, or the one `TETRAD_TEST_BINARY` names (to run a
+/// cluster test against another build, e.g. the code before a fix, and see the test fail there).
+pub fn binary() -> std::ffi::OsString {
+    std::env::var_os("TETRAD_TEST_BINARY").filter(|path| !path.is_empty()).unwrap_or_else(|| TETRAD.into())
+}
+
 /// What a test thread needs to talk to a running network: cheap to clone, owns no process.
 #[derive(Clone)]
 pub struct Net {
@@ -85,7 +91,7 @@ impl Cluster {
         let dir = ScratchDir::new(label).expect("scratch dir");
         let base_port = free_base_port(2 * validators);
         let net = dir.join("net");
-        let output = Command::new(TETRAD)
+        let output = Command::new(binary())
             .args(["testnet", "--validators", &validators.to_string(), "--accounts", &accounts.to_string()])
             .args(["--base-port", &base_port.to_string()])
             .args(extra)
@@ -134,7 +140,7 @@ impl Cluster {
         let home = self.home(node);
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(home.join("node.log")).expect("log");
-        let child = Command::new(TETRAD)
+        let child = Command::new(binary())
             .args(["run", "--home"])
             .arg(&home)
             .args(extra)
@@ -362,7 +368,7 @@ impl Cluster {
         let home = self.dir.join(name);
         let genesis = genesis.to_path_buf();
         let (p2p, rpc) = (free_port(), free_port());
-        let output = Command::new(TETRAD)
+        let output = Command::new(binary())
             .args(["init", "--home", path_str(&home), "--genesis", path_str(&genesis)])
             .args([
                 "--p2p-listen",
@@ -375,7 +381,7 @@ impl Cluster {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         assert!(String::from_utf8_lossy(&output.stdout).contains("full node"));
         let log = std::fs::File::create(home.join("node.log")).expect("log");
-        let process = Command::new(TETRAD)
+        let process = Command::new(binary())
             .args(["run", "--home", path_str(&home)])
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
