@@ -162,6 +162,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of `node`, if it runs.
+    pub fn pid(&self, node: usize) -> Option<u32> {
+        self.children[node].as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, node: usize) -> bool {
         self.children[node].is_some()
     }
