@@ -39,10 +39,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-# Tools: ip and tc (iproute2), iptables.
+# Tools: ip and tc (iproute2), iptables, libfaketime (clock faults), mount and dd (coreutils,
+# util-linux: the small disk).
+faketime_lib() { ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -1; }
 missing=()
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+[ -n "$(faketime_lib)" ] || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "chaos.sh: missing ${missing[*]}; installing with apt-get" >&2
     if ! command -v apt-get >/dev/null 2>&1; then
@@ -52,6 +55,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+for tool in ip tc iptables mount umount dd flock timeout; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "chaos.sh: $tool is missing" >&2; exit 2; }
+done
+faketime="$(faketime_lib)"
+[ -n "$faketime" ] || { echo "chaos.sh: libfaketime.so.1 not found after installing faketime" >&2; exit 2; }
 
 subnet="${TETRAD_CHAOS_SUBNET:-10.77.0}"
 prefix=tchaos-
@@ -77,6 +85,7 @@ fi
 
 work=$(mktemp -d /tmp/tetrad-chaos.XXXXXX)
 campaign_pid=""
+small_disk_dir=""
 status=2
 
 remove_all() {
@@ -97,6 +106,9 @@ cleanup() {
         kill -KILL "$campaign_pid" 2>/dev/null || true
     fi
     remove_all
+    if [ -n "$small_disk_dir" ] && mountpoint -q "$small_disk_dir" 2>/dev/null; then
+        umount "$small_disk_dir" 2>/dev/null || umount -l "$small_disk_dir" 2>/dev/null || true
+    fi
     if [ "$status" -eq 0 ] && [ "$keep" -eq 0 ]; then
         rm -rf "$work"
     else
@@ -154,8 +166,18 @@ echo "== chaos: tetrad testnet --hosts $(IFS=,; echo "${hosts[*]}")" >&2
 "$TETRAD_BIN" testnet --validators 4 --accounts 24 --dir "$work/net" --chain-id tetrad-chaos \
     --view-change-timeout-ms 1000 --hosts "$(IFS=,; echo "${hosts[*]}")" >/dev/null
 
+# v3's data/ on a filesystem of its own, small enough to fill (disk-full faults). What the node
+# had there (the genesis state) is copied onto it.
+small_disk_dir="$work/net/v3/data"
+mv "$small_disk_dir" "$work/v3-data-init"
+mkdir "$small_disk_dir"
+mount -t tmpfs -o size=256m tchaos-disk "$small_disk_dir"
+cp -a "$work/v3-data-init/." "$small_disk_dir/"
+rm -rf "$work/v3-data-init"
+
 args=(run --net "$work/net" --tetrad "$TETRAD_BIN" --prefix "$prefix" --seed "$seed"
-      --duration "$duration" --faults "$faults" --clients "$clients")
+      --duration "$duration" --faults "$faults" --clients "$clients"
+      --faketime-lib "$faketime" --small-disk v3)
 [ -n "$json" ] && args+=(--json "$json")
 # Bounded: the faults, the clients' last answers, convergence and the check.
 limit=$((duration + 900))

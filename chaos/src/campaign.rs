@@ -29,6 +29,10 @@ pub struct Options {
     pub clients: usize,
     /// Commits must resume within this long after every heal, or the campaign fails.
     pub resume_limit: Duration,
+    /// libfaketime's preload library (clock faults).
+    pub faketime: Option<PathBuf>,
+    /// The node whose data/ is on a small filesystem of its own (disk-full faults).
+    pub small_disk: Option<String>,
 }
 
 /// How one fault went.
@@ -140,7 +144,7 @@ pub fn run(options: &Options) -> Result<Report> {
         if campaign_start.elapsed() >= options.duration && !runs.is_empty() && covered(&runs, &options.kinds) {
             break;
         }
-        let run = inject(&mut cluster, &monitor, fault, &names, options.resume_limit, &mut failures);
+        let run = inject(&mut cluster, &monitor, fault, options, &mut failures);
         eprintln!(
             "chaos: {} -> resumed {} after the heal, longest stall {} ms (committed {}, failed {}, unknown {}){}",
             run.description,
@@ -159,7 +163,7 @@ pub fn run(options: &Options) -> Result<Report> {
     for thread in client_threads {
         let _ = thread.join();
     }
-    for (_, what) in cluster.exited() {
+    for (_, _, what) in cluster.exited() {
         failures.push(what);
     }
     converge(&cluster, &monitor, &mut failures);
@@ -237,12 +241,13 @@ fn inject(
     cluster: &mut Cluster,
     monitor: &Monitor,
     fault: &Fault,
-    names: &[String],
-    resume_limit: Duration,
+    options: &Options,
     failures: &mut Vec<String>,
 ) -> FaultRun {
+    let names = cluster.names();
+    let resume_limit = options.resume_limit;
     let mut notes = Vec::new();
-    for (index, what) in cluster.exited() {
+    for (index, _, what) in cluster.exited() {
         failures.push(what.clone());
         notes.push(what);
         let _ = cluster.start(index);
@@ -257,7 +262,7 @@ fn inject(
         _ => 0,
     };
     let duration = Duration::from_millis(fault.duration_ms);
-    let mut description = fault.describe(names);
+    let mut description = fault.describe(&names);
     if fault.target == Target::Primary {
         description = description.replace("the primary", &format!("the primary ({})", names[primary]));
     }
@@ -336,6 +341,50 @@ fn inject(
             hold(duration);
             for node in 0..cluster.nodes.len() {
                 note(cluster.start(node));
+            }
+        }
+        (FaultKind::Clock, Target::Clock { node, skew_s }) => match &options.faketime {
+            Some(library) => {
+                cluster.kill(*node);
+                let env = [
+                    ("LD_PRELOAD", library.display().to_string()),
+                    ("FAKETIME", format!("{skew_s:+}")),
+                    // Only the wall clock: timers (tokio's monotonic clock) run true.
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+                ];
+                note(cluster.start_with(*node, &env));
+                hold(duration);
+                cluster.kill(*node);
+                note(cluster.start(*node));
+            }
+            None => note(Err(anyhow::anyhow!("clock faults need libfaketime (scripts/chaos.sh installs it)"))),
+        },
+        (FaultKind::DiskFull, Target::SmallDisk) => {
+            match options.small_disk.as_ref().and_then(|name| names.iter().position(|known| known == name)) {
+                Some(node) => {
+                    description = description.replace("the node on the small disk", &names[node]);
+                    let data = cluster.nodes[node].home.join("data");
+                    let filler = data.join("chaos-filler");
+                    // Writes zeros until the filesystem is full (dd then fails: expected).
+                    let _ = std::process::Command::new("dd")
+                        .arg("if=/dev/zero")
+                        .arg(format!("of={}", filler.display()))
+                        .args(["bs=1M", "status=none"])
+                        .status();
+                    hold(duration);
+                    for (index, status, what) in cluster.exited() {
+                        if index == node && status.code().is_some_and(|code| code != 101) {
+                            notes.push(format!("{} stopped when its disk was full ({status})", names[node]));
+                        } else {
+                            failures.push(format!("{description}: {what}"));
+                        }
+                    }
+                    note(std::fs::remove_file(&filler).with_context(|| format!("{}", filler.display())));
+                    if !cluster.running(node) {
+                        note(cluster.start(node));
+                    }
+                }
+                None => note(Err(anyhow::anyhow!("disk-full faults need a node on a small filesystem (--small-disk)"))),
             }
         }
         (kind, target) => problems.push(format!("no injection for {kind} at {target:?}")),

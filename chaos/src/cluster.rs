@@ -103,6 +103,11 @@ impl Cluster {
 
     /// Starts node `index` in its namespace (its output appended to `HOME/node.log`).
     pub fn start(&mut self, index: usize) -> Result<()> {
+        self.start_with(index, &[])
+    }
+
+    /// Starts node `index` with these extra environment variables (a skewed clock).
+    pub fn start_with(&mut self, index: usize, env: &[(&str, String)]) -> Result<()> {
         let tetrad = self.tetrad.clone();
         let node = &mut self.nodes[index];
         if node.child.is_some() {
@@ -120,6 +125,7 @@ impl Cluster {
             .arg("run")
             .arg("--home")
             .arg(&node.home)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -157,15 +163,16 @@ impl Cluster {
         self.signal(index, "-CONT")
     }
 
-    /// Nodes that exited without being killed by the campaign: `(index, what happened)`. They
-    /// are marked stopped (the caller decides whether to start them again).
-    pub fn exited(&mut self) -> Vec<(usize, String)> {
+    /// Nodes that exited without being killed by the campaign: `(index, status, what
+    /// happened)`. They are marked stopped (the caller decides whether to start them again).
+    pub fn exited(&mut self) -> Vec<(usize, std::process::ExitStatus, String)> {
         let mut exited = Vec::new();
         for (index, node) in self.nodes.iter_mut().enumerate() {
             if let Some(child) = &mut node.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                exited.push((index, format!("{} exited on its own ({status}); see {}/node.log", node.name, node.home.display())));
+                let what = format!("{} exited on its own ({status}); see {}/node.log", node.name, node.home.display());
+                exited.push((index, status, what));
                 node.child = None;
             }
         }

@@ -81,6 +81,12 @@ enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// libfaketime's preload library, for clock faults.
+        #[arg(long)]
+        faketime_lib: Option<PathBuf>,
+        /// The node whose data/ is on a small filesystem of its own, for disk-full faults.
+        #[arg(long)]
+        small_disk: Option<String>,
     },
 }
 
@@ -110,7 +116,19 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Command::Run { net, tetrad, prefix, seed, duration, faults, clients, resume_limit, json } => {
+        Command::Run {
+            net,
+            tetrad,
+            prefix,
+            seed,
+            duration,
+            faults,
+            clients,
+            resume_limit,
+            json,
+            faketime_lib,
+            small_disk,
+        } => {
             let options = campaign::Options {
                 net,
                 tetrad,
@@ -120,6 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 kinds: FaultKind::parse_list(&faults)?,
                 clients: clients.max(1),
                 resume_limit: Duration::from_secs(resume_limit),
+                faketime: faketime_lib,
+                small_disk,
             };
             let report = match campaign::run(&options) {
                 Ok(report) => report,

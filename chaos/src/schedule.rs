@@ -32,10 +32,15 @@ pub enum FaultKind {
     CrashQuorum,
     /// Every node killed with -9, all restarted.
     RestartAll,
+    /// One node restarted with its wall clock skewed by minutes (libfaketime), forward or back,
+    /// then restarted with the right time.
+    Clock,
+    /// The small filesystem that holds one node's data/ filled up, then space given back.
+    DiskFull,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::IsolatePrimary,
         FaultKind::Split,
         FaultKind::OneWay,
@@ -45,6 +50,8 @@ impl FaultKind {
         FaultKind::KillPrimary,
         FaultKind::CrashQuorum,
         FaultKind::RestartAll,
+        FaultKind::Clock,
+        FaultKind::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +65,8 @@ impl FaultKind {
             FaultKind::KillPrimary => "kill-primary",
             FaultKind::CrashQuorum => "crash-quorum",
             FaultKind::RestartAll => "restart-all",
+            FaultKind::Clock => "clock",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
@@ -105,6 +114,10 @@ pub enum Target {
     Links { links: Vec<LinkDamage> },
     /// Every node.
     All,
+    /// One node's wall clock off by `skew_s` seconds.
+    Clock { node: usize, skew_s: i64 },
+    /// The node whose data/ is on the campaign's small filesystem.
+    SmallDisk,
 }
 
 /// What happens on one link (both directions).
@@ -235,6 +248,13 @@ fn make(rng: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
             (Target::Nodes { nodes: crashed }, rng.range(3_000, 8_000))
         }
         FaultKind::RestartAll => (Target::All, rng.range(500, 3_000)),
+        FaultKind::Clock => {
+            let node = rng.below(nodes as u64) as usize;
+            let minutes = rng.range(1, 10) as i64;
+            let skew_s = if rng.chance(50) { minutes * 60 } else { -minutes * 60 };
+            (Target::Clock { node, skew_s }, rng.range(3_000, 10_000))
+        }
+        FaultKind::DiskFull => (Target::SmallDisk, rng.range(2_000, 8_000)),
     };
     Fault { index, kind, target, duration_ms, gap_ms }
 }
@@ -266,6 +286,8 @@ impl Fault {
                 .collect::<Vec<_>>()
                 .join(", "),
             Target::All => "every node".to_string(),
+            Target::Clock { node, skew_s } => format!("{} clock {skew_s:+} s", name(node)),
+            Target::SmallDisk => "the node on the small disk".to_string(),
         };
         format!("#{} {} {} for {:.1} s", self.index, self.kind, target, self.duration_ms as f64 / 1000.0)
     }
