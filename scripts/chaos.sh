@@ -41,7 +41,7 @@ fi
 
 # Tools: ip and tc (iproute2), iptables, libfaketime (clock faults), mount and dd (coreutils,
 # util-linux: the small disk).
-faketime_lib() { ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -1; }
+faketime_lib() { ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -1 || true; }
 missing=()
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
