@@ -4,7 +4,7 @@
 # clients that record every answer, and a checker that a lost transaction cannot pass.
 #
 #   scripts/chaos.sh [--seed S] [--duration SECONDS] [--faults all|KIND,...] [--json FILE]
-#                    [--clients N] [--keep]
+#                    [--clients N] [--keep] [--allow-replayed-copies]
 #
 # Needs root (namespaces, veth, iptables, tc). Installs iproute2 and iptables with apt-get when
 # they are missing. Everything it makes (namespaces tchaos-*, the link tchaos-host, the rules
@@ -12,6 +12,9 @@
 # network is 10.77.0.0/24 (nodes .1-.5, the host .254; override with TETRAD_CHAOS_SUBNET=10.x.y).
 # Exit status 0 only if the checker passed and every liveness bound held; a failure prints the
 # seed and the command that replays it. The node logs stay in the printed directory on failure.
+# --allow-replayed-copies lets a transaction that is in the chain twice pass when it executed
+# once and its other copy failed its nonce check (the known re-proposal issue); it is still
+# counted and listed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,7 @@ faults=all
 json=""
 clients=6
 keep=0
+extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --seed) seed="$2"; shift 2 ;;
@@ -29,7 +33,8 @@ while [ $# -gt 0 ]; do
         --json) json="$2"; shift 2 ;;
         --clients) clients="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --allow-replayed-copies) extra+=(--allow-replayed-copies); shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -177,7 +182,7 @@ rm -rf "$work/v3-data-init"
 
 args=(run --net "$work/net" --tetrad "$TETRAD_BIN" --prefix "$prefix" --seed "$seed"
       --duration "$duration" --faults "$faults" --clients "$clients"
-      --faketime-lib "$faketime" --small-disk v3)
+      --faketime-lib "$faketime" --small-disk v3 ${extra[@]+"${extra[@]}"})
 [ -n "$json" ] && args+=(--json "$json")
 # Bounded: the faults, the clients' last answers, convergence and the check.
 limit=$((duration + 900))

@@ -33,6 +33,7 @@ pub struct Options {
     pub faketime: Option<PathBuf>,
     /// The node whose data/ is on a small filesystem of its own (disk-full faults).
     pub small_disk: Option<String>,
+    pub rules: checker::Rules,
 }
 
 /// How one fault went.
@@ -176,8 +177,8 @@ pub fn run(options: &Options) -> Result<Report> {
     let addresses: Vec<_> = genesis_accounts.iter().map(|(address, _)| *address).collect();
     eprintln!("chaos: checking {} transactions against every node's chain", record.len());
     let chains = checker::fetch(&endpoints, &set, &addresses);
-    let verdict = checker::check(&genesis_accounts, &record, &chains);
-    let negative_controls = negative_controls(&genesis_accounts, &record, &chains);
+    let verdict = checker::check(&genesis_accounts, &record, &chains, options.rules);
+    let negative_controls = negative_controls(&genesis_accounts, &record, &chains, options.rules);
     for control in &negative_controls {
         if !control.caught {
             failures.push(format!("negative control not caught: the checker passed a history with {}", control.planted));
@@ -200,10 +201,11 @@ pub fn run(options: &Options) -> Result<Report> {
         failures,
         passed,
         replay: format!(
-            "scripts/chaos.sh --seed {} --duration {} --faults {}",
+            "scripts/chaos.sh --seed {} --duration {} --faults {}{}",
             options.seed,
             options.duration.as_secs(),
-            options.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>().join(",")
+            options.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>().join(","),
+            if options.rules.allow_replayed_copies { " --allow-replayed-copies" } else { "" }
         ),
     })
 }
@@ -370,8 +372,14 @@ fn inject(
                         .arg("if=/dev/zero")
                         .arg(format!("of={}", filler.display()))
                         .args(["bs=1M", "status=none"])
+                        .stderr(std::process::Stdio::null())
                         .status();
-                    hold(duration);
+                    // RocksDB keeps preallocated room in its write-ahead log, so a running node
+                    // may not notice for a long time: crash it and start it on the full disk.
+                    hold(duration / 2);
+                    cluster.kill(node);
+                    note(cluster.start(node));
+                    hold(duration / 2);
                     for (index, status, what) in cluster.exited() {
                         if index == node && status.code().is_some_and(|code| code != 101) {
                             notes.push(format!("{} stopped when its disk was full ({status})", names[node]));
@@ -463,10 +471,11 @@ fn negative_controls(
     genesis: &[(tetrad_ledger::tx::Address, u64)],
     record: &[record::TxRecord],
     chains: &[checker::NodeChain],
+    rules: checker::Rules,
 ) -> Vec<NegativeControl> {
     let mut controls = Vec::new();
     let mut run = |planted: &str, record: Vec<record::TxRecord>, chains: &[checker::NodeChain]| {
-        let verdict = checker::check(genesis, &record, chains);
+        let verdict = checker::check(genesis, &record, chains, rules);
         controls.push(NegativeControl {
             planted: planted.to_string(),
             caught: !verdict.passed(),

@@ -87,6 +87,10 @@ enum Command {
         /// The node whose data/ is on a small filesystem of its own, for disk-full faults.
         #[arg(long)]
         small_disk: Option<String>,
+        /// Let a transaction that is in the chain twice pass when it executed once and its
+        /// other copy failed its nonce check (the known re-proposal issue); still counted.
+        #[arg(long)]
+        allow_replayed_copies: bool,
     },
 }
 
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
             faketime_lib,
             small_disk,
+            allow_replayed_copies,
         } => {
             let options = campaign::Options {
                 net,
@@ -140,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 resume_limit: Duration::from_secs(resume_limit),
                 faketime: faketime_lib,
                 small_disk,
+                rules: checker::Rules { allow_replayed_copies },
             };
             let report = match campaign::run(&options) {
                 Ok(report) => report,

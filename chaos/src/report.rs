@@ -32,6 +32,7 @@ pub fn table(report: &Report) -> String {
         ("in the chain", verdict.chain_txs),
         ("**lost**", verdict.lost),
         ("**duplicated**", verdict.duplicated),
+        ("of which replayed copies (known re-proposal issue)", verdict.replayed_copies),
         ("phantom (never submitted)", verdict.phantom),
         ("refused but in the chain", verdict.refused_in_chain),
         ("acknowledged without a verified certificate", verdict.unverified_acks),
@@ -47,6 +48,9 @@ pub fn table(report: &Report) -> String {
             control.planted,
             if control.caught { "caught" } else { "NOT CAUGHT" }
         );
+    }
+    for allowed in &verdict.allowed {
+        let _ = writeln!(out, "ALLOWED (--allow-replayed-copies): {allowed}");
     }
     for violation in &verdict.violations {
         let _ = writeln!(out, "VIOLATION: {violation}");

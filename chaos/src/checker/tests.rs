@@ -85,7 +85,7 @@ fn nodes(chain: &[ChainBlock]) -> Vec<NodeChain> {
 #[test]
 fn a_clean_history_passes() {
     let (record, chain) = history();
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert!(verdict.passed(), "{:#?}", verdict.violations);
     assert_eq!((verdict.acknowledged, verdict.failed, verdict.unknown), (2, 1, 2));
     assert_eq!((verdict.lost, verdict.duplicated, verdict.phantom), (0, 0, 0));
@@ -97,7 +97,7 @@ fn a_forged_acknowledgment_is_lost() {
     let (mut record, chain) = history();
     // The client was "told" that a transfer it signed committed, but no block holds it.
     record.push(transfer(15, 2, 1, 1, 1, Answer::Committed, Some(3)));
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert!(!verdict.passed());
     assert_eq!(verdict.lost, 1, "{:#?}", verdict.violations);
 }
@@ -106,7 +106,7 @@ fn a_forged_acknowledgment_is_lost() {
 fn an_acknowledgment_at_the_wrong_height_is_lost() {
     let (mut record, chain) = history();
     record[1].height = Some(3);
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert_eq!(verdict.lost, 1, "{:#?}", verdict.violations);
 }
 
@@ -114,7 +114,7 @@ fn an_acknowledgment_at_the_wrong_height_is_lost() {
 fn an_unverified_acknowledgment_fails() {
     let (mut record, chain) = history();
     record[0].certificate_verified = false;
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert_eq!(verdict.unverified_acks, 1);
     assert!(!verdict.passed());
 }
@@ -125,7 +125,7 @@ fn a_transaction_twice_in_the_chain_is_duplicated() {
     // A view change re-proposed transaction 11 and the new primary cut it again: the second
     // copy fails its nonce check, but the hash is in the chain twice.
     let chain = blocks(&[&[10], &[11], &[12, 11]]);
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert_eq!(verdict.duplicated, 1, "{:#?}", verdict.violations);
     assert!(!verdict.passed());
 }
@@ -134,7 +134,7 @@ fn a_transaction_twice_in_the_chain_is_duplicated() {
 fn a_transaction_nobody_submitted_is_a_phantom() {
     let (record, _) = history();
     let chain = blocks(&[&[10], &[11], &[12, 99]]);
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert_eq!(verdict.phantom, 1, "{:#?}", verdict.violations);
 }
 
@@ -142,7 +142,7 @@ fn a_transaction_nobody_submitted_is_a_phantom() {
 fn a_refused_transaction_in_the_chain_fails() {
     let (record, _) = history();
     let chain = blocks(&[&[10], &[11], &[12, 14]]);
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert_eq!(verdict.refused_in_chain, 1, "{:#?}", verdict.violations);
 }
 
@@ -151,7 +151,7 @@ fn a_fork_is_caught() {
     let (record, chain) = history();
     let mut chains = nodes(&chain);
     chains[2].blocks[1].hash = hash(77);
-    let verdict = check(&genesis(), &record, &chains);
+    let verdict = check(&genesis(), &record, &chains, Rules::default());
     assert!(verdict.violations.iter().any(|text| text.starts_with("fork")), "{:#?}", verdict.violations);
 }
 
@@ -162,7 +162,7 @@ fn a_rolled_back_node_is_caught() {
     let (record, chain) = history();
     let mut chains = nodes(&chain);
     chains[3] = node("v3", chain[..1].to_vec(), &[(1, 900, 1), (2, 1_100, 0)]);
-    let verdict = check(&genesis(), &record, &chains);
+    let verdict = check(&genesis(), &record, &chains, Rules::default());
     assert!(verdict.violations.iter().any(|text| text.starts_with("not converged")), "{:#?}", verdict.violations);
     assert!(verdict.violations.iter().any(|text| text.starts_with("balance")), "{:#?}", verdict.violations);
 }
@@ -172,7 +172,7 @@ fn a_balance_that_is_not_the_replay_fails_and_so_does_created_money() {
     let (record, chain) = history();
     let mut chains = nodes(&chain);
     chains[0].accounts.insert(address(2), (1_076, 1));
-    let verdict = check(&genesis(), &record, &chains);
+    let verdict = check(&genesis(), &record, &chains, Rules::default());
     assert!(verdict.violations.iter().any(|text| text.starts_with("balance")), "{:#?}", verdict.violations);
     assert!(verdict.violations.iter().any(|text| text.starts_with("supply")), "{:#?}", verdict.violations);
 }
@@ -182,7 +182,7 @@ fn a_receipt_the_replay_contradicts_fails() {
     let (mut record, chain) = history();
     // The client was told the transfer at height 2 failed, but it had the right nonce and funds.
     record[1].executed = false;
-    let verdict = check(&genesis(), &record, &nodes(&chain));
+    let verdict = check(&genesis(), &record, &nodes(&chain), Rules::default());
     assert!(verdict.violations.iter().any(|text| text.starts_with("receipt")), "{:#?}", verdict.violations);
 }
 
@@ -191,6 +191,31 @@ fn fetch_problems_fail_the_check() {
     let (record, chain) = history();
     let mut chains = nodes(&chain);
     chains[1].problems.push("block 2: commit certificate: too few signatures".to_string());
-    let verdict = check(&genesis(), &record, &chains);
+    let verdict = check(&genesis(), &record, &chains, Rules::default());
     assert!(!verdict.passed());
+}
+
+#[test]
+fn a_replayed_copy_is_counted_and_let_through_only_when_allowed() {
+    let (record, _) = history();
+    let chain = blocks(&[&[10], &[11], &[12, 11]]);
+    let allowed = check(&genesis(), &record, &nodes(&chain), Rules { allow_replayed_copies: true });
+    assert!(allowed.passed(), "{:#?}", allowed.violations);
+    assert_eq!((allowed.duplicated, allowed.replayed_copies), (1, 1));
+    assert_eq!(allowed.allowed.len(), 1);
+}
+
+#[test]
+fn a_copy_that_executes_twice_is_never_let_through() {
+    // Transaction 10 (nonce 0 of account 1) at heights 1 and 2: the replay executes only the
+    // first. A history where both executed (balances of two executions) must still fail.
+    let record = vec![transfer(10, 1, 2, 100, 0, Answer::Committed, Some(1))];
+    let chain = blocks(&[&[10], &[10]]);
+    let mut chains = nodes(&chain);
+    for node in &mut chains {
+        node.accounts = [(address(1), (800, 2)), (address(2), (1_200, 0))].into_iter().collect();
+    }
+    let verdict = check(&genesis(), &record, &chains, Rules { allow_replayed_copies: true });
+    assert!(!verdict.passed());
+    assert!(verdict.violations.iter().any(|text| text.starts_with("balance")), "{:#?}", verdict.violations);
 }
