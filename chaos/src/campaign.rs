@@ -99,8 +99,10 @@ pub fn run(options: &Options) -> Result<Report> {
     let set = genesis.validator_set().map_err(|error| anyhow::anyhow!("genesis validators: {error}"))?;
     let vc_timeout_ms = genesis.consensus.view_change_timeout_ms;
     let mut cluster = Cluster::load(&options.net, &options.tetrad, &options.prefix)?;
-    let shape = Shape { validators: cluster.validators(), full_nodes: cluster.nodes.len() - cluster.validators() };
-    let schedule = crate::schedule::generate(options.seed, options.duration.as_millis() as u64, &options.kinds, shape);
+    let shape =
+        Shape { validators: cluster.validators(), full_nodes: cluster.nodes.len() - cluster.validators() };
+    let schedule =
+        crate::schedule::generate(options.seed, options.duration.as_millis() as u64, &options.kinds, shape);
     let names = cluster.names();
     eprintln!("chaos: seed {} schedule of {} faults:", options.seed, schedule.len());
     for fault in &schedule {
@@ -133,7 +135,11 @@ pub fn run(options: &Options) -> Result<Report> {
         if first.elapsed() > START_LIMIT {
             workload.stop.store(true, Ordering::Relaxed);
             monitor.stop();
-            bail!("no block within {} s of the start; see the node.log files in {}", START_LIMIT.as_secs(), options.net.display());
+            bail!(
+                "no block within {} s of the start; see the node.log files in {}",
+                START_LIMIT.as_secs(),
+                options.net.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -142,7 +148,8 @@ pub fn run(options: &Options) -> Result<Report> {
     let campaign_start = Instant::now();
     let mut runs = Vec::new();
     for fault in &schedule {
-        if campaign_start.elapsed() >= options.duration && !runs.is_empty() && covered(&runs, &options.kinds) {
+        if campaign_start.elapsed() >= options.duration && !runs.is_empty() && covered(&runs, &options.kinds)
+        {
             break;
         }
         let run = inject(&mut cluster, &monitor, fault, options, &mut failures);
@@ -173,7 +180,8 @@ pub fn run(options: &Options) -> Result<Report> {
         let _ = thread.join();
     }
     let record = record::read(&record_path)?;
-    let genesis_accounts: Vec<_> = genesis.accounts.iter().map(|account| (account.address, account.balance)).collect();
+    let genesis_accounts: Vec<_> =
+        genesis.accounts.iter().map(|account| (account.address, account.balance)).collect();
     let addresses: Vec<_> = genesis_accounts.iter().map(|(address, _)| *address).collect();
     eprintln!("chaos: checking {} transactions against every node's chain", record.len());
     let chains = checker::fetch(&endpoints, &set, &addresses);
@@ -181,7 +189,10 @@ pub fn run(options: &Options) -> Result<Report> {
     let negative_controls = negative_controls(&genesis_accounts, &record, &chains, options.rules);
     for control in &negative_controls {
         if !control.caught {
-            failures.push(format!("negative control not caught: the checker passed a history with {}", control.planted));
+            failures.push(format!(
+                "negative control not caught: the checker passed a history with {}",
+                control.planted
+            ));
         }
     }
     let per_kind = summarize(&runs, 2 * vc_timeout_ms);
@@ -297,8 +308,20 @@ fn inject(
         }
         (FaultKind::Link, Target::Links { links }) => {
             for link in links {
-                note(cluster.damage(link.a, link.b, link.loss_percent, link.duplicate_percent, link.throttle_kbit));
-                note(cluster.damage(link.b, link.a, link.loss_percent, link.duplicate_percent, link.throttle_kbit));
+                note(cluster.damage(
+                    link.a,
+                    link.b,
+                    link.loss_percent,
+                    link.duplicate_percent,
+                    link.throttle_kbit,
+                ));
+                note(cluster.damage(
+                    link.b,
+                    link.a,
+                    link.loss_percent,
+                    link.duplicate_percent,
+                    link.throttle_kbit,
+                ));
             }
             hold(duration);
         }
@@ -359,7 +382,9 @@ fn inject(
                 cluster.kill(*node);
                 note(cluster.start(*node));
             }
-            None => note(Err(anyhow::anyhow!("clock faults need libfaketime (scripts/chaos.sh installs it)"))),
+            None => {
+                note(Err(anyhow::anyhow!("clock faults need libfaketime (scripts/chaos.sh installs it)")))
+            }
         },
         (FaultKind::DiskFull, Target::SmallDisk) => {
             match options.small_disk.as_ref().and_then(|name| names.iter().position(|known| known == name)) {
@@ -392,7 +417,9 @@ fn inject(
                         note(cluster.start(node));
                     }
                 }
-                None => note(Err(anyhow::anyhow!("disk-full faults need a node on a small filesystem (--small-disk)"))),
+                None => note(Err(anyhow::anyhow!(
+                    "disk-full faults need a node on a small filesystem (--small-disk)"
+                ))),
             }
         }
         (kind, target) => problems.push(format!("no injection for {kind} at {target:?}")),
@@ -421,7 +448,16 @@ fn inject(
         failures.push(format!("{description}: {problem}"));
     }
     notes.extend(problems);
-    FaultRun { index: fault.index, kind: fault.kind, description, start_ms, heal_ms, resume_after_heal_ms, longest_stall_ms, notes }
+    FaultRun {
+        index: fault.index,
+        kind: fault.kind,
+        description,
+        start_ms,
+        heal_ms,
+        resume_after_heal_ms,
+        longest_stall_ms,
+        notes,
+    }
 }
 
 /// Waits until every node reports the same height and latest block hash, steady for 2 s.
@@ -457,8 +493,11 @@ fn converge(cluster: &Cluster, monitor: &Monitor, failures: &mut Vec<String>) {
         last_seen = seen;
         std::thread::sleep(Duration::from_millis(250));
     }
-    let states: Vec<String> =
-        endpoints.iter().zip(&last_seen).map(|(endpoint, seen)| format!("{} {seen}", endpoint.name)).collect();
+    let states: Vec<String> = endpoints
+        .iter()
+        .zip(&last_seen)
+        .map(|(endpoint, seen)| format!("{} {seen}", endpoint.name))
+        .collect();
     failures.push(format!(
         "the nodes did not converge within {} s after the last heal: {}",
         CONVERGE_LIMIT.as_secs(),
@@ -529,10 +568,11 @@ fn summarize(runs: &[FaultRun], goal_ms: u64) -> BTreeMap<FaultKind, KindSummary
         });
         entry.injected += 1;
         entry.longest_stall_ms = entry.longest_stall_ms.max(run.longest_stall_ms);
-        entry.longest_resume_after_heal_ms = match (entry.longest_resume_after_heal_ms, run.resume_after_heal_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            _ => None,
-        };
+        entry.longest_resume_after_heal_ms =
+            match (entry.longest_resume_after_heal_ms, run.resume_after_heal_ms) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
         entry.within_goal &= run.resume_after_heal_ms.is_some_and(|ms| ms <= goal_ms);
     }
     per_kind

@@ -117,8 +117,11 @@ pub fn check(genesis: &[(Address, u64)], record: &[TxRecord], chains: &[NodeChai
             verdict.chain_txs += 1;
         }
     }
-let duplicates: Vec<(Digest, Vec<u64>)> =
-        places.iter().filter(|(_, heights)| heights.len() > 1).map(|(tx, heights)| (*tx, heights.clone())).collect();
+    let duplicates: Vec<(Digest, Vec<u64>)> = places
+        .iter()
+        .filter(|(_, heights)| heights.len() > 1)
+        .map(|(tx, heights)| (*tx, heights.clone()))
+        .collect();
     verdict.duplicated = duplicates.len() as u64;
     let submitted: HashMap<Digest, &TxRecord> = record.iter().map(|entry| (entry.hash, entry)).collect();
     for entry in record {
@@ -128,20 +131,42 @@ let duplicates: Vec<(Digest, Vec<u64>)> =
                 verdict.acknowledged += 1;
                 if !entry.certificate_verified {
                     verdict.unverified_acks += 1;
-                    violation(&mut verdict, format!("unverified acknowledgment: transaction {} at height {:?}: {}", entry.hash, entry.height, entry.detail));
+                    violation(
+                        &mut verdict,
+                        format!(
+                            "unverified acknowledgment: transaction {} at height {:?}: {}",
+                            entry.hash, entry.height, entry.detail
+                        ),
+                    );
                 }
                 let at = entry.height.unwrap_or(0);
                 if !found.contains(&at) {
                     verdict.lost += 1;
-                    let where_ = if found.is_empty() { "is not in the chain".to_string() } else { format!("is at height(s) {found:?}") };
-                    violation(&mut verdict, format!("lost: transaction {} was acknowledged as committed at height {at} but {where_}", entry.hash));
+                    let where_ = if found.is_empty() {
+                        "is not in the chain".to_string()
+                    } else {
+                        format!("is at height(s) {found:?}")
+                    };
+                    violation(
+                        &mut verdict,
+                        format!(
+                            "lost: transaction {} was acknowledged as committed at height {at} but {where_}",
+                            entry.hash
+                        ),
+                    );
                 }
             }
             Answer::Failed => {
                 verdict.failed += 1;
                 if !found.is_empty() {
                     verdict.refused_in_chain += 1;
-                    violation(&mut verdict, format!("refused but committed: transaction {} was refused ({}) yet is at height(s) {found:?}", entry.hash, entry.detail));
+                    violation(
+                        &mut verdict,
+                        format!(
+                            "refused but committed: transaction {} was refused ({}) yet is at height(s) {found:?}",
+                            entry.hash, entry.detail
+                        ),
+                    );
                 }
             }
             Answer::Unknown => {
@@ -155,12 +180,18 @@ let duplicates: Vec<(Digest, Vec<u64>)> =
     for tx in places.keys() {
         if !submitted.contains_key(tx) {
             verdict.phantom += 1;
-            violation(&mut verdict, format!("phantom: transaction {tx} is in the chain but no client submitted it"));
+            violation(
+                &mut verdict,
+                format!("phantom: transaction {tx} is in the chain but no client submitted it"),
+            );
         }
     }
     let executed = replay(genesis, &reference, &submitted, chains, &mut verdict);
     for (tx, heights) in duplicates {
-        let text = format!("duplicated: transaction {tx} is in the chain {} times, at heights {heights:?}", heights.len());
+        let text = format!(
+            "duplicated: transaction {tx} is in the chain {} times, at heights {heights:?}",
+            heights.len()
+        );
         if rules.allow_replayed_copies && executed.get(&tx).copied().unwrap_or(0) <= 1 {
             verdict.replayed_copies += 1;
             verdict.allowed.push(format!("{text} (executed once: the known re-proposal issue)"));
@@ -179,13 +210,19 @@ fn agreed_chain(chains: &[NodeChain], verdict: &mut Verdict) -> Option<Vec<Chain
         let mut parent: Option<Digest> = None;
         for (index, block) in chain.blocks.iter().enumerate() {
             if block.height != index as u64 + 1 {
-                violation(verdict, format!("{}: block {} at position {}", chain.name, block.height, index + 1));
+                violation(
+                    verdict,
+                    format!("{}: block {} at position {}", chain.name, block.height, index + 1),
+                );
                 break;
             }
             if let Some(parent) = parent
                 && block.parent != parent
             {
-                violation(verdict, format!("{}: block {} does not link to block {}", chain.name, block.height, index));
+                violation(
+                    verdict,
+                    format!("{}: block {} does not link to block {}", chain.name, block.height, index),
+                );
             }
             parent = Some(block.hash);
         }
@@ -290,7 +327,10 @@ fn replay(
             }
         }
         if !node.accounts.is_empty() && node_total != supply {
-            violation(verdict, format!("supply: {} holds {node_total} in all, genesis had {supply}", node.name));
+            violation(
+                verdict,
+                format!("supply: {} holds {node_total} in all, genesis had {supply}", node.name),
+            );
         }
     }
     executed
@@ -300,8 +340,10 @@ fn replay(
 /// balances of `addresses`. One thread per node.
 pub fn fetch(endpoints: &[Endpoint], set: &ValidatorSet, addresses: &[Address]) -> Vec<NodeChain> {
     std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            endpoints.iter().map(|endpoint| scope.spawn(move || fetch_one(endpoint, set, addresses))).collect();
+        let handles: Vec<_> = endpoints
+            .iter()
+            .map(|endpoint| scope.spawn(move || fetch_one(endpoint, set, addresses)))
+            .collect();
         handles
             .into_iter()
             .zip(endpoints)
@@ -349,7 +391,12 @@ fn fetch_one(endpoint: &Endpoint, set: &ValidatorSet, addresses: &[Address]) -> 
         if let Err(problem) = crate::verify::block(set, &view, h) {
             chain.problems.push(problem);
         }
-        chain.blocks.push(ChainBlock { height: h, hash: view.hash, parent: view.header.parent_hash, txs: view.txs });
+        chain.blocks.push(ChainBlock {
+            height: h,
+            hash: view.hash,
+            parent: view.header.parent_hash,
+            txs: view.txs,
+        });
     }
     for address in addresses {
         match http::get(&agent, &format!("{}/accounts/{address}", endpoint.rpc)) {

@@ -67,12 +67,17 @@ impl Cluster {
     /// The nodes of `DIR/testnet.json` (made with `--hosts`), in namespaces `PREFIX + name`.
     pub fn load(dir: &Path, tetrad: &Path, prefix: &str) -> Result<Cluster> {
         let path = dir.join("testnet.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let file: TestnetFile = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
         let mut nodes = Vec::new();
         for node in file.nodes {
             let Some(ip) = node.host else {
-                bail!("{}: node {} has no host address (make it with tetrad testnet --hosts)", path.display(), node.name);
+                bail!(
+                    "{}: node {} has no host address (make it with tetrad testnet --hosts)",
+                    path.display(),
+                    node.name
+                );
             };
             nodes.push(Node {
                 namespace: format!("{prefix}{}", node.name),
@@ -171,7 +176,11 @@ impl Cluster {
             if let Some(child) = &mut node.child
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let what = format!("{} exited on its own ({status}); see {}/node.log", node.name, node.home.display());
+                let what = format!(
+                    "{} exited on its own ({status}); see {}/node.log",
+                    node.name,
+                    node.home.display()
+                );
                 exited.push((index, status, what));
                 node.child = None;
             }
@@ -226,13 +235,34 @@ impl Cluster {
     }
 
     /// Loss, duplication and a throttle on the packets `a` sends to `b`.
-    pub fn damage(&mut self, a: usize, b: usize, loss_percent: u64, duplicate_percent: u64, throttle_kbit: u64) -> Result<()> {
+    pub fn damage(
+        &mut self,
+        a: usize,
+        b: usize,
+        loss_percent: u64,
+        duplicate_percent: u64,
+        throttle_kbit: u64,
+    ) -> Result<()> {
         let peer = self.nodes[b].ip.clone();
         if loss_percent > 0 {
             let probability = format!("{:.2}", loss_percent as f64 / 100.0);
             self.in_namespace(
                 a,
-                &["iptables", "-A", "OUTPUT", "-d", &peer, "-m", "statistic", "--mode", "random", "--probability", &probability, "-j", "DROP"],
+                &[
+                    "iptables",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    &peer,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "DROP",
+                ],
             )?;
         }
         if duplicate_percent > 0 {
@@ -241,23 +271,72 @@ impl Cluster {
             self.in_namespace(
                 a,
                 &[
-                    "iptables", "-t", "mangle", "-A", "POSTROUTING", "-d", &peer, "-m", "statistic", "--mode", "random",
-                    "--probability", &probability, "-j", "TEE", "--gateway", &peer,
+                    "iptables",
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "POSTROUTING",
+                    "-d",
+                    &peer,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &probability,
+                    "-j",
+                    "TEE",
+                    "--gateway",
+                    &peer,
                 ],
             )?;
         }
         if throttle_kbit > 0 {
             if self.throttled.insert(a) {
-                self.in_namespace(a, &["tc", "qdisc", "add", "dev", INTERFACE, "root", "handle", "1:", "htb", "default", "1"])?;
-                self.in_namespace(a, &["tc", "class", "add", "dev", INTERFACE, "parent", "1:", "classid", "1:1", "htb", "rate", "1gbit"])?;
+                self.in_namespace(
+                    a,
+                    &["tc", "qdisc", "add", "dev", INTERFACE, "root", "handle", "1:", "htb", "default", "1"],
+                )?;
+                self.in_namespace(
+                    a,
+                    &[
+                        "tc", "class", "add", "dev", INTERFACE, "parent", "1:", "classid", "1:1", "htb",
+                        "rate", "1gbit",
+                    ],
+                )?;
             }
             let class = format!("1:{}", 10 + b);
             let rate = format!("{throttle_kbit}kbit");
-            self.in_namespace(a, &["tc", "class", "add", "dev", INTERFACE, "parent", "1:", "classid", &class, "htb", "rate", &rate])?;
+            self.in_namespace(
+                a,
+                &[
+                    "tc", "class", "add", "dev", INTERFACE, "parent", "1:", "classid", &class, "htb", "rate",
+                    &rate,
+                ],
+            )?;
             let destination = format!("{peer}/32");
             self.in_namespace(
                 a,
-                &["tc", "filter", "add", "dev", INTERFACE, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", "dst", &destination, "flowid", &class],
+                &[
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    INTERFACE,
+                    "parent",
+                    "1:",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    "1",
+                    "u32",
+                    "match",
+                    "ip",
+                    "dst",
+                    &destination,
+                    "flowid",
+                    &class,
+                ],
             )?;
         }
         Ok(())
@@ -273,7 +352,8 @@ impl Cluster {
                 }
             }
             if self.throttled.remove(&index)
-                && let Err(error) = self.in_namespace(index, &["tc", "qdisc", "del", "dev", INTERFACE, "root"])
+                && let Err(error) =
+                    self.in_namespace(index, &["tc", "qdisc", "del", "dev", INTERFACE, "root"])
             {
                 problems.push(format!("{error:#}"));
             }

@@ -6,11 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into()
+    ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into()
 }
 
 /// GET `url`: the HTTP status and the JSON body (`Value::Null` if it was not JSON).

@@ -7,9 +7,17 @@ use crate::campaign::Report;
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let verdict = &report.verdict;
-    let _ = writeln!(out, "tetrad chaos campaign: seed {}, {} s of faults ({} s wall)", report.seed, report.duration_s, report.wall_s);
+    let _ = writeln!(
+        out,
+        "tetrad chaos campaign: seed {}, {} s of faults ({} s wall)",
+        report.seed, report.duration_s, report.wall_s
+    );
     let _ = writeln!(out);
-    let _ = writeln!(out, "| fault | injected | longest stall | longest resume after heal | within goal ({} ms) |", report.goal_resume_ms);
+    let _ = writeln!(
+        out,
+        "| fault | injected | longest stall | longest resume after heal | within goal ({} ms) |",
+        report.goal_resume_ms
+    );
     let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
     for (kind, summary) in &report.per_kind {
         let _ = writeln!(
@@ -17,7 +25,9 @@ pub fn table(report: &Report) -> String {
             "| {kind} | {} | {} ms | {} | {} |",
             summary.injected,
             summary.longest_stall_ms,
-            summary.longest_resume_after_heal_ms.map_or("none within the limit".to_string(), |ms| format!("{ms} ms")),
+            summary
+                .longest_resume_after_heal_ms
+                .map_or("none within the limit".to_string(), |ms| format!("{ms} ms")),
             if summary.within_goal { "yes" } else { "no" }
         );
     }
@@ -58,11 +68,7 @@ pub fn table(report: &Report) -> String {
     for failure in &report.failures {
         let _ = writeln!(out, "FAILURE: {failure}");
     }
-    let _ = writeln!(
-        out,
-        "{}: replay with {}",
-        if report.passed { "PASSED" } else { "FAILED" },
-        report.replay
-    );
+    let _ =
+        writeln!(out, "{}: replay with {}", if report.passed { "PASSED" } else { "FAILED" }, report.replay);
     out
 }

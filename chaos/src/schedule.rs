@@ -233,12 +233,20 @@ fn make(rng: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
                 }
             }
             if links.is_empty() {
-                links.push(LinkDamage { a: 0, b: 1, loss_percent: 20, duplicate_percent: 10, throttle_kbit: 0 });
+                links.push(LinkDamage {
+                    a: 0,
+                    b: 1,
+                    loss_percent: 20,
+                    duplicate_percent: 10,
+                    throttle_kbit: 0,
+                });
             }
             (Target::Links { links }, rng.range(3_000, 10_000))
         }
         FaultKind::PausePrimary => (Target::Primary, rng.range(1_000, 8_000)),
-        FaultKind::Kill => (Target::Nodes { nodes: vec![rng.below(nodes as u64) as usize] }, rng.range(500, 5_000)),
+        FaultKind::Kill => {
+            (Target::Nodes { nodes: vec![rng.below(nodes as u64) as usize] }, rng.range(500, 5_000))
+        }
         FaultKind::KillPrimary => (Target::Primary, rng.range(500, 5_000)),
         FaultKind::CrashQuorum => {
             let mut order: Vec<usize> = (0..validators).collect();
@@ -280,7 +288,11 @@ impl Fault {
                         name(&link.b),
                         link.loss_percent,
                         link.duplicate_percent,
-                        if link.throttle_kbit > 0 { format!(" {} kbit/s", link.throttle_kbit) } else { String::new() }
+                        if link.throttle_kbit > 0 {
+                            format!(" {} kbit/s", link.throttle_kbit)
+                        } else {
+                            String::new()
+                        }
                     )
                 })
                 .collect::<Vec<_>>()

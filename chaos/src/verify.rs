@@ -12,10 +12,18 @@ pub fn block(set: &ValidatorSet, block: &BlockView, height: u64) -> Result<(), S
         return Err(format!("asked for block {height}, got the header of {}", header.height.0));
     }
     if block.hash != header.hash() {
-        return Err(format!("block {height}: the hash {} is not the header's ({})", block.hash, header.hash()));
+        return Err(format!(
+            "block {height}: the hash {} is not the header's ({})",
+            block.hash,
+            header.hash()
+        ));
     }
     if usize::try_from(header.tx_count).ok() != Some(block.txs.len()) {
-        return Err(format!("block {height}: tx_count {} but {} transactions listed", header.tx_count, block.txs.len()));
+        return Err(format!(
+            "block {height}: tx_count {} but {} transactions listed",
+            header.tx_count,
+            block.txs.len()
+        ));
     }
     if tetrad_ledger::block::tx_root(&block.txs) != header.tx_root {
         return Err(format!("block {height}: the listed transactions do not hash to the header's tx root"));

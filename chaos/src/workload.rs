@@ -240,7 +240,8 @@ impl Workload {
         record.executed = answer["status"].as_str() == Some("committed");
         record.resolved_ms = self.now_ms();
         let Some(height) = record.height else {
-            record.detail = format!("{}: a commit answer without a height: {answer}", self.endpoints[node].name);
+            record.detail =
+                format!("{}: a commit answer without a height: {answer}", self.endpoints[node].name);
             return record;
         };
         let mut problems = Vec::new();

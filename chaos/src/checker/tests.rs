@@ -12,7 +12,15 @@ fn hash(byte: u8) -> Digest {
     Digest([byte; 32])
 }
 
-fn transfer(id: u8, from: u8, to: u8, amount: u64, nonce: u64, answer: Answer, height: Option<u64>) -> TxRecord {
+fn transfer(
+    id: u8,
+    from: u8,
+    to: u8,
+    amount: u64,
+    nonce: u64,
+    answer: Answer,
+    height: Option<u64>,
+) -> TxRecord {
     TxRecord {
         hash: hash(id),
         from: address(from),
@@ -40,7 +48,12 @@ fn blocks(txs_per_height: &[&[u8]]) -> Vec<ChainBlock> {
             let mut bytes = [200u8; 32];
             bytes[0] = height as u8;
             bytes[1] = txs.first().copied().unwrap_or(0);
-            let block = ChainBlock { height, hash: Digest(bytes), parent, txs: txs.iter().map(|id| hash(*id)).collect() };
+            let block = ChainBlock {
+                height,
+                hash: Digest(bytes),
+                parent,
+                txs: txs.iter().map(|id| hash(*id)).collect(),
+            };
             parent = block.hash;
             block
         })
@@ -70,7 +83,10 @@ fn node(name: &str, blocks: Vec<ChainBlock>, balances: &[(u8, u64, u64)]) -> Nod
     NodeChain {
         name: name.to_string(),
         blocks,
-        accounts: balances.iter().map(|(byte, balance, nonce)| (address(*byte), (*balance, *nonce))).collect(),
+        accounts: balances
+            .iter()
+            .map(|(byte, balance, nonce)| (address(*byte), (*balance, *nonce)))
+            .collect(),
         problems: Vec::new(),
     }
 }
@@ -163,7 +179,11 @@ fn a_rolled_back_node_is_caught() {
     let mut chains = nodes(&chain);
     chains[3] = node("v3", chain[..1].to_vec(), &[(1, 900, 1), (2, 1_100, 0)]);
     let verdict = check(&genesis(), &record, &chains, Rules::default());
-    assert!(verdict.violations.iter().any(|text| text.starts_with("not converged")), "{:#?}", verdict.violations);
+    assert!(
+        verdict.violations.iter().any(|text| text.starts_with("not converged")),
+        "{:#?}",
+        verdict.violations
+    );
     assert!(verdict.violations.iter().any(|text| text.starts_with("balance")), "{:#?}", verdict.violations);
 }
 
