@@ -28,6 +28,9 @@ use crate::rng::Rng;
 pub const TX_DEADLINE: Duration = Duration::from_secs(20);
 /// How long one `POST /txs?wait=true` waits for the commit.
 const WAIT_MS: u64 = 3_000;
+/// How long a client keeps asking for the block of an acknowledged transaction to check its
+/// certificate (every node may be restarting at once).
+const CERTIFICATE_DEADLINE: Duration = Duration::from_secs(20);
 /// Time limit of a lookup (`/txs/{hash}`, `/blocks/{h}`, `/accounts/{a}`).
 const QUICK: Duration = Duration::from_millis(1_500);
 
@@ -244,6 +247,32 @@ impl Workload {
                 format!("{}: a commit answer without a height: {answer}", self.endpoints[node].name);
             return record;
         };
+        // Nodes may all be down for a moment (a whole-network restart): ask again, within
+        // CERTIFICATE_DEADLINE, before calling the acknowledgment unverified.
+        let deadline = Instant::now() + CERTIFICATE_DEADLINE;
+        loop {
+            match self.check_certificate(quick, node, height, &record.hash) {
+                Ok(()) => {
+                    record.certificate_verified = true;
+                    return record;
+                }
+                Err(problems) if Instant::now() >= deadline => {
+                    record.detail = problems.join("; ");
+                    return record;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    }
+
+    /// Fetches block `height` from `node`, then from the others, until one verifies.
+    fn check_certificate(
+        &self,
+        quick: &ureq::Agent,
+        node: usize,
+        height: u64,
+        tx: &Digest,
+    ) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         for offset in 0..self.endpoints.len() {
             let endpoint = &self.endpoints[(node + offset) % self.endpoints.len()];
@@ -254,17 +283,13 @@ impl Workload {
                         return Err(format!("GET /blocks/{height}: {status}"));
                     }
                     let view: BlockView = serde_json::from_value(body).map_err(|error| error.to_string())?;
-                    crate::verify::tx_in_block(&self.set, &view, height, &record.hash)
+                    crate::verify::tx_in_block(&self.set, &view, height, tx)
                 });
             match checked {
-                Ok(()) => {
-                    record.certificate_verified = true;
-                    return record;
-                }
+                Ok(()) => return Ok(()),
                 Err(problem) => problems.push(format!("{}: {problem}", endpoint.name)),
             }
         }
-        record.detail = problems.join("; ");
-        record
+        Err(problems)
     }
 }
