@@ -30,6 +30,16 @@ else
     cargo test --release --workspace --locked --no-fail-fast
 fi
 
+# A short fault campaign on real processes, each node in its own network namespace (issue 15):
+# fixed seed, every fault kind once, then the checker (lost and duplicated must be 0) and its
+# negative controls. Needs root; bounded (the campaign itself stops after duration + 900 s).
+# --allow-replayed-copies: until the known re-proposal issue is fixed (after a view change the new
+# primary proposes again what the new view re-proposed; the second copy fails its nonce check),
+# such copies are counted and listed but do not fail the run. Remove the flag with that fix.
+echo "== fault campaign (scripts/chaos.sh --seed ${TETRAD_TEST_CHAOS_SEED:-1} --duration ${TETRAD_TEST_CHAOS_SECONDS:-60})" >&2
+bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_CHAOS_SECONDS:-60}" \
+    --json "$CARGO_TARGET_DIR/chaos-test.json" --allow-replayed-copies
+
 # Coverage-guided fuzzing (libFuzzer) of every decoder that reads bytes from a peer or a client:
 # each target for TETRAD_TEST_FUZZ_SECONDS (10 s) from the committed corpus in fuzz/corpus/.
 # New inputs go to a scratch directory only; a crash, panic or oversized allocation fails here.

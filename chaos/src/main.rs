@@ -1,0 +1,168 @@
+//! `tetrad-chaos`: the fault campaign of `scripts/chaos.sh` (test tooling; not shipped).
+//!
+//! The script makes one network namespace per node of a `tetrad testnet --hosts` network (a
+//! bridge between them, the host on it too) and removes them on exit; this binary does the
+//! rest: starts every `tetrad run` in its namespace, runs closed-loop clients that submit
+//! transfers to random nodes and record every answer ([`record`]), injects a seeded schedule
+//! of faults ([`schedule`]: partitions, one-way cuts, lossy and duplicating and throttled
+//! links, a paused primary, kill -9 and restart, f+1 crashed, the whole network restarted),
+//! measures when commits resume after each heal ([`monitor`]), and finally checks every
+//! node's chain against the record ([`checker`]) — and checks that the checker catches planted
+//! faults. Exit status 0 only if everything held.
+
+mod campaign;
+mod checker;
+mod cluster;
+mod http;
+mod monitor;
+mod record;
+mod report;
+mod rng;
+mod schedule;
+mod verify;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::schedule::{FaultKind, Shape};
+
+#[derive(Parser)]
+#[command(name = "tetrad-chaos", about = "Fault campaign on real tetrad processes (run by scripts/chaos.sh)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the fault schedule of a seed (what `run` would inject), without running anything.
+    Schedule {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds of faults.
+        #[arg(long, default_value_t = 120)]
+        duration: u64,
+        /// `all` or a comma-separated list of fault kinds.
+        #[arg(long, default_value = "all")]
+        faults: String,
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        #[arg(long, default_value_t = 1)]
+        full_nodes: usize,
+    },
+    /// Run a campaign on a network made by scripts/chaos.sh (needs root: namespaces, iptables).
+    Run {
+        /// The testnet directory (`tetrad testnet --hosts … --dir DIR`).
+        #[arg(long)]
+        net: PathBuf,
+        /// The tetrad binary to run.
+        #[arg(long)]
+        tetrad: PathBuf,
+        /// Namespace of node NAME: PREFIX + NAME.
+        #[arg(long, default_value = "tchaos-")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seconds of faults (every kind named is injected at least once, even if that takes longer).
+        #[arg(long, default_value_t = 120)]
+        duration: u64,
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// Client threads.
+        #[arg(long, default_value_t = 6)]
+        clients: usize,
+        /// Commits must resume within this many seconds after each heal.
+        #[arg(long, default_value_t = 60)]
+        resume_limit: u64,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// libfaketime's preload library, for clock faults.
+        #[arg(long)]
+        faketime_lib: Option<PathBuf>,
+        /// The node whose data/ is on a small filesystem of its own, for disk-full faults.
+        #[arg(long)]
+        small_disk: Option<String>,
+        /// Let a transaction that is in the chain twice pass when it executed once and its
+        /// other copy failed its nonce check (the known re-proposal issue); still counted.
+        #[arg(long)]
+        allow_replayed_copies: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Schedule { seed, duration, faults, validators, full_nodes } => {
+            let kinds = FaultKind::parse_list(&faults)?;
+            let shape = Shape { validators, full_nodes };
+            anyhow::ensure!(validators >= 4, "--validators: at least 4");
+            let names: Vec<String> = (0..validators)
+                .map(|index| format!("v{index}"))
+                .chain((0..full_nodes).map(|index| format!("full{index}")))
+                .collect();
+            for fault in schedule::generate(seed, duration * 1000, &kinds, shape) {
+                println!("{}", fault.describe(&names));
+            }
+            Ok(true)
+        }
+        Command::Run {
+            net,
+            tetrad,
+            prefix,
+            seed,
+            duration,
+            faults,
+            clients,
+            resume_limit,
+            json,
+            faketime_lib,
+            small_disk,
+            allow_replayed_copies,
+        } => {
+            let options = campaign::Options {
+                net,
+                tetrad,
+                prefix,
+                seed,
+                duration: Duration::from_secs(duration),
+                kinds: FaultKind::parse_list(&faults)?,
+                clients: clients.max(1),
+                resume_limit: Duration::from_secs(resume_limit),
+                faketime: faketime_lib,
+                small_disk,
+                rules: checker::Rules { allow_replayed_copies },
+            };
+            let report = match campaign::run(&options) {
+                Ok(report) => report,
+                Err(error) => {
+                    eprintln!("chaos: seed {seed}: the campaign could not run: {error:#}");
+                    return Err(error);
+                }
+            };
+            print!("{}", report::table(&report));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+                    .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+            }
+            if !report.passed {
+                eprintln!("chaos: FAILED with seed {seed}; replay: {}", report.replay);
+            }
+            Ok(report.passed)
+        }
+    }
+}

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# A fault campaign on real tetrad processes (issue 15): every node (4 validators, 1 full node)
+# in its own network namespace at its own address on a bridge, a seeded schedule of faults,
+# clients that record every answer, and a checker that a lost transaction cannot pass.
+#
+#   scripts/chaos.sh [--seed S] [--duration SECONDS] [--faults all|KIND,...] [--json FILE]
+#                    [--clients N] [--keep] [--allow-replayed-copies]
+#
+# Needs root (namespaces, veth, iptables, tc). Installs iproute2 and iptables with apt-get when
+# they are missing. Everything it makes (namespaces tchaos-*, the link tchaos-host, the rules
+# inside the namespaces, the processes) is removed on exit, also on failure and Ctrl-C. The
+# network is 10.77.0.0/24 (nodes .1-.5, the host .254; override with TETRAD_CHAOS_SUBNET=10.x.y).
+# Exit status 0 only if the checker passed and every liveness bound held; a failure prints the
+# seed and the command that replays it. The node logs stay in the printed directory on failure.
+# --allow-replayed-copies lets a transaction that is in the chain twice pass when it executed
+# once and its other copy failed its nonce check (the known re-proposal issue); it is still
+# counted and listed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seed=1
+duration=120
+faults=all
+json=""
+clients=6
+keep=0
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seed) seed="$2"; shift 2 ;;
+        --duration) duration="$2"; shift 2 ;;
+        --faults) faults="$2"; shift 2 ;;
+        --json) json="$2"; shift 2 ;;
+        --clients) clients="$2"; shift 2 ;;
+        --keep) keep=1; shift ;;
+        --allow-replayed-copies) extra+=(--allow-replayed-copies); shift ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "chaos.sh: needs root (network namespaces, veth links, iptables and tc inside them)" >&2
+    exit 2
+fi
+
+# Tools: ip and tc (iproute2), iptables, libfaketime (clock faults), mount and dd (coreutils,
+# util-linux: the small disk).
+faketime_lib() { ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -1 || true; }
+missing=()
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+[ -n "$(faketime_lib)" ] || missing+=(faketime)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "chaos.sh: missing ${missing[*]}; installing with apt-get" >&2
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "chaos.sh: no apt-get: install ${missing[*]} yourself" >&2
+        exit 2
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for tool in ip tc iptables mount umount dd flock timeout; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "chaos.sh: $tool is missing" >&2; exit 2; }
+done
+faketime="$(faketime_lib)"
+[ -n "$faketime" ] || { echo "chaos.sh: libfaketime.so.1 not found after installing faketime" >&2; exit 2; }
+
+subnet="${TETRAD_CHAOS_SUBNET:-10.77.0}"
+prefix=tchaos-
+hub="${prefix}hub"
+host_link="${prefix}host"
+names=(v0 v1 v2 v3 full0)
+
+# One campaign at a time on this machine: the namespace names are fixed.
+exec 9>/run/tetrad-chaos.lock
+if ! flock -w 600 9; then
+    echo "chaos.sh: another campaign holds /run/tetrad-chaos.lock (waited 10 min)" >&2
+    exit 2
+fi
+
+# Binaries: built here (release), unless TETRAD_BIN and TETRAD_CHAOS_BIN name them.
+if [ -z "${TETRAD_BIN:-}" ] || [ -z "${TETRAD_CHAOS_BIN:-}" ]; then
+    source scripts/env.sh
+    echo "== chaos: cargo build --release -p tetrad-node -p tetrad-chaos" >&2
+    cargo build --release --locked -p tetrad-node -p tetrad-chaos
+    TETRAD_BIN="$CARGO_TARGET_DIR/release/tetrad"
+    TETRAD_CHAOS_BIN="$CARGO_TARGET_DIR/release/tetrad-chaos"
+fi
+
+work=$(mktemp -d /tmp/tetrad-chaos.XXXXXX)
+campaign_pid=""
+small_disk_dir=""
+status=2
+
+remove_all() {
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}" || true); do
+        # Whatever still runs in a namespace of ours dies with it.
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns delete "$ns" 2>/dev/null || true
+    done
+    ip link delete "$host_link" 2>/dev/null || true
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    if [ -n "$campaign_pid" ] && kill -0 "$campaign_pid" 2>/dev/null; then
+        kill -TERM "$campaign_pid" 2>/dev/null || true
+        sleep 1
+        kill -KILL "$campaign_pid" 2>/dev/null || true
+    fi
+    remove_all
+    if [ -n "$small_disk_dir" ] && mountpoint -q "$small_disk_dir" 2>/dev/null; then
+        umount "$small_disk_dir" 2>/dev/null || umount -l "$small_disk_dir" 2>/dev/null || true
+    fi
+    if [ "$status" -eq 0 ] && [ "$keep" -eq 0 ]; then
+        rm -rf "$work"
+    else
+        echo "chaos.sh: node homes, logs and the client record are in $work" >&2
+    fi
+    if ip netns list 2>/dev/null | grep -q "^${prefix}" || ip link show "$host_link" >/dev/null 2>&1; then
+        echo "chaos.sh: could not remove everything (see ip netns list, ip link show $host_link)" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'status=130; cleanup' INT
+trap 'status=143; cleanup' TERM
+
+# Leftovers of a campaign that was killed with -9 (ours only: the tchaos- prefix).
+remove_all
+if ip -4 addr show | grep -q " ${subnet//./\\.}\."; then
+    echo "chaos.sh: ${subnet}.0/24 is already used on this machine; set TETRAD_CHAOS_SUBNET=10.x.y" >&2
+    exit 2
+fi
+
+echo "== chaos: namespaces ${prefix}{${names[*]// /,}} on a bridge in ${hub}, ${subnet}.0/24" >&2
+ip netns add "$hub"
+ip -n "$hub" link set lo up
+ip -n "$hub" link add br0 type bridge
+ip -n "$hub" link set br0 up
+# The host (the clients and the checker) on the bridge as .254.
+ip link add "$host_link" type veth peer name host netns "$hub"
+ip -n "$hub" link set host master br0 up
+ip addr add "${subnet}.254/24" dev "$host_link"
+ip link set "$host_link" up
+hosts=()
+for index in "${!names[@]}"; do
+    name=${names[$index]}
+    ns="${prefix}${name}"
+    ip="${subnet}.$((index + 1))"
+    ip netns add "$ns"
+    ip link add "tc-${name}" type veth peer name eth0 netns "$ns"
+    ip link set "tc-${name}" netns "$hub"
+    ip -n "$hub" link set "tc-${name}" master br0 up
+    ip -n "$ns" addr add "${ip}/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    hosts+=("$ip")
+done
+# Probe what the kernel offers for link faults (netem is not built into every kernel).
+if ip netns exec "${prefix}v0" tc qdisc add dev eth0 root netem delay 1ms 2>/dev/null; then
+    ip netns exec "${prefix}v0" tc qdisc del dev eth0 root
+    echo "chaos: note: netem is available but the campaign uses iptables (loss, duplication) and htb (slow links)" >&2
+else
+    echo "chaos: note: this kernel has no netem; links get loss (iptables statistic), duplication (iptables TEE) and throttling (htb)" >&2
+fi
+
+echo "== chaos: tetrad testnet --hosts $(IFS=,; echo "${hosts[*]}")" >&2
+"$TETRAD_BIN" testnet --validators 4 --accounts 24 --dir "$work/net" --chain-id tetrad-chaos \
+    --view-change-timeout-ms 1000 --hosts "$(IFS=,; echo "${hosts[*]}")" >/dev/null
+
+# v3's data/ on a filesystem of its own, small enough to fill (disk-full faults). What the node
+# had there (the genesis state) is copied onto it.
+small_disk_dir="$work/net/v3/data"
+mv "$small_disk_dir" "$work/v3-data-init"
+mkdir "$small_disk_dir"
+mount -t tmpfs -o size=256m tchaos-disk "$small_disk_dir"
+cp -a "$work/v3-data-init/." "$small_disk_dir/"
+rm -rf "$work/v3-data-init"
+
+args=(run --net "$work/net" --tetrad "$TETRAD_BIN" --prefix "$prefix" --seed "$seed"
+      --duration "$duration" --faults "$faults" --clients "$clients"
+      --faketime-lib "$faketime" --small-disk v3 ${extra[@]+"${extra[@]}"})
+[ -n "$json" ] && args+=(--json "$json")
+# Bounded: the faults, the clients' last answers, convergence and the check.
+limit=$((duration + 900))
+set +e
+timeout --signal=TERM --kill-after=10 "$limit" "$TETRAD_CHAOS_BIN" "${args[@]}" &
+campaign_pid=$!
+wait "$campaign_pid"
+status=$?
+set -e
+campaign_pid=""
+if [ "$status" -eq 124 ]; then
+    echo "chaos.sh: the campaign did not finish within ${limit} s (seed $seed)" >&2
+fi
+if [ "$status" -ne 0 ]; then
+    echo "chaos.sh: FAILED (exit $status), seed $seed: replay with scripts/chaos.sh --seed $seed --duration $duration --faults $faults" >&2
+fi
