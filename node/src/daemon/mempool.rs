@@ -216,6 +216,11 @@ impl Mempool {
         self.entries.get(hash).map(|entry| entry.tx.clone())
     }
 
+    /// When a waiting transaction was admitted here (by RPC or gossip).
+    pub fn admitted_at(&self, hash: &Digest) -> Option<Instant> {
+        self.entries.get(hash).map(|entry| entry.admitted_at)
+    }
+
     /// Whether some sender has work that a primary could propose now under the executed state
     /// and that no live proposal of this node holds. O(1).
     pub fn has_ready(&self) -> bool {
@@ -421,6 +426,28 @@ impl Mempool {
         }
         self.cursor = at;
         Cut { txs }
+    }
+
+    /// Marks the transactions of a batch that is in flight elsewhere (proposed by another
+    /// primary, re-proposed by a new view, or committed and not yet executed) as proposed at
+    /// `now`, so this node does not cut them into a batch of its own: the copy would fail its
+    /// nonce check at execution and take a slot. Released like this node's own proposals after
+    /// `repropose_after` if they have not executed by then. Costs O(transactions).
+    pub fn mark_proposed(&mut self, txs: &[Tx], now: Instant) {
+        let mut runs: BTreeMap<Address, (u64, u64)> = BTreeMap::new();
+        for tx in txs {
+            let nonce = tx.body.nonce;
+            let run = runs.entry(tx.body.from).or_insert((nonce, nonce));
+            run.0 = run.0.min(nonce);
+            run.1 = run.1.max(nonce);
+        }
+        for (address, (first, last)) in runs {
+            let Some(sender) = self.senders.get(&address) else { continue };
+            if last < sender.next_to_propose() {
+                continue;
+            }
+            self.take_from(address, first.max(sender.nonce), last.saturating_add(1), now);
+        }
     }
 
     /// Marks `address`'s nonces `first..end` as proposed at `now`.

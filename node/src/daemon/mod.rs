@@ -25,4 +25,5 @@ pub mod node;
 pub mod safety_check;
 #[cfg(test)]
 mod submit_tests;
+pub mod timing;
 pub mod wire;

@@ -146,6 +146,7 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
     let waiters = Arc::new(Mutex::new(Default::default()));
     let (blocks, _) = broadcast::channel(1024);
     let (executed_tx, executed_rx) = mpsc::channel(network::INBOUND_QUEUE);
+    let timings = crate::daemon::timing::Timings::default();
     let (executor, executor_thread) = Executor {
         store: store.clone(),
         mempool: mempool.clone(),
@@ -153,6 +154,7 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
         blocks: blocks.clone(),
         schedule: schedule.clone(),
         own: me.map(|index| (index, home.clone())),
+        timings: timings.clone(),
     }
     .spawn(executed_tx)
     .context("starting the executor thread")?;
@@ -193,6 +195,7 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
         blocks,
         gossip: network.gossip.clone(),
         new_txs: new_txs.clone(),
+        timings,
     };
     let driver = Driver {
         replica,
