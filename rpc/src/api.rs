@@ -195,6 +195,10 @@ pub enum SubmitError {
     MempoolFull { txs: usize, bytes: usize },
     #[error("node is shutting down")]
     Unavailable,
+    #[error(
+        "busy: {waiting} transactions wait at this node, more than it commits in half a view-change timeout ({max}); retry in a moment"
+    )]
+    Busy { waiting: usize, max: usize },
 }
 
 /// Errors of queries that are not the caller's fault.

@@ -39,6 +39,8 @@ pub struct Api {
     pub new_txs: Arc<tokio::sync::Notify>,
     /// The timing of the last executed blocks.
     pub timings: crate::daemon::timing::Timings,
+    /// The backlog bound of the RPC's admission.
+    pub backpressure: Arc<crate::daemon::backpressure::Backpressure>,
 }
 
 fn internal(error: impl std::fmt::Display) -> InternalError {
@@ -61,6 +63,10 @@ impl Api {
     /// Static checks, then the mempool's rules; on success the transaction is gossiped.
     pub fn admit(&self, tx: Tx) -> Result<Digest, SubmitError> {
         let received = Instant::now();
+        if let Err(error) = self.check_busy() {
+            self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
+            return Err(error);
+        }
         if let Err(error) = tx.check(&self.genesis_hash) {
             let error = submit_error(error);
             self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
@@ -84,6 +90,14 @@ impl Api {
     /// Many transactions: signatures verified in one batch, the mempool locked once.
     pub fn admit_batch(&self, txs: Vec<Tx>) -> Vec<Result<Digest, SubmitError>> {
         let received = Instant::now();
+        // Refused before a signature is checked: a busy node spends nothing on it.
+        if let Err(error) = self.check_busy() {
+            let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in &txs {
+                pool.count_refusal(&error);
+            }
+            return txs.iter().map(|_| Err(error.clone())).collect();
+        }
         let checks = tetrad_ledger::tx::check_all(&txs, &self.genesis_hash);
         let mut results = Vec::with_capacity(txs.len());
         let mut admitted = Vec::new();
@@ -117,6 +131,18 @@ impl Api {
             }
         }
         results
+    }
+
+    /// Backpressure: refuses more transactions while the mempool holds at least what this node
+    /// commits in half a view-change timeout (`backpressure.rs`). A call that starts below the
+    /// bound goes through whole (it overshoots by at most one call).
+    fn check_busy(&self) -> Result<(), SubmitError> {
+        let waiting = self.mempool.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let max = self.backpressure.backlog_max(Instant::now());
+        if waiting >= max {
+            return Err(SubmitError::Busy { waiting, max });
+        }
+        Ok(())
     }
 
     fn block_view(&self, height: Height) -> Result<Option<BlockView>, InternalError> {

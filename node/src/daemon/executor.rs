@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::config::Home;
+use crate::daemon::backpressure::Backpressure;
 use crate::daemon::keys::{SharedSchedule, activation_of};
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
@@ -59,6 +60,8 @@ pub struct Executor {
     pub own: Option<(ValidatorIndex, Home)>,
     /// The timing of the last blocks (for `GET /timing/blocks/{height}`).
     pub timings: Timings,
+    /// Told how many transactions each block executed (the RPC's backlog bound).
+    pub backpressure: Arc<Backpressure>,
 }
 
 /// Jobs waiting for the executor.
@@ -131,6 +134,7 @@ impl Executor {
         metrics::count("tetrad_committed_txs_total", txs.len() as u64);
         metrics::observe("tetrad_batch_txs", txs.len() as f64);
         let executed_us = timing::unix_us();
+        self.backpressure.on_executed(txs.len() as u64, Instant::now());
 
         let tx_timings = {
             let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());

@@ -108,11 +108,12 @@ pub fn refusal_reason(error: &SubmitError) -> &'static str {
         SubmitError::Duplicate => "duplicate",
         SubmitError::MempoolFull { .. } => "mempool_full",
         SubmitError::Unavailable => "unavailable",
+        SubmitError::Busy { .. } => "busy",
     }
 }
 
 /// Refusals the pool itself decides (the others are static checks made before it).
-pub const REFUSAL_REASONS: [&str; 9] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     "stale_nonce",
     "nonce_too_far_ahead",
     "insufficient_balance",
@@ -122,6 +123,8 @@ pub const REFUSAL_REASONS: [&str; 9] = [
     "duplicate",
     "mempool_full",
     "malformed",
+    // The RPC's backpressure (`backpressure.rs`).
+    "busy",
 ];
 
 struct Entry {

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod answers;
 pub mod api;
+pub mod backpressure;
 pub mod deferred;
 pub mod driver;
 pub mod executor;

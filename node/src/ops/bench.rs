@@ -99,6 +99,8 @@ pub struct Report {
     /// The client's view of admission: a `submit_transactions` call's round trip.
     pub submit_call_ms_p50: f64,
     pub submit_call_ms_p99: f64,
+    /// Transactions a node refused as busy (backpressure) and the bench submitted again.
+    pub busy_refusals: u64,
 }
 
 /// One phase of the latency breakdown, over the committed transactions.
@@ -365,8 +367,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let (urls, stop, keys, rate) = (urls.clone(), stop.clone(), args.flood_keys, args.flood_rate);
         std::thread::spawn(move || flood_run(&flood_calls, &urls, started, rate, keys, &stop))
     });
+    let busy = Arc::new(AtomicU64::new(0));
     let mut submitters = Vec::new();
     for _ in 0..args.submitters.max(1) {
+        let busy = busy.clone();
         let (calls, hashes, urls, submitted, committed, errors, next_call, submitted_at, stop, call_times) = (
             calls.clone(),
             hashes.clone(),
@@ -419,19 +423,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                     }
                 }
                 let url = format!("{}/", urls[index % urls.len()]);
-                let answer =
-                    http.post(&url).header("content-type", "application/json").send(calls[index].as_str());
-                let refused = match answer {
-                    Ok(mut response) => {
-                        let text = response.body_mut().read_to_string().unwrap_or_default();
-                        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        value["result"]
-                            .as_array()
-                            .map(|items| items.iter().filter(|item| item.get("error").is_some()).count())
-                            .unwrap_or(hashes[index].len())
-                    }
-                    Err(_) => hashes[index].len(),
-                };
+                let refused =
+                    submit_retrying_when_busy(&http, &url, &calls[index], hashes[index].len(), &busy, &stop);
                 call_times
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -550,6 +543,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         txs_not_pooled_at_observed_node: samples.not_pooled,
         submit_call_ms_p50: percentile(&call_times, 0.50),
         submit_call_ms_p99: percentile(&call_times, 0.99),
+        busy_refusals: busy.load(Ordering::SeqCst),
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -611,6 +605,57 @@ fn presign(args: &BenchArgs, seed: u64, genesis_hash: &Digest) -> (Vec<String>, 
         }
     }
     (calls, hashes)
+}
+
+/// The JSON-RPC code of a busy (overloaded) node, and those that mean "already admitted" when
+/// a call is submitted again.
+const CODE_OVERLOADED: i64 = -32021;
+const CODES_ALREADY_ADMITTED: [i64; 2] = [-32007, -32003];
+
+/// Submits one pre-encoded call; while the node answers busy for any of its transactions, waits
+/// and submits the whole call again (what a client should do; transactions admitted by an earlier
+/// try then answer duplicate or stale nonce, which counts as admitted). The latency clock keeps
+/// running from the first try. Returns how many transactions were refused for good.
+fn submit_retrying_when_busy(
+    http: &ureq::Agent,
+    url: &str,
+    body: &str,
+    count: usize,
+    busy: &AtomicU64,
+    stop: &AtomicBool,
+) -> usize {
+    let mut pause = Duration::from_millis(5);
+    let mut admitted_before = vec![false; count];
+    loop {
+        let Ok(mut response) = http.post(url).header("content-type", "application/json").send(body) else {
+            return count;
+        };
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Some(items) = value["result"].as_array() else { return count };
+        let mut busy_now = 0usize;
+        let mut refused = 0usize;
+        for (index, item) in items.iter().enumerate() {
+            let code = item["error"]["code"].as_i64();
+            let retried = admitted_before.get(index).copied().unwrap_or(false);
+            match code {
+                None => {
+                    if let Some(slot) = admitted_before.get_mut(index) {
+                        *slot = true;
+                    }
+                }
+                Some(CODE_OVERLOADED) => busy_now += 1,
+                Some(code) if retried && CODES_ALREADY_ADMITTED.contains(&code) => {}
+                Some(_) => refused += 1,
+            }
+        }
+        if busy_now == 0 || stop.load(Ordering::SeqCst) {
+            return refused + busy_now;
+        }
+        busy.fetch_add(busy_now as u64, Ordering::SeqCst);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// Follows `/events`: one thread reads the stream and stamps each block event as it arrives;
@@ -768,6 +813,7 @@ fn print_table(report: &Report) {
         report.latency_ms_p99
     );
     println!("{:<42} {}", "view changes", report.view_changes);
+    println!("{:<42} {}", "busy refusals (submitted again)", report.busy_refusals);
     println!(
         "{:<42} {:.1} / {:.1} ms",
         "submit call round trip p50 / p99", report.submit_call_ms_p50, report.submit_call_ms_p99
