@@ -506,8 +506,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             let mean =
                 if values.is_empty() { f64::NAN } else { values.iter().sum::<f64>() / values.len() as f64 };
             PhaseReport {
-                phase: *phase,
-                from_to: *from_to,
+                phase,
+                from_to,
                 mean_ms: mean,
                 p50_ms: percentile(values, 0.50),
                 p90_ms: percentile(values, 0.90),
@@ -825,7 +825,7 @@ fn print_table(report: &Report) {
         report.observed_node,
         report.txs_not_pooled_at_observed_node
     );
-    println!("  {:<12} {:>8} {:>8} {:>8} {:>8}   {}", "phase", "mean", "p50", "p90", "p99", "from → to (ms)");
+    println!("  {:<12} {:>8} {:>8} {:>8} {:>8}   from → to (ms)", "phase", "mean", "p50", "p90", "p99");
     for phase in &report.phases {
         println!(
             "  {:<12} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {}",
