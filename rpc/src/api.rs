@@ -195,6 +195,10 @@ pub enum SubmitError {
     MempoolFull { txs: usize, bytes: usize },
     #[error("node is shutting down")]
     Unavailable,
+    #[error(
+        "busy: {waiting} transactions wait at this node, more than it commits in half a view-change timeout ({max}); retry in a moment"
+    )]
+    Busy { waiting: usize, max: usize },
 }
 
 /// Errors of queries that are not the caller's fault.
@@ -211,6 +215,35 @@ pub struct BlockEvent {
     pub timestamp_ms: u64,
     pub view: View,
     pub proposer: ValidatorIndex,
+}
+
+/// When each phase of a block happened at the node that answers, in microseconds since the Unix
+/// epoch on that node's wall clock (`GET /timing/blocks/{height}`). These are the node's own
+/// observations, not part of the chain, and kept for recent blocks only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockTiming {
+    pub height: Height,
+    /// The proposal: the node's own stamp if it proposed the batch (`proposed_here`), otherwise
+    /// the batch's timestamp (the primary's wall clock, in whole milliseconds).
+    pub proposed_us: u64,
+    pub proposed_here: bool,
+    /// The node accepted the pre-prepare (none if it committed on a quorum's commits alone).
+    pub pre_prepared_us: Option<u64>,
+    /// The node prepared the batch and sent its commit.
+    pub prepared_us: Option<u64>,
+    /// The node held a quorum of commits (none for a block it got by state transfer).
+    pub committed_us: Option<u64>,
+    /// The node executed the block and wrote it.
+    pub executed_us: u64,
+    /// The block's transactions in order, with when each entered this node's mempool (none if
+    /// it never did: it reached this node only in the batch).
+    pub txs: Vec<TxTiming>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxTiming {
+    pub hash: Digest,
+    pub pooled_us: Option<u64>,
 }
 
 /// The node, as the RPC server sees it. Reads are synchronous (they are served from memory
@@ -262,6 +295,12 @@ pub trait NodeApi: Clone + Send + Sync + 'static {
         height: Option<Height>,
         after: Option<Height>,
     ) -> Result<Prove<ValidatorsProof>, InternalError>;
+
+    /// The timing of a recent block at this node (`None`: not kept, or no such block).
+    fn block_timing(&self, height: Height) -> Option<BlockTiming> {
+        let _ = height;
+        None
+    }
 
     /// New blocks as they are committed.
     fn subscribe_blocks(&self) -> tokio::sync::broadcast::Receiver<BlockEvent>;

@@ -330,6 +330,9 @@ impl RpcError {
                 (ErrorCode::MempoolFull, Some(json!({ "txs": txs, "bytes": bytes })))
             }
             SubmitError::Unavailable => (ErrorCode::Unavailable, None),
+            SubmitError::Busy { waiting, max } => {
+                (ErrorCode::Overloaded, Some(json!({ "waiting": waiting, "max": max })))
+            }
         };
         RpcError { code, message, data }
     }

@@ -140,6 +140,7 @@ fn build<A: NodeApi>(api: A, limits: Limits, stop: Option<watch::Receiver<bool>>
         .route("/proofs/accounts/{address}", get(rest::prove_account::<A>))
         .route("/proofs/validators", get(rest::prove_validators::<A>))
         .route("/metrics", get(rest::metrics::<A>))
+        .route("/timing/blocks/{height}", get(rest::block_timing::<A>))
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(layer_error))

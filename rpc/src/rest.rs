@@ -157,6 +157,22 @@ pub(crate) async fn prove_validators<A: NodeApi>(
     calls::prove_validators(&state, height, after).map(Json)
 }
 
+/// `GET /timing/blocks/{height}`: when each phase of a recent block happened at this node.
+pub(crate) async fn block_timing<A: NodeApi>(
+    State(state): State<AppState<A>>,
+    UrlPath(HeightPath { height }): UrlPath<HeightPath>,
+) -> Result<Json<crate::api::BlockTiming>, RpcError> {
+    state.api.block_timing(height).map(Json).ok_or_else(|| {
+        RpcError::new(
+            ErrorCode::UnknownBlock,
+            format!(
+                "no timing kept for height {height}: the node keeps it for its last executed blocks only"
+            ),
+        )
+        .with_data(serde_json::json!({ "height": height }))
+    })
+}
+
 pub(crate) async fn metrics<A: NodeApi>(State(state): State<AppState<A>>) -> Response {
     ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], state.api.metrics()).into_response()
 }

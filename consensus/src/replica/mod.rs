@@ -665,6 +665,26 @@ impl Replica {
         &self.config
     }
 
+    /// The batches of the heights this replica has not executed yet, in height order: the
+    /// committed ones waiting for execution and the accepted pre-prepares of the current view
+    /// (a new view's re-proposals among them), as far as the batch is known here. A new
+    /// primary's node marks their transactions as taken before it cuts a batch of its own: its
+    /// mempool never saw another primary's proposals, and a second copy of a transaction would
+    /// fail its nonce check at execution.
+    pub fn unexecuted_batches(&self) -> Vec<Arc<Batch>> {
+        self.log
+            .range(self.executed.next()..)
+            .filter_map(|(_, slot)| {
+                let digest = slot
+                    .certificate
+                    .as_ref()
+                    .map(|certificate| certificate.statement.digest)
+                    .or_else(|| slot.pre_prepare.as_ref().map(|pre_prepare| pre_prepare.body.digest))?;
+                slot.batches.get(&digest).cloned()
+            })
+            .collect()
+    }
+
     /// Heights proposed and not yet committed.
     pub fn in_flight(&self) -> u64 {
         self.next_height.0.saturating_sub(self.committed.0 + 1)

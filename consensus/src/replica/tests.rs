@@ -1055,3 +1055,32 @@ fn the_checkpoint_fill_target_is_the_next_boundary_of_an_idle_primary() {
     assert!(!primary.view_active(), "{}", primary.describe());
     assert_eq!(primary.checkpoint_fill_target(), None);
 }
+
+/// A new primary learns which batches are in flight: the re-proposals of its new view (and
+/// what it accepted or committed but has not executed), so its node can keep their
+/// transactions out of a fresh batch.
+#[test]
+fn a_new_primary_knows_the_batches_it_has_not_executed() {
+    let fixture = fixture();
+    let mut replicas: Vec<Replica> = (0..N).map(|i| fixture.replica(i)).collect();
+    assert!(replicas[1].unexecuted_batches().is_empty());
+    let mut view_changes = Vec::new();
+    for index in [1usize, 2, 3] {
+        let _ = prepare_height_one(&fixture, &mut replicas[index], b"in flight");
+        let actions = replicas[index].handle(10 + T, Input::Timer(Timer::ViewChange));
+        view_changes.push((index as u16, actions.send_after_persist[0].message.clone()));
+    }
+    for (from, message) in &view_changes[1..] {
+        let _ = fixture.deliver(&mut replicas[1], *from, message.clone());
+    }
+    assert!(replicas[1].view_active() && replicas[1].is_primary(), "{}", replicas[1].describe());
+    let batches = replicas[1].unexecuted_batches();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].payload, b"in flight".to_vec());
+    // Committed and executed: no longer in flight.
+    let mut primary = fixture.replica(0);
+    let height = commit_own_proposal(&fixture, &mut primary, b"done");
+    assert_eq!(primary.unexecuted_batches().len(), 1);
+    executed(&mut primary, height);
+    assert!(primary.unexecuted_batches().is_empty());
+}

@@ -20,6 +20,7 @@ use crate::daemon::driver::ConsensusStatus;
 use crate::daemon::executor::Waiters;
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
+use crate::daemon::timing::{PHASES, TxPhase};
 
 #[derive(Clone)]
 pub struct Api {
@@ -36,6 +37,10 @@ pub struct Api {
     pub gossip: mpsc::Sender<Tx>,
     /// Wakes the driver when transactions arrive (a primary proposes at once when idle).
     pub new_txs: Arc<tokio::sync::Notify>,
+    /// The timing of the last executed blocks.
+    pub timings: crate::daemon::timing::Timings,
+    /// The backlog bound of the RPC's admission.
+    pub backpressure: Arc<crate::daemon::backpressure::Backpressure>,
 }
 
 fn internal(error: impl std::fmt::Display) -> InternalError {
@@ -57,6 +62,11 @@ fn submit_error(error: TxError) -> SubmitError {
 impl Api {
     /// Static checks, then the mempool's rules; on success the transaction is gossiped.
     pub fn admit(&self, tx: Tx) -> Result<Digest, SubmitError> {
+        let received = Instant::now();
+        if let Err(error) = self.check_busy() {
+            self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
+            return Err(error);
+        }
         if let Err(error) = tx.check(&self.genesis_hash) {
             let error = submit_error(error);
             self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
@@ -70,6 +80,7 @@ impl Api {
             Instant::now(),
         )?;
         self.new_txs.notify_one();
+        PHASES.observe(TxPhase::Admission, received.elapsed().as_micros() as u64, 1);
         if self.gossip.try_send(tx).is_err() {
             metrics::dropped("gossip_queue_full", 1);
         }
@@ -78,6 +89,15 @@ impl Api {
 
     /// Many transactions: signatures verified in one batch, the mempool locked once.
     pub fn admit_batch(&self, txs: Vec<Tx>) -> Vec<Result<Digest, SubmitError>> {
+        let received = Instant::now();
+        // Refused before a signature is checked: a busy node spends nothing on it.
+        if let Err(error) = self.check_busy() {
+            let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            for _ in &txs {
+                pool.count_refusal(&error);
+            }
+            return txs.iter().map(|_| Err(error.clone())).collect();
+        }
         let checks = tetrad_ledger::tx::check_all(&txs, &self.genesis_hash);
         let mut results = Vec::with_capacity(txs.len());
         let mut admitted = Vec::new();
@@ -103,6 +123,7 @@ impl Api {
         }
         if !admitted.is_empty() {
             self.new_txs.notify_one();
+            PHASES.observe(TxPhase::Admission, received.elapsed().as_micros() as u64, admitted.len() as u64);
         }
         for tx in admitted {
             if self.gossip.try_send(tx).is_err() {
@@ -110,6 +131,18 @@ impl Api {
             }
         }
         results
+    }
+
+    /// Backpressure: refuses more transactions while the mempool holds at least what this node
+    /// commits in half a view-change timeout (`backpressure.rs`). A call that starts below the
+    /// bound goes through whole (it overshoots by at most one call).
+    fn check_busy(&self) -> Result<(), SubmitError> {
+        let waiting = self.mempool.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let max = self.backpressure.backlog_max(Instant::now());
+        if waiting >= max {
+            return Err(SubmitError::Busy { waiting, max });
+        }
+        Ok(())
     }
 
     fn block_view(&self, height: Height) -> Result<Option<BlockView>, InternalError> {
@@ -311,6 +344,10 @@ impl NodeApi for Api {
         self.store.validators_proof(height, after).map_err(internal)
     }
 
+    fn block_timing(&self, height: Height) -> Option<tetrad_rpc::api::BlockTiming> {
+        self.timings.get(height)
+    }
+
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockEvent> {
         self.blocks.subscribe()
     }
@@ -328,7 +365,7 @@ impl NodeApi for Api {
                 metrics::mempool_dropped_absolute(reason, *count);
             }
         }
-        metrics::render()
+        metrics::render() + &crate::daemon::timing::PHASES.render()
     }
 
     fn record_request(&self, method: &str, outcome: &str) {

@@ -23,12 +23,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::config::Home;
+use crate::daemon::backpressure::Backpressure;
 use crate::daemon::keys::{SharedSchedule, activation_of};
 use crate::daemon::mempool::Mempool;
 use crate::daemon::metrics;
+use crate::daemon::timing::{self, HeightStamps, Timings};
 
 pub enum Job {
-    Block(Committed),
+    /// A committed block, with what the driver saw of its phases (default for state transfer).
+    Block(Committed, HeightStamps),
     Checkpoint(CheckpointCertificate),
 }
 
@@ -55,6 +58,10 @@ pub struct Executor {
     pub schedule: SharedSchedule,
     /// This node's validator index and home, if it validates (to pick up its next key).
     pub own: Option<(ValidatorIndex, Home)>,
+    /// The timing of the last blocks (for `GET /timing/blocks/{height}`).
+    pub timings: Timings,
+    /// Told how many transactions each block executed (the RPC's backlog bound).
+    pub backpressure: Arc<Backpressure>,
 }
 
 /// Jobs waiting for the executor.
@@ -71,7 +78,7 @@ impl Executor {
         let thread = std::thread::Builder::new().name("executor".into()).spawn(move || {
             while let Some(job) = jobs.blocking_recv() {
                 match job {
-                    Job::Block(committed) => match self.execute(committed) {
+                    Job::Block(committed, stamps) => match self.execute(committed, stamps) {
                         Ok(Some(done)) => {
                             if executed.blocking_send(done).is_err() {
                                 break;
@@ -98,7 +105,7 @@ impl Executor {
 
     /// Executes the next block. A block at or below the head (a follower fetched it twice)
     /// or above the next height (a follower's fetch had a gap) is skipped.
-    fn execute(&self, committed: Committed) -> Result<Option<Executed>, String> {
+    fn execute(&self, committed: Committed, stamps: HeightStamps) -> Result<Option<Executed>, String> {
         let Committed { height, batch, certificate } = committed;
         let head = self.store.head();
         if height != head.height.next() {
@@ -126,11 +133,23 @@ impl Executor {
         metrics::gauge("tetrad_height", height.0 as f64);
         metrics::count("tetrad_committed_txs_total", txs.len() as u64);
         metrics::observe("tetrad_batch_txs", txs.len() as f64);
+        let executed_us = timing::unix_us();
+        self.backpressure.on_executed(txs.len() as u64, Instant::now());
 
-        self.mempool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_committed(&execution.tx_hashes, &execution.changes);
+        let tx_timings = {
+            let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());
+            let tx_timings: Vec<_> = execution
+                .tx_hashes
+                .iter()
+                .map(|hash| tetrad_rpc::api::TxTiming {
+                    hash: *hash,
+                    pooled_us: pool.admitted_at(hash).map(timing::unix_us_of),
+                })
+                .collect();
+            pool.on_committed(&execution.tx_hashes, &execution.changes);
+            tx_timings
+        };
+        self.timings.push(timing::block_timing(height, stamps, batch.timestamp_ms, tx_timings, executed_us));
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if !waiters.is_empty() {

@@ -108,11 +108,12 @@ pub fn refusal_reason(error: &SubmitError) -> &'static str {
         SubmitError::Duplicate => "duplicate",
         SubmitError::MempoolFull { .. } => "mempool_full",
         SubmitError::Unavailable => "unavailable",
+        SubmitError::Busy { .. } => "busy",
     }
 }
 
 /// Refusals the pool itself decides (the others are static checks made before it).
-pub const REFUSAL_REASONS: [&str; 9] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     "stale_nonce",
     "nonce_too_far_ahead",
     "insufficient_balance",
@@ -122,6 +123,8 @@ pub const REFUSAL_REASONS: [&str; 9] = [
     "duplicate",
     "mempool_full",
     "malformed",
+    // The RPC's backpressure (`backpressure.rs`).
+    "busy",
 ];
 
 struct Entry {
@@ -214,6 +217,11 @@ impl Mempool {
 
     pub fn get(&self, hash: &Digest) -> Option<Arc<Tx>> {
         self.entries.get(hash).map(|entry| entry.tx.clone())
+    }
+
+    /// When a waiting transaction was admitted here (by RPC or gossip).
+    pub fn admitted_at(&self, hash: &Digest) -> Option<Instant> {
+        self.entries.get(hash).map(|entry| entry.admitted_at)
     }
 
     /// Whether some sender has work that a primary could propose now under the executed state
@@ -421,6 +429,28 @@ impl Mempool {
         }
         self.cursor = at;
         Cut { txs }
+    }
+
+    /// Marks the transactions of a batch that is in flight elsewhere (proposed by another
+    /// primary, re-proposed by a new view, or committed and not yet executed) as proposed at
+    /// `now`, so this node does not cut them into a batch of its own: the copy would fail its
+    /// nonce check at execution and take a slot. Released like this node's own proposals after
+    /// `repropose_after` if they have not executed by then. Costs O(transactions).
+    pub fn mark_proposed(&mut self, txs: &[Tx], now: Instant) {
+        let mut runs: BTreeMap<Address, (u64, u64)> = BTreeMap::new();
+        for tx in txs {
+            let nonce = tx.body.nonce;
+            let run = runs.entry(tx.body.from).or_insert((nonce, nonce));
+            run.0 = run.0.min(nonce);
+            run.1 = run.1.max(nonce);
+        }
+        for (address, (first, last)) in runs {
+            let Some(sender) = self.senders.get(&address) else { continue };
+            if last < sender.next_to_propose() {
+                continue;
+            }
+            self.take_from(address, first.max(sender.nonce), last.saturating_add(1), now);
+        }
     }
 
     /// Marks `address`'s nonces `first..end` as proposed at `now`.

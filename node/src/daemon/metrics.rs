@@ -19,6 +19,8 @@
 //! | `tetrad_messages_dropped_total{reason}` | counter | messages and transactions dropped, by reason (among them `peer_inbound_budget`, `peer_outbound_full`, `stale_view`, `stale_height`, `repeated_batch_request`, `repeated_new_view_request`, `peer_answer_budget_spent`, `sync_request_busy`, `invalid_gossip`, `gossip_nothing_admitted` (a valid gossip batch of which this node admitted nothing: not forwarded), `p2p_refused_*`, `p2p_peer_banned`) |
 //! | `tetrad_rpc_requests_total{method,outcome}` | counter | RPC requests |
 //! | `tetrad_storage_write_seconds` | histogram | time to commit one block to RocksDB (synced) |
+//! | `tetrad_safety_write_seconds` | histogram | time of the driver's synced write of the safety records of one round |
+//! | `tetrad_tx_phase_seconds{phase}` | histogram | time each committed transaction spent in each phase at this node: `admission`, `mempool`, `pre_prepare`, `prepare`, `commit`, `execute` (`timing.rs`; per transaction, fixed buckets) |
 //! | `tetrad_state_transfers_total` | counter | block-sync requests made |
 //! | `tetrad_empty_batches_proposed_total` | counter | empty batches this node proposed as an idle primary, up to the next checkpoint boundary |
 //! | `tetrad_early_messages_total` | counter | consensus messages kept until the schedule horizon reached their height |

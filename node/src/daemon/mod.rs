@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod answers;
 pub mod api;
+pub mod backpressure;
 pub mod deferred;
 pub mod driver;
 pub mod executor;
@@ -25,4 +26,5 @@ pub mod node;
 pub mod safety_check;
 #[cfg(test)]
 mod submit_tests;
+pub mod timing;
 pub mod wire;

@@ -146,6 +146,11 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
     let waiters = Arc::new(Mutex::new(Default::default()));
     let (blocks, _) = broadcast::channel(1024);
     let (executed_tx, executed_rx) = mpsc::channel(network::INBOUND_QUEUE);
+    let timings = crate::daemon::timing::Timings::default();
+    let backpressure = Arc::new(crate::daemon::backpressure::Backpressure::new(
+        std::time::Duration::from_millis(genesis.consensus.view_change_timeout_ms),
+        genesis.consensus.batch_txs_max as usize,
+    ));
     let (executor, executor_thread) = Executor {
         store: store.clone(),
         mempool: mempool.clone(),
@@ -153,6 +158,8 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
         blocks: blocks.clone(),
         schedule: schedule.clone(),
         own: me.map(|index| (index, home.clone())),
+        timings: timings.clone(),
+        backpressure: backpressure.clone(),
     }
     .spawn(executed_tx)
     .context("starting the executor thread")?;
@@ -193,6 +200,8 @@ pub async fn run(home_dir: &Path, accept_double_sign_risk: bool) -> Result<()> {
         blocks,
         gossip: network.gossip.clone(),
         new_txs: new_txs.clone(),
+        timings,
+        backpressure,
     };
     let driver = Driver {
         replica,

@@ -49,6 +49,8 @@ fn node(label: &str, accounts: u64, txs_max: usize) -> Node {
         blocks: broadcast::channel(16).0,
         gossip,
         new_txs: Arc::new(tokio::sync::Notify::new()),
+        timings: Default::default(),
+        backpressure: Arc::new(crate::daemon::backpressure::Backpressure::new(Duration::from_secs(2), 2000)),
     };
     Node { api, chain, _gossip: gossip_rx, _dir: dir }
 }

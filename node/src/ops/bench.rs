@@ -37,6 +37,7 @@ use tetrad_consensus::{Digest, SecretKey};
 use tetrad_ledger::scratch::ScratchDir;
 use tetrad_ledger::tx::{Tx, TxBody, TxKind, chain_tag};
 
+use crate::daemon::timing;
 use crate::ops::testnet::{self, TestnetPlan};
 
 pub struct BenchArgs {
@@ -86,6 +87,51 @@ pub struct Report {
     pub submit_errors: u64,
     pub duration_s: f64,
     pub flood: Option<FloodReport>,
+    /// The node whose events and timing the breakdown follows.
+    pub observed_node: String,
+    /// Where the time of each committed transaction went, phase by phase (they add up to the
+    /// submit→commit latency).
+    pub phases: Vec<PhaseReport>,
+    /// Committed transactions with a breakdown, and of those the ones the observed node never
+    /// had in its mempool (their admission time is counted under `mempool`).
+    pub txs_with_timing: u64,
+    pub txs_not_pooled_at_observed_node: u64,
+    /// The client's view of admission: a `submit_transactions` call's round trip.
+    pub submit_call_ms_p50: f64,
+    pub submit_call_ms_p99: f64,
+    /// Transactions a node refused as busy (backpressure) and the bench submitted again.
+    pub busy_refusals: u64,
+}
+
+/// One phase of the latency breakdown, over the committed transactions.
+#[derive(Serialize)]
+pub struct PhaseReport {
+    pub phase: &'static str,
+    pub from_to: &'static str,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The phases of the breakdown: name, and from what to what.
+const PHASES: [(&str, &str); 7] = [
+    ("admission", "submitted by the client → in the observed node's mempool (RPC, verification, gossip)"),
+    ("mempool", "in the mempool → proposed by the primary"),
+    ("pre_prepare", "proposed → pre-prepare accepted at the observed node"),
+    ("prepare", "pre-prepare accepted → prepared (2f prepares)"),
+    ("commit", "prepared → committed (2f+1 commits)"),
+    ("execute", "committed → executed and written"),
+    ("event", "executed → block event seen by the client"),
+];
+
+/// What the observer collects per committed transaction.
+#[derive(Default)]
+struct Samples {
+    latencies_ms: Vec<f64>,
+    phases_ms: [Vec<f64>; PHASES.len()],
+    with_timing: u64,
+    not_pooled: u64,
 }
 
 /// What the nodes did with the flood's junk.
@@ -288,23 +334,25 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         Vec::new()
     };
 
-    // Commit observer.
-    let submitted_at: Arc<Mutex<HashMap<String, Instant>>> =
+    // Commit observer. Submit and event times are wall-clock microseconds (as are the nodes'
+    // phase stamps): every process on this machine reads the same clock.
+    let submitted_at: Arc<Mutex<HashMap<String, u64>>> =
         Arc::new(Mutex::new(HashMap::with_capacity(total as usize)));
     let committed = Arc::new(AtomicU64::new(0));
-    let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let samples: Arc<Mutex<Samples>> = Arc::new(Mutex::new(Samples::default()));
+    let call_times: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let commit_times: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let observer = {
-        let (url, submitted_at, committed, latencies, commit_times, stop) = (
+        let (url, submitted_at, committed, samples, commit_times, stop) = (
             urls[0].clone(),
             submitted_at.clone(),
             committed.clone(),
-            latencies.clone(),
+            samples.clone(),
             commit_times.clone(),
             stop.clone(),
         );
-        std::thread::spawn(move || observe(&url, &submitted_at, &committed, &latencies, &commit_times, &stop))
+        std::thread::spawn(move || observe(&url, &submitted_at, &committed, &samples, &commit_times, &stop))
     };
     std::thread::sleep(Duration::from_millis(300));
 
@@ -319,9 +367,11 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let (urls, stop, keys, rate) = (urls.clone(), stop.clone(), args.flood_keys, args.flood_rate);
         std::thread::spawn(move || flood_run(&flood_calls, &urls, started, rate, keys, &stop))
     });
+    let busy = Arc::new(AtomicU64::new(0));
     let mut submitters = Vec::new();
     for _ in 0..args.submitters.max(1) {
-        let (calls, hashes, urls, submitted, committed, errors, next_call, submitted_at, stop) = (
+        let busy = busy.clone();
+        let (calls, hashes, urls, submitted, committed, errors, next_call, submitted_at, stop, call_times) = (
             calls.clone(),
             hashes.clone(),
             urls.clone(),
@@ -331,6 +381,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             next_call.clone(),
             submitted_at.clone(),
             stop.clone(),
+            call_times.clone(),
         );
         let rate = args.rate;
         submitters.push(std::thread::spawn(move || {
@@ -364,7 +415,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                         }
                     }
                 }
-                let now = Instant::now();
+                let now = timing::unix_us();
                 {
                     let mut map = submitted_at.lock().unwrap_or_else(|p| p.into_inner());
                     for hash in &hashes[index] {
@@ -372,19 +423,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                     }
                 }
                 let url = format!("{}/", urls[index % urls.len()]);
-                let answer =
-                    http.post(&url).header("content-type", "application/json").send(calls[index].as_str());
-                let refused = match answer {
-                    Ok(mut response) => {
-                        let text = response.body_mut().read_to_string().unwrap_or_default();
-                        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        value["result"]
-                            .as_array()
-                            .map(|items| items.iter().filter(|item| item.get("error").is_some()).count())
-                            .unwrap_or(hashes[index].len())
-                    }
-                    Err(_) => hashes[index].len(),
-                };
+                let refused =
+                    submit_retrying_when_busy(&http, &url, &calls[index], hashes[index].len(), &busy, &stop);
+                call_times
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(timing::unix_us().saturating_sub(now) as f64 / 1000.0);
                 errors.fetch_add(refused as u64, Ordering::SeqCst);
                 submitted.fetch_add(hashes[index].len() as u64, Ordering::SeqCst);
             }
@@ -451,8 +495,28 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let times = commit_times.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let committed_total = committed.load(Ordering::SeqCst);
     let committed_rate = steady_rate(&times, committed_total);
-    let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut latencies = std::mem::take(&mut samples.latencies_ms);
     latencies.sort_by(f64::total_cmp);
+    let phases = PHASES
+        .iter()
+        .zip(samples.phases_ms.iter_mut())
+        .map(|((phase, from_to), values)| {
+            values.sort_by(f64::total_cmp);
+            let mean =
+                if values.is_empty() { f64::NAN } else { values.iter().sum::<f64>() / values.len() as f64 };
+            PhaseReport {
+                phase,
+                from_to,
+                mean_ms: mean,
+                p50_ms: percentile(values, 0.50),
+                p90_ms: percentile(values, 0.90),
+                p99_ms: percentile(values, 0.99),
+            }
+        })
+        .collect();
+    let mut call_times = call_times.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    call_times.sort_by(f64::total_cmp);
     let report = Report {
         validators: args.validators,
         accounts: args.accounts,
@@ -473,6 +537,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         submit_errors: errors.load(Ordering::SeqCst),
         duration_s: elapsed.as_secs_f64(),
         flood,
+        observed_node: file.nodes.first().map(|node| node.name.clone()).unwrap_or_default(),
+        phases,
+        txs_with_timing: samples.with_timing,
+        txs_not_pooled_at_observed_node: samples.not_pooled,
+        submit_call_ms_p50: percentile(&call_times, 0.50),
+        submit_call_ms_p99: percentile(&call_times, 0.99),
+        busy_refusals: busy.load(Ordering::SeqCst),
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -536,45 +607,157 @@ fn presign(args: &BenchArgs, seed: u64, genesis_hash: &Digest) -> (Vec<String>, 
     (calls, hashes)
 }
 
-/// Follows `/events` and reads each new block's transactions.
+/// The JSON-RPC code of a busy (overloaded) node, and those that mean "already admitted" when
+/// a call is submitted again.
+const CODE_OVERLOADED: i64 = -32021;
+const CODES_ALREADY_ADMITTED: [i64; 2] = [-32007, -32003];
+
+/// Submits one pre-encoded call; while the node answers busy for any of its transactions, waits
+/// and submits the whole call again (what a client should do; transactions admitted by an earlier
+/// try then answer duplicate or stale nonce, which counts as admitted). The latency clock keeps
+/// running from the first try. Returns how many transactions were refused for good.
+fn submit_retrying_when_busy(
+    http: &ureq::Agent,
+    url: &str,
+    body: &str,
+    count: usize,
+    busy: &AtomicU64,
+    stop: &AtomicBool,
+) -> usize {
+    let mut pause = Duration::from_millis(5);
+    let mut admitted_before = vec![false; count];
+    loop {
+        let Ok(mut response) = http.post(url).header("content-type", "application/json").send(body) else {
+            return count;
+        };
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let Some(items) = value["result"].as_array() else { return count };
+        let mut busy_now = 0usize;
+        let mut refused = 0usize;
+        for (index, item) in items.iter().enumerate() {
+            let code = item["error"]["code"].as_i64();
+            let retried = admitted_before.get(index).copied().unwrap_or(false);
+            match code {
+                None => {
+                    if let Some(slot) = admitted_before.get_mut(index) {
+                        *slot = true;
+                    }
+                }
+                Some(CODE_OVERLOADED) => busy_now += 1,
+                Some(code) if retried && CODES_ALREADY_ADMITTED.contains(&code) => {}
+                Some(_) => refused += 1,
+            }
+        }
+        if busy_now == 0 || stop.load(Ordering::SeqCst) {
+            return refused + busy_now;
+        }
+        busy.fetch_add(busy_now as u64, Ordering::SeqCst);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Follows `/events`: one thread reads the stream and stamps each block event as it arrives;
+/// this one reads each block's timing from the same node and breaks every transaction's latency
+/// into phases (falling back to the block's transaction list if the node kept no timing).
 fn observe(
     url: &str,
-    submitted_at: &Mutex<HashMap<String, Instant>>,
+    submitted_at: &Mutex<HashMap<String, u64>>,
     committed: &AtomicU64,
-    latencies: &Mutex<Vec<f64>>,
+    samples: &Mutex<Samples>,
     commit_times: &Mutex<Vec<(Instant, u64)>>,
     stop: &AtomicBool,
 ) {
     let http = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let Ok(response) = http.get(&format!("{url}/events")).call() else { return };
-    let reader = BufReader::new(response.into_body().into_reader());
+    let (events_tx, events) = std::sync::mpsc::channel::<(u64, u64, Instant)>();
+    // Reading the stream apart from the block queries: an event is stamped when it arrives, not
+    // when the previous block's query is done.
+    std::thread::spawn(move || {
+        let reader = BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            let (seen_us, seen) = (timing::unix_us(), Instant::now());
+            let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
+            let Some(height) = event["height"].as_u64() else { continue };
+            if events_tx.send((height, seen_us, seen)).is_err() {
+                break;
+            }
+        }
+    });
     let query = agent();
-    for line in reader.lines() {
+    for (height, seen_us, seen) in events {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let Ok(line) = line else { break };
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        let Ok(event) = serde_json::from_str::<Value>(data) else { continue };
-        let now = Instant::now();
-        let Some(height) = event["height"].as_u64() else { continue };
-        let Ok(block) = get_json(&query, &format!("{url}/blocks/{height}")) else { continue };
-        let txs: Vec<&str> = block["txs"]
-            .as_array()
-            .map(|txs| txs.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let (txs, timing): (Vec<String>, Option<Value>) =
+            match get_json(&query, &format!("{url}/timing/blocks/{height}")) {
+                Ok(timing) if timing["txs"].is_array() => {
+                    let txs = timing["txs"]
+                        .as_array()
+                        .map(|txs| {
+                            txs.iter().filter_map(|tx| tx["hash"].as_str().map(str::to_string)).collect()
+                        })
+                        .unwrap_or_default();
+                    (txs, Some(timing))
+                }
+                _ => {
+                    let Ok(block) = get_json(&query, &format!("{url}/blocks/{height}")) else { continue };
+                    let txs = block["txs"]
+                        .as_array()
+                        .map(|txs| txs.iter().filter_map(|tx| tx.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default();
+                    (txs, None)
+                }
+            };
         {
             let map = submitted_at.lock().unwrap_or_else(|p| p.into_inner());
-            let mut latencies = latencies.lock().unwrap_or_else(|p| p.into_inner());
-            for hash in &txs {
-                if let Some(at) = map.get(*hash) {
-                    latencies.push(now.duration_since(*at).as_secs_f64() * 1000.0);
+            let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, hash) in txs.iter().enumerate() {
+                let Some(submitted) = map.get(hash).copied() else { continue };
+                samples.latencies_ms.push(seen_us.saturating_sub(submitted) as f64 / 1000.0);
+                let Some(timing) = &timing else { continue };
+                let pooled = timing["txs"][index]["pooled_us"].as_u64();
+                let stamps = [
+                    Some(submitted),
+                    pooled,
+                    timing["proposed_us"].as_u64(),
+                    timing["pre_prepared_us"].as_u64(),
+                    timing["prepared_us"].as_u64(),
+                    timing["committed_us"].as_u64(),
+                    timing["executed_us"].as_u64(),
+                    Some(seen_us),
+                ];
+                samples.with_timing += 1;
+                if pooled.is_none() {
+                    samples.not_pooled += 1;
+                }
+                for (phase, duration) in phase_durations_us(&stamps).into_iter().enumerate() {
+                    samples.phases_ms[phase].push(duration as f64 / 1000.0);
                 }
             }
         }
         committed.fetch_add(txs.len() as u64, Ordering::SeqCst);
-        commit_times.lock().unwrap_or_else(|p| p.into_inner()).push((now, txs.len() as u64));
+        commit_times.lock().unwrap_or_else(|p| p.into_inner()).push((seen, txs.len() as u64));
     }
+}
+
+/// The time between consecutive stamps (the first is the submission, the last the event). A
+/// missing stamp, or one earlier than the stamp before it (the proposal's timestamp has
+/// millisecond precision; a transaction may reach the observed node's mempool by gossip after
+/// the proposal), counts as that earlier stamp: its phase is 0 and the time goes to the next
+/// one. So the phases always add up to the whole latency.
+fn phase_durations_us(stamps: &[Option<u64>; PHASES.len() + 1]) -> [u64; PHASES.len()] {
+    let mut durations = [0u64; PHASES.len()];
+    let mut previous = stamps[0].unwrap_or(0);
+    for (phase, stamp) in stamps[1..].iter().enumerate() {
+        let at = stamp.unwrap_or(previous).max(previous);
+        durations[phase] = at - previous;
+        previous = at;
+    }
+    durations
 }
 
 /// Committed tx/s between the moments 10% and 90% of all commits had been observed.
@@ -630,6 +813,25 @@ fn print_table(report: &Report) {
         report.latency_ms_p99
     );
     println!("{:<42} {}", "view changes", report.view_changes);
+    println!("{:<42} {}", "busy refusals (submitted again)", report.busy_refusals);
+    println!(
+        "{:<42} {:.1} / {:.1} ms",
+        "submit call round trip p50 / p99", report.submit_call_ms_p50, report.submit_call_ms_p99
+    );
+    println!(
+        "breakdown ({} of {} committed txs, phases at {}; {} never in its mempool):",
+        report.txs_with_timing,
+        report.txs_committed,
+        report.observed_node,
+        report.txs_not_pooled_at_observed_node
+    );
+    println!("  {:<12} {:>8} {:>8} {:>8} {:>8}   from → to (ms)", "phase", "mean", "p50", "p90", "p99");
+    for phase in &report.phases {
+        println!(
+            "  {:<12} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {}",
+            phase.phase, phase.mean_ms, phase.p50_ms, phase.p90_ms, phase.p99_ms, phase.from_to
+        );
+    }
     println!(
         "{:<42} {:.0} single, {:.0} batched (per core)",
         "ed25519 verify/s", report.verify_single_per_core, report.verify_batched_per_core
