@@ -10,6 +10,8 @@
 pub mod admission;
 pub mod answers;
 pub mod api;
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod deferred;
 pub mod driver;
 pub mod executor;
