@@ -23,6 +23,25 @@ if cargo tree -p tetrad-ledger --no-default-features -e normal --prefix none --l
 fi
 cargo build --release -p tetrad-ledger --no-default-features --lib --locked
 
+# The Byzantine validator's misbehaviour (cargo feature `byzantine`, node/src/daemon/byzantine.rs)
+# is for the fault campaign only: the released binary must not contain it. Built the way a release
+# is (no feature), `tetrad` must not hold the module's marker string; the tetrad-byzantine build
+# (its own binary; --bin keeps target/release/tetrad as it is) must hold it, so the check can fail.
+echo "== the released tetrad holds no Byzantine misbehaviour" >&2
+cargo build --release --locked -p tetrad-node --bin tetrad
+cargo build --release --locked -p tetrad-node --features byzantine --bin tetrad-byzantine
+byzantine_marker="tetrad-byzantine: misbehaviour compiled in"
+if grep -q "$byzantine_marker" "$CARGO_TARGET_DIR/release/tetrad"; then
+    echo "target/release/tetrad contains the Byzantine misbehaviour (feature byzantine leaked into it)" >&2
+    exit 1
+fi
+grep -q "$byzantine_marker" "$CARGO_TARGET_DIR/release/tetrad-byzantine" \
+    || { echo "tetrad-byzantine lacks the marker: the check above would prove nothing" >&2; exit 1; }
+if TETRAD_BYZANTINE=all "$CARGO_TARGET_DIR/release/tetrad" --version 2>&1 | grep -q "$byzantine_marker"; then
+    echo "tetrad reacts to TETRAD_BYZANTINE" >&2
+    exit 1
+fi
+
 echo "== tests (release)" >&2
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --release --workspace --locked --no-fail-fast
