@@ -5,7 +5,7 @@
 #
 #   scripts/chaos.sh [--seed S] [--duration SECONDS] [--faults all|KIND,...] [--json FILE]
 #                    [--clients N] [--keep] [--allow-replayed-copies]
-#                    [--byzantine MODES] [--byzantine-node v3]
+#                    [--byzantine MODES] [--byzantine-node v0]
 #
 # Needs root (namespaces, veth, iptables, tc). Installs iproute2 and iptables with apt-get when
 # they are missing. Everything it makes (namespaces tchaos-*, the link tchaos-host, the rules
@@ -16,7 +16,7 @@
 # --allow-replayed-copies lets a transaction that is in the chain twice pass when it executed
 # once and its other copy failed its nonce check (the known re-proposal issue); it is still
 # counted and listed.
-# --byzantine MODES runs one validator (v3 unless --byzantine-node) as tetrad-byzantine, the node
+# --byzantine MODES runs one validator (v0, the first primary, unless --byzantine-node) as tetrad-byzantine, the node
 # built with the misbehaviour of the cargo feature `byzantine` (never in the released tetrad),
 # with TETRAD_BYZANTINE=MODES (all, or a list of equivocate, double-vote, view-churn, silence,
 # lying-sync, flood); the checker then holds the honest nodes to every rule. `--faults quiet`
@@ -31,7 +31,7 @@ json=""
 clients=6
 keep=0
 byzantine=""
-byzantine_node=v3
+byzantine_node=v0
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in

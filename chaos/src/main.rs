@@ -99,8 +99,9 @@ enum Command {
         /// The tetrad-byzantine binary (feature `byzantine`).
         #[arg(long)]
         tetrad_byzantine: Option<PathBuf>,
-        /// Which validator is Byzantine.
-        #[arg(long, default_value = "v3")]
+        /// Which validator is Byzantine (v0: the primary of view 0, so that it leads from the
+        /// start).
+        #[arg(long, default_value = "v0")]
         byzantine_node: String,
     },
 }

@@ -125,6 +125,10 @@ struct Hook {
     /// What the flood task signs with.
     flood: Option<Arc<Mutex<FloodView>>>,
     lies: u64,
+    /// What it did so far (logged every 5 s): equivocated pre-prepares, double votes,
+    /// view-changes sent for churn, silences.
+    done: [u64; 4],
+    reported: Option<Instant>,
 }
 
 static HOOK: Mutex<Hook> = Mutex::new(Hook {
@@ -135,6 +139,8 @@ static HOOK: Mutex<Hook> = Mutex::new(Hook {
     other_versions: Vec::new(),
     flood: None,
     lies: 0,
+    done: [0; 4],
+    reported: None,
 });
 
 impl Hook {
@@ -181,6 +187,19 @@ pub fn outgoing(
     if modes.flood {
         feed_flood(&mut hook, replica, keys, schedule, network);
     }
+    if hook.reported.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(5)) {
+        hook.reported = Some(now);
+        let [equivocated, double_votes, churn, silences] = hook.done;
+        warn!(
+            equivocated,
+            double_votes,
+            churn,
+            silences,
+            lies = hook.lies,
+            view = %replica.view(),
+            "byzantine: misbehaviour so far"
+        );
+    }
     if hook.silent_until.is_some_and(|until| now < until) {
         return Vec::new();
     }
@@ -196,6 +215,7 @@ pub fn outgoing(
         if let Some(key) = key_for(keys, key_height) {
             let signed = Signed::sign(body, me, key, schedule.at(key_height));
             send(network, None, &Message::ViewChange(signed));
+            hook.done[2] += 1;
         }
     }
     let peers: Vec<ValidatorIndex> =
@@ -211,6 +231,7 @@ pub fn outgoing(
                     // The worst moment: one peer has the proposal, the rest wait for it.
                     hook.silenced_view = Some(body.view);
                     hook.silent_until = Some(now + 3 * timeout);
+                    hook.done[3] += 1;
                     if let Some(first) = peers.first() {
                         send(network, Some(*first), &outgoing.message);
                     }
@@ -231,6 +252,7 @@ pub fn outgoing(
                 let signed = Signed::sign(statement, me, key, schedule.at(body.height));
                 let second = Message::PrePrepare { pre_prepare: signed, batch: Arc::new(other) };
                 hook.other_versions.push((body.height, other_digest));
+                hook.done[0] += 1;
                 let excess = hook.other_versions.len().saturating_sub(256);
                 hook.other_versions.drain(..excess);
                 for (position, peer) in peers.iter().enumerate() {
@@ -290,6 +312,7 @@ fn double(
     first: &Message,
     second: &Message,
 ) {
+    hook.done[1] += 1;
     for peer in peers {
         if hook.next() % 2 == 0 {
             send(network, Some(*peer), first);
