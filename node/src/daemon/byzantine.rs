@@ -16,7 +16,8 @@
 //! - `view-churn`: a valid signed view-change for the next view (its stable checkpoint, no
 //!   prepared certificates) every half view-change timeout, whatever the others do;
 //! - `silence`: on becoming primary of a view, its first pre-prepare reaches one peer only, then
-//!   it sends nothing at all for three view-change timeouts;
+//!   it sends nothing at all for three view-change timeouts (with `equivocate` too: every other
+//!   turn as primary);
 //! - `lying-sync`: every block-sync answer is a lie (a tampered batch, another block's
 //!   certificate, a certificate cut below a quorum, a forged height, or nothing), and its status
 //!   messages claim 20 more committed heights than it has, so that peers ask it;
@@ -227,7 +228,11 @@ pub fn outgoing(
                 if pre_prepare.signer == me && (modes.equivocate || modes.silence) =>
             {
                 let body = &pre_prepare.body;
-                if modes.silence && hook.silenced_view != Some(body.view) {
+                // With equivocation too, only every other turn as primary goes silent (a silent
+                // primary is replaced before it would equivocate).
+                let turn = body.view.0 / peers.len().saturating_add(1).max(1) as u64;
+                let silent_turn = !modes.equivocate || turn % 2 == 1;
+                if modes.silence && silent_turn && hook.silenced_view != Some(body.view) {
                     // The worst moment: one peer has the proposal, the rest wait for it.
                     hook.silenced_view = Some(body.view);
                     hook.silent_until = Some(now + 3 * timeout);
