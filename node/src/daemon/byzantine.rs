@@ -491,6 +491,39 @@ mod tests {
         assert!(Modes::parse("lie").is_err());
     }
 
+    /// Every lie of `lying-sync` is refused by the check an honest node makes on block-sync
+    /// answers (or is no answer at all); the honest answer passes it.
+    #[test]
+    fn every_sync_lie_fails_verification() {
+        use tetrad_consensus::VerifiedBlock;
+        let chain = tetrad_ledger::testkit::TestChain::new(4, 2, 1000);
+        let schedule = ValidatorSchedule::new(chain.validator_set.clone());
+        let honest: Vec<SyncBlock> = (1..=3u64)
+            .map(|height| {
+                let batch = Batch {
+                    view: View(0),
+                    proposer: ValidatorIndex(0),
+                    timestamp_ms: 1_700_000_000_000 + height,
+                    payload: Vec::new(),
+                };
+                let certificate = chain.certify(View(0), Height(height), batch.digest());
+                SyncBlock { batch, certificate }
+            })
+            .collect();
+        let verifies = |block: &SyncBlock| {
+            VerifiedBlock::verify(Arc::new(block.batch.clone()), block.certificate.clone(), &schedule).is_ok()
+        };
+        assert!(honest.iter().all(verifies));
+        let _ = MODES.set(Modes { lying_sync: true, ..Modes::default() });
+        let mut empty = 0;
+        for _ in 0..10 {
+            let lie = lie_about_blocks(honest.clone());
+            empty += usize::from(lie.is_empty());
+            assert!(!lie.iter().any(verifies), "a lie verified: {lie:?}");
+        }
+        assert_eq!(empty, 2, "one lie in five is no answer");
+    }
+
     #[test]
     fn the_other_version_is_another_valid_batch() {
         let batch =
