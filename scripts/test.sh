@@ -58,6 +58,14 @@ fi
 echo "== fault campaign (scripts/chaos.sh --seed ${TETRAD_TEST_CHAOS_SEED:-1} --duration ${TETRAD_TEST_CHAOS_SECONDS:-60})" >&2
 bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_CHAOS_SECONDS:-60}" \
     --json "$CARGO_TARGET_DIR/chaos-test.json" --allow-replayed-copies
+# The same with a Byzantine validator (v0, the first primary, runs tetrad-byzantine with every
+# misbehaviour: equivocation, double votes, view churn, silence, lying sync answers, a flood),
+# alone and with a killed primary; the honest nodes must agree, lose nothing and resume. About
+# 60 s of wall time once built.
+echo "== fault campaign with a Byzantine validator (scripts/chaos.sh --byzantine all)" >&2
+bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_BYZANTINE_SECONDS:-30}" \
+    --faults quiet,kill-primary --byzantine all \
+    --json "$CARGO_TARGET_DIR/chaos-byzantine-test.json" --allow-replayed-copies
 
 # Coverage-guided fuzzing (libFuzzer) of every decoder that reads bytes from a peer or a client:
 # each target for TETRAD_TEST_FUZZ_SECONDS (10 s) from the committed corpus in fuzz/corpus/.
