@@ -261,8 +261,11 @@ pub fn outgoing(
                 let excess = hook.other_versions.len().saturating_sub(256);
                 hook.other_versions.drain(..excess);
                 for (position, peer) in peers.iter().enumerate() {
-                    let version =
-                        if (position as u64 + body.height.0) % 2 == 0 { &outgoing.message } else { &second };
+                    let version = if (position as u64 + body.height.0).is_multiple_of(2) {
+                        &outgoing.message
+                    } else {
+                        &second
+                    };
                     send(network, Some(*peer), version);
                 }
             }
@@ -319,7 +322,7 @@ fn double(
 ) {
     hook.done[1] += 1;
     for peer in peers {
-        if hook.next() % 2 == 0 {
+        if hook.next().is_multiple_of(2) {
             send(network, Some(*peer), first);
             send(network, Some(*peer), second);
         } else {
@@ -405,7 +408,7 @@ async fn flood(shared: Arc<Mutex<FloodView>>, network: mpsc::Sender<Command>) {
                     }
                     1 => Message::Status(Status {
                         view: View(view.view.0 + r % 3),
-                        view_active: r % 2 == 0,
+                        view_active: r.is_multiple_of(2),
                         committed: Height(view.committed.0 + r % 1000),
                         stable: Height(view.committed.0 / 2),
                     }),
