@@ -555,7 +555,7 @@ fn converge(endpoints: &[crate::workload::Endpoint], monitor: &Monitor, failures
 }
 
 /// The same checker on the same chains with a planted fault: each must fail.
-fn negative_controls(
+pub(crate) fn negative_controls(
     genesis: &[(tetrad_ledger::tx::Address, u64)],
     record: &[record::TxRecord],
     chains: &[checker::NodeChain],
