@@ -5,6 +5,7 @@
 #
 #   scripts/chaos.sh [--seed S] [--duration SECONDS] [--faults all|KIND,...] [--json FILE]
 #                    [--clients N] [--keep] [--allow-replayed-copies]
+#                    [--byzantine MODES] [--byzantine-node v0]
 #
 # Needs root (namespaces, veth, iptables, tc). Installs iproute2 and iptables with apt-get when
 # they are missing. Everything it makes (namespaces tchaos-*, the link tchaos-host, the rules
@@ -15,6 +16,11 @@
 # --allow-replayed-copies lets a transaction that is in the chain twice pass when it executed
 # once and its other copy failed its nonce check (the known re-proposal issue); it is still
 # counted and listed.
+# --byzantine MODES runs one validator (v0, the first primary, unless --byzantine-node) as tetrad-byzantine, the node
+# built with the misbehaviour of the cargo feature `byzantine` (never in the released tetrad),
+# with TETRAD_BYZANTINE=MODES (all, or a list of equivocate, double-vote, view-churn, silence,
+# lying-sync, flood); the checker then holds the honest nodes to every rule. `--faults quiet`
+# injects nothing (the Byzantine validator alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +30,8 @@ faults=all
 json=""
 clients=6
 keep=0
+byzantine=""
+byzantine_node=v0
 extra=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,7 +42,9 @@ while [ $# -gt 0 ]; do
         --clients) clients="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --allow-replayed-copies) extra+=(--allow-replayed-copies); shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --byzantine) byzantine="$2"; shift 2 ;;
+        --byzantine-node) byzantine_node="$2"; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -86,6 +96,17 @@ if [ -z "${TETRAD_BIN:-}" ] || [ -z "${TETRAD_CHAOS_BIN:-}" ]; then
     cargo build --release --locked -p tetrad-node -p tetrad-chaos
     TETRAD_BIN="$CARGO_TARGET_DIR/release/tetrad"
     TETRAD_CHAOS_BIN="$CARGO_TARGET_DIR/release/tetrad-chaos"
+fi
+# The Byzantine validator's binary: a build of its own (--bin: target/release/tetrad stays the
+# one without the feature), unless TETRAD_BYZANTINE_BIN names it.
+if [ -n "$byzantine" ] && [ -z "${TETRAD_BYZANTINE_BIN:-}" ]; then
+    source scripts/env.sh
+    echo "== chaos: cargo build --release -p tetrad-node --features byzantine --bin tetrad-byzantine" >&2
+    cargo build --release --locked -p tetrad-node --features byzantine --bin tetrad-byzantine
+    TETRAD_BYZANTINE_BIN="$CARGO_TARGET_DIR/release/tetrad-byzantine"
+fi
+if [ -n "$byzantine" ]; then
+    extra+=(--byzantine "$byzantine" --byzantine-node "$byzantine_node" --tetrad-byzantine "$TETRAD_BYZANTINE_BIN")
 fi
 
 work=$(mktemp -d /tmp/tetrad-chaos.XXXXXX)
@@ -197,5 +218,5 @@ if [ "$status" -eq 124 ]; then
     echo "chaos.sh: the campaign did not finish within ${limit} s (seed $seed)" >&2
 fi
 if [ "$status" -ne 0 ]; then
-    echo "chaos.sh: FAILED (exit $status), seed $seed: replay with scripts/chaos.sh --seed $seed --duration $duration --faults $faults" >&2
+    echo "chaos.sh: FAILED (exit $status), seed $seed: replay with scripts/chaos.sh --seed $seed --duration $duration --faults $faults${byzantine:+ --byzantine $byzantine --byzantine-node $byzantine_node}" >&2
 fi

@@ -34,6 +34,18 @@ pub struct Options {
     /// The node whose data/ is on a small filesystem of its own (disk-full faults).
     pub small_disk: Option<String>,
     pub rules: checker::Rules,
+    /// One validator runs the Byzantine binary for the whole campaign.
+    pub byzantine: Option<Byzantine>,
+}
+
+/// The Byzantine validator: `program` (tetrad-byzantine) with `TETRAD_BYZANTINE=modes` as node
+/// `node`. The checker, the convergence wait and the liveness monitor then look at the honest
+/// nodes only; clients still submit to it (and verify every certificate it names).
+#[derive(Clone, Debug)]
+pub struct Byzantine {
+    pub node: String,
+    pub program: PathBuf,
+    pub modes: String,
 }
 
 /// How one fault went.
@@ -69,6 +81,8 @@ pub struct NegativeControl {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// `NODE: MODES` of the Byzantine validator, if one ran.
+    pub byzantine: Option<String>,
     pub seed: u64,
     pub duration_s: u64,
     pub wall_s: u64,
@@ -112,10 +126,36 @@ pub fn run(options: &Options) -> Result<Report> {
     let record_path = options.net.join("record.jsonl");
     let _ = std::fs::remove_file(&record_path);
     let endpoints = cluster.endpoints();
+    let mut byzantine_index = None;
+    if let Some(byzantine) = &options.byzantine {
+        let Some(index) = names.iter().position(|name| *name == byzantine.node) else {
+            bail!("--byzantine-node {}: no such node", byzantine.node);
+        };
+        anyhow::ensure!(
+            cluster.nodes[index].validator,
+            "--byzantine-node {}: not a validator",
+            byzantine.node
+        );
+        cluster.nodes[index].program = Some((
+            byzantine.program.clone(),
+            vec![("TETRAD_BYZANTINE".to_string(), byzantine.modes.clone())],
+        ));
+        byzantine_index = Some(index);
+        eprintln!(
+            "chaos: {} is Byzantine ({}, TETRAD_BYZANTINE={}); the checker looks at the honest nodes",
+            byzantine.node,
+            byzantine.program.display(),
+            byzantine.modes
+        );
+    }
+    // The honest nodes: what the checker, the convergence wait and the monitor look at.
+    let honest: Vec<usize> =
+        (0..cluster.nodes.len()).filter(|index| Some(*index) != byzantine_index).collect();
+    let honest_endpoints: Vec<_> = honest.iter().map(|index| endpoints[*index].clone()).collect();
     for index in 0..cluster.nodes.len() {
         cluster.start(index)?;
     }
-    let (monitor, monitor_threads) = Monitor::spawn(&endpoints, started);
+    let (monitor, monitor_threads) = Monitor::spawn(&endpoints, byzantine_index.as_slice(), started);
     let workload = Arc::new(Workload {
         endpoints: endpoints.clone(),
         genesis_hash: genesis.hash(),
@@ -174,7 +214,7 @@ pub fn run(options: &Options) -> Result<Report> {
     for (_, _, what) in cluster.exited() {
         failures.push(what);
     }
-    converge(&cluster, &monitor, &mut failures);
+    converge(&honest_endpoints, &monitor, &mut failures);
     monitor.stop();
     for thread in monitor_threads {
         let _ = thread.join();
@@ -184,7 +224,7 @@ pub fn run(options: &Options) -> Result<Report> {
         genesis.accounts.iter().map(|account| (account.address, account.balance)).collect();
     let addresses: Vec<_> = genesis_accounts.iter().map(|(address, _)| *address).collect();
     eprintln!("chaos: checking {} transactions against every node's chain", record.len());
-    let chains = checker::fetch(&endpoints, &set, &addresses);
+    let chains = checker::fetch(&honest_endpoints, &set, &addresses);
     let verdict = checker::check(&genesis_accounts, &record, &chains, options.rules);
     let negative_controls = negative_controls(&genesis_accounts, &record, &chains, options.rules);
     for control in &negative_controls {
@@ -198,6 +238,10 @@ pub fn run(options: &Options) -> Result<Report> {
     let per_kind = summarize(&runs, 2 * vc_timeout_ms);
     let passed = verdict.passed() && failures.is_empty();
     Ok(Report {
+        byzantine: options
+            .byzantine
+            .as_ref()
+            .map(|byzantine| format!("{}: {}", byzantine.node, byzantine.modes)),
         seed: options.seed,
         duration_s: options.duration.as_secs(),
         wall_s: started.elapsed().as_secs(),
@@ -212,11 +256,16 @@ pub fn run(options: &Options) -> Result<Report> {
         failures,
         passed,
         replay: format!(
-            "scripts/chaos.sh --seed {} --duration {} --faults {}{}",
+            "scripts/chaos.sh --seed {} --duration {} --faults {}{}{}",
             options.seed,
             options.duration.as_secs(),
             options.kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>().join(","),
-            if options.rules.allow_replayed_copies { " --allow-replayed-copies" } else { "" }
+            if options.rules.allow_replayed_copies { " --allow-replayed-copies" } else { "" },
+            match &options.byzantine {
+                Some(byzantine) =>
+                    format!(" --byzantine {} --byzantine-node {}", byzantine.modes, byzantine.node),
+                None => String::new(),
+            }
         ),
     })
 }
@@ -422,6 +471,7 @@ fn inject(
                 ))),
             }
         }
+        (FaultKind::Quiet, _) => hold(duration),
         (kind, target) => problems.push(format!("no injection for {kind} at {target:?}")),
     }
     problems.extend(cluster.heal());
@@ -461,9 +511,8 @@ fn inject(
 }
 
 /// Waits until every node reports the same height and latest block hash, steady for 2 s.
-fn converge(cluster: &Cluster, monitor: &Monitor, failures: &mut Vec<String>) {
+fn converge(endpoints: &[crate::workload::Endpoint], monitor: &Monitor, failures: &mut Vec<String>) {
     let agent = crate::http::agent(Duration::from_secs(2));
-    let endpoints = cluster.endpoints();
     let deadline = Instant::now() + CONVERGE_LIMIT;
     let mut steady_since: Option<(Instant, String)> = None;
     let mut last_seen = Vec::new();
@@ -506,7 +555,7 @@ fn converge(cluster: &Cluster, monitor: &Monitor, failures: &mut Vec<String>) {
 }
 
 /// The same checker on the same chains with a planted fault: each must fail.
-fn negative_controls(
+pub(crate) fn negative_controls(
     genesis: &[(tetrad_ledger::tx::Address, u64)],
     record: &[record::TxRecord],
     chains: &[checker::NodeChain],
@@ -521,7 +570,19 @@ fn negative_controls(
             first_violation: verdict.violations.first().cloned(),
         });
     };
-    let committed = record.iter().position(|entry| entry.answer == Answer::Committed);
+    // A committed transaction that is in the chain once: one whose replayed copy (the known
+    // re-proposal issue, let through by --allow-replayed-copies) sits at the next height would
+    // make "acknowledged at the wrong height" pass (seen with seed 1, --faults quiet
+    // --byzantine equivocate: the first acknowledged transaction was at heights 1 and 5).
+    let once = |entry: &record::TxRecord| {
+        chains.first().is_some_and(|chain| {
+            chain.blocks.iter().flat_map(|block| &block.txs).filter(|tx| **tx == entry.hash).count() == 1
+        })
+    };
+    let committed = record
+        .iter()
+        .position(|entry| entry.answer == Answer::Committed && once(entry))
+        .or_else(|| record.iter().position(|entry| entry.answer == Answer::Committed));
     if let Some(index) = committed {
         // A forged acknowledgment: a transaction the client "was told" committed that no block
         // holds (a copy of a real one with another hash).

@@ -40,6 +40,9 @@ pub struct Node {
     pub ip: String,
     pub home: PathBuf,
     pub validator: bool,
+    /// Runs this binary instead of the cluster's `tetrad`, with this environment (the Byzantine
+    /// validator: `tetrad-byzantine` and `TETRAD_BYZANTINE`).
+    pub program: Option<(PathBuf, Vec<(String, String)>)>,
     child: Option<Child>,
 }
 
@@ -85,6 +88,7 @@ impl Cluster {
                 ip,
                 home: node.home,
                 validator: !node.full_node,
+                program: None,
                 child: None,
             });
         }
@@ -113,11 +117,11 @@ impl Cluster {
 
     /// Starts node `index` with these extra environment variables (a skewed clock).
     pub fn start_with(&mut self, index: usize, env: &[(&str, String)]) -> Result<()> {
-        let tetrad = self.tetrad.clone();
         let node = &mut self.nodes[index];
         if node.child.is_some() {
             return Ok(());
         }
+        let (tetrad, base_env) = node.program.clone().unwrap_or_else(|| (self.tetrad.clone(), Vec::new()));
         let log_path = node.home.join("node.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,6 +134,7 @@ impl Cluster {
             .arg("run")
             .arg("--home")
             .arg(&node.home)
+            .envs(base_env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
             .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

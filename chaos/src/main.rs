@@ -37,6 +37,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once from the command line: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Print the fault schedule of a seed (what `run` would inject), without running anything.
@@ -91,6 +93,18 @@ enum Command {
         /// other copy failed its nonce check (the known re-proposal issue); still counted.
         #[arg(long)]
         allow_replayed_copies: bool,
+        /// Run one validator as the Byzantine binary with these modes (`TETRAD_BYZANTINE`:
+        /// all, or equivocate,double-vote,view-churn,silence,lying-sync,flood); the checker
+        /// then looks at the honest nodes only.
+        #[arg(long, requires = "tetrad_byzantine")]
+        byzantine: Option<String>,
+        /// The tetrad-byzantine binary (feature `byzantine`).
+        #[arg(long)]
+        tetrad_byzantine: Option<PathBuf>,
+        /// Which validator is Byzantine (v0: the primary of view 0, so that it leads from the
+        /// start).
+        #[arg(long, default_value = "v0")]
+        byzantine_node: String,
     },
 }
 
@@ -133,7 +147,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             faketime_lib,
             small_disk,
             allow_replayed_copies,
+            byzantine,
+            tetrad_byzantine,
+            byzantine_node,
         } => {
+            let byzantine = match (byzantine, tetrad_byzantine) {
+                (Some(modes), Some(program)) => {
+                    Some(campaign::Byzantine { node: byzantine_node, program, modes })
+                }
+                _ => None,
+            };
             let options = campaign::Options {
                 net,
                 tetrad,
@@ -146,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 faketime: faketime_lib,
                 small_disk,
                 rules: checker::Rules { allow_replayed_copies },
+                byzantine,
             };
             let report = match campaign::run(&options) {
                 Ok(report) => report,

@@ -21,7 +21,13 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn spawn(endpoints: &[Endpoint], started: Instant) -> (Arc<Monitor>, Vec<JoinHandle<()>>) {
+    /// Watches every endpoint but those in `ignore` (a Byzantine node: its height counts for
+    /// nothing).
+    pub fn spawn(
+        endpoints: &[Endpoint],
+        ignore: &[usize],
+        started: Instant,
+    ) -> (Arc<Monitor>, Vec<JoinHandle<()>>) {
         let monitor = Arc::new(Monitor {
             started,
             heights: Mutex::new(vec![0; endpoints.len()]),
@@ -32,6 +38,7 @@ impl Monitor {
             .iter()
             .cloned()
             .enumerate()
+            .filter(|(index, _)| !ignore.contains(index))
             .map(|(index, endpoint)| {
                 let monitor = Arc::clone(&monitor);
                 std::thread::spawn(move || monitor.watch(index, &endpoint))

@@ -12,6 +12,9 @@ pub fn table(report: &Report) -> String {
         "tetrad chaos campaign: seed {}, {} s of faults ({} s wall)",
         report.seed, report.duration_s, report.wall_s
     );
+    if let Some(byzantine) = &report.byzantine {
+        let _ = writeln!(out, "Byzantine validator {byzantine} (checked: the honest nodes)");
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -49,7 +52,12 @@ pub fn table(report: &Report) -> String {
     ] {
         let _ = writeln!(out, "| {name} | {value} |");
     }
-    let _ = writeln!(out, "| final height (all nodes) | {} |", verdict.height);
+    let _ = writeln!(
+        out,
+        "| final height ({}) | {} |",
+        if report.byzantine.is_some() { "all honest nodes" } else { "all nodes" },
+        verdict.height
+    );
     let _ = writeln!(out);
     for control in &report.negative_controls {
         let _ = writeln!(

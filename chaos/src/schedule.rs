@@ -37,6 +37,9 @@ pub enum FaultKind {
     Clock,
     /// The small filesystem that holds one node's data/ filled up, then space given back.
     DiskFull,
+    /// Nothing injected for a while: the network as it is (with `--byzantine`, the Byzantine
+    /// validator alone). Not part of `all` (so `all` keeps every seed's schedule).
+    Quiet,
 }
 
 impl FaultKind {
@@ -54,6 +57,9 @@ impl FaultKind {
         FaultKind::DiskFull,
     ];
 
+    /// Kinds that may be named but are not part of `all`.
+    pub const EXTRA: [FaultKind; 1] = [FaultKind::Quiet];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::IsolatePrimary => "isolate-primary",
@@ -67,6 +73,7 @@ impl FaultKind {
             FaultKind::RestartAll => "restart-all",
             FaultKind::Clock => "clock",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::Quiet => "quiet",
         }
     }
 
@@ -77,8 +84,10 @@ impl FaultKind {
         }
         let mut kinds = Vec::new();
         for name in list.split(',').map(str::trim).filter(|name| !name.is_empty()) {
-            let Some(kind) = FaultKind::ALL.iter().find(|kind| kind.name() == name) else {
-                let known: Vec<&str> = FaultKind::ALL.iter().map(|kind| kind.name()).collect();
+            let Some(kind) = FaultKind::ALL.iter().chain(&FaultKind::EXTRA).find(|kind| kind.name() == name)
+            else {
+                let known: Vec<&str> =
+                    FaultKind::ALL.iter().chain(&FaultKind::EXTRA).map(|kind| kind.name()).collect();
                 bail!("--faults: unknown fault {name:?}; known: all, {}", known.join(", "));
             };
             if !kinds.contains(kind) {
@@ -263,6 +272,7 @@ fn make(rng: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
             (Target::Clock { node, skew_s }, rng.range(3_000, 10_000))
         }
         FaultKind::DiskFull => (Target::SmallDisk, rng.range(2_000, 8_000)),
+        FaultKind::Quiet => (Target::All, rng.range(3_000, 10_000)),
     };
     Fault { index, kind, target, duration_ms, gap_ms }
 }

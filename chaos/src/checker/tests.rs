@@ -239,3 +239,20 @@ fn a_copy_that_executes_twice_is_never_let_through() {
     assert!(!verdict.passed());
     assert!(verdict.violations.iter().any(|text| text.starts_with("balance")), "{:#?}", verdict.violations);
 }
+
+#[test]
+fn the_wrong_height_control_is_caught_when_the_first_acknowledged_transaction_has_a_replayed_copy() {
+    // Transaction 11, acknowledged at height 2, has a replayed copy at height 3 (let through by
+    // --allow-replayed-copies). Moving its acknowledgment to height 3 planted nothing the checker
+    // could see: the control must pick a transaction that is in the chain once.
+    let (mut record, _) = history();
+    record.swap(0, 1);
+    let chain = blocks(&[&[10], &[11], &[12, 11]]);
+    let rules = Rules { allow_replayed_copies: true };
+    assert!(check(&genesis(), &record, &nodes(&chain), rules).passed());
+    let controls = crate::campaign::negative_controls(&genesis(), &record, &nodes(&chain), rules);
+    assert_eq!(controls.len(), 5);
+    for control in &controls {
+        assert!(control.caught, "not caught: {}", control.planted);
+    }
+}

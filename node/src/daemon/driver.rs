@@ -961,7 +961,17 @@ impl Driver {
             }
         }
         let now = Instant::now();
-        for outgoing in send_after_persist.into_iter().chain(send) {
+        let outgoing = send_after_persist.into_iter().chain(send);
+        // tetrad-byzantine only (feature `byzantine`): the misbehaviour rewrites what is sent.
+        #[cfg(feature = "byzantine")]
+        let outgoing = crate::daemon::byzantine::outgoing(
+            self.replica.as_ref(),
+            &state.keys,
+            &self.schedule.get(),
+            &self.network,
+            outgoing.collect(),
+        );
+        for outgoing in outgoing {
             if state.margin.is_some() && is_signed(&outgoing.message) {
                 metrics::dropped("silent_safety_margin", 1);
                 continue;

@@ -11,6 +11,8 @@ pub mod admission;
 pub mod answers;
 pub mod api;
 pub mod backpressure;
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod deferred;
 pub mod driver;
 pub mod executor;

@@ -821,6 +821,9 @@ impl Task {
         let bytes_max = self.limits.sync_response_bytes_max;
         tokio::task::spawn_blocking(move || {
             let blocks = serve_blocks(&store, &request, bytes_max);
+            // tetrad-byzantine only (feature `byzantine`): `lying-sync` answers with lies.
+            #[cfg(feature = "byzantine")]
+            let blocks = crate::daemon::byzantine::lie_about_blocks(blocks);
             let _ = served.blocking_send(Served { peer, channel, blocks });
         });
     }
