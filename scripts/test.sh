@@ -52,12 +52,11 @@ fi
 # A short fault campaign on real processes, each node in its own network namespace (issue 15):
 # fixed seed, every fault kind once, then the checker (lost and duplicated must be 0) and its
 # negative controls. Needs root; bounded (the campaign itself stops after duration + 900 s).
-# --allow-replayed-copies: until the known re-proposal issue is fixed (after a view change the new
-# primary proposes again what the new view re-proposed; the second copy fails its nonce check),
-# such copies are counted and listed but do not fail the run. Remove the flag with that fix.
+# A transaction in the chain twice fails the run (the re-proposal duplicate after a view change is
+# fixed: a new primary marks what its new view re-proposes as proposed before its first cut).
 echo "== fault campaign (scripts/chaos.sh --seed ${TETRAD_TEST_CHAOS_SEED:-1} --duration ${TETRAD_TEST_CHAOS_SECONDS:-60})" >&2
 bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_CHAOS_SECONDS:-60}" \
-    --json "$CARGO_TARGET_DIR/chaos-test.json" --allow-replayed-copies
+    --json "$CARGO_TARGET_DIR/chaos-test.json"
 # The same with a Byzantine validator (v0, the first primary, runs tetrad-byzantine with every
 # misbehaviour: equivocation, double votes, view churn, silence, lying sync answers, a flood),
 # alone and with a killed primary; the honest nodes must agree, lose nothing and resume. About
@@ -65,7 +64,7 @@ bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD
 echo "== fault campaign with a Byzantine validator (scripts/chaos.sh --byzantine all)" >&2
 bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_BYZANTINE_SECONDS:-30}" \
     --faults quiet,kill-primary --byzantine all \
-    --json "$CARGO_TARGET_DIR/chaos-byzantine-test.json" --allow-replayed-copies
+    --json "$CARGO_TARGET_DIR/chaos-byzantine-test.json"
 
 # Coverage-guided fuzzing (libFuzzer) of every decoder that reads bytes from a peer or a client:
 # each target for TETRAD_TEST_FUZZ_SECONDS (10 s) from the committed corpus in fuzz/corpus/.
