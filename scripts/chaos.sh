@@ -125,7 +125,9 @@ remove_all() {
 }
 
 cleanup() {
-    trap - EXIT INT TERM
+    # A second Ctrl-C must not stop the cleanup half-way.
+    trap '' INT TERM
+    trap - EXIT
     if [ -n "$campaign_pid" ] && kill -0 "$campaign_pid" 2>/dev/null; then
         kill -TERM "$campaign_pid" 2>/dev/null || true
         sleep 1
@@ -142,6 +144,7 @@ cleanup() {
     fi
     if ip netns list 2>/dev/null | grep -q "^${prefix}" || ip link show "$host_link" >/dev/null 2>&1; then
         echo "chaos.sh: could not remove everything (see ip netns list, ip link show $host_link)" >&2
+        [ "$status" -ne 0 ] || status=1
     fi
     exit "$status"
 }
@@ -149,9 +152,15 @@ trap cleanup EXIT
 trap 'status=130; cleanup' INT
 trap 'status=143; cleanup' TERM
 
-# Leftovers of a campaign that was killed with -9 (ours only: the tchaos- prefix).
+# Leftovers of a campaign that was killed with -9 (ours only: the tchaos- prefix, and the small
+# disk's tmpfs, whose source is named tchaos-disk).
 remove_all
-if ip -4 addr show | grep -q " ${subnet//./\\.}\."; then
+findmnt -rn -S tchaos-disk -o TARGET 2>/dev/null | xargs -r -n1 umount -l 2>/dev/null || true
+if ! [[ "$subnet" =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]]; then
+    echo "chaos.sh: TETRAD_CHAOS_SUBNET must be three octets of 10.0.0.0/8, like 10.77.0" >&2
+    exit 2
+fi
+if ip -4 addr show | grep -q " ${subnet//./\\.}\." || ip -4 route show | grep -q "^${subnet//./\\.}\."; then
     echo "chaos.sh: ${subnet}.0/24 is already used on this machine; set TETRAD_CHAOS_SUBNET=10.x.y" >&2
     exit 2
 fi
@@ -208,7 +217,7 @@ args=(run --net "$work/net" --tetrad "$TETRAD_BIN" --prefix "$prefix" --seed "$s
 # Bounded: the faults, the clients' last answers, convergence and the check.
 limit=$((duration + 900))
 set +e
-timeout --signal=TERM --kill-after=10 "$limit" "$TETRAD_CHAOS_BIN" "${args[@]}" &
+timeout --signal=TERM --kill-after=10 "$limit" "$TETRAD_CHAOS_BIN" "${args[@]}" 9>&- &
 campaign_pid=$!
 wait "$campaign_pid"
 status=$?

@@ -226,6 +226,19 @@ pub fn run(options: &Options) -> Result<Report> {
     eprintln!("chaos: checking {} transactions against every node's chain", record.len());
     let chains = checker::fetch(&honest_endpoints, &set, &addresses);
     let verdict = checker::check(&genesis_accounts, &record, &chains, options.rules);
+    // A campaign in which nothing was acknowledged, or most answers were unknown, proves nothing
+    // about lost transactions (a node that never reports a commit would pass it).
+    if verdict.acknowledged == 0 {
+        failures
+            .push("no transaction was acknowledged as committed: the campaign proves nothing".to_string());
+    }
+    if verdict.unknown * 100 > (verdict.acknowledged + verdict.failed + verdict.unknown) {
+        failures.push(format!(
+            "{} of {} answers were unknown (more than 1%)",
+            verdict.unknown,
+            verdict.acknowledged + verdict.failed + verdict.unknown
+        ));
+    }
     let negative_controls = negative_controls(&genesis_accounts, &record, &chains, options.rules);
     for control in &negative_controls {
         if !control.caught {
@@ -562,13 +575,22 @@ pub(crate) fn negative_controls(
     rules: checker::Rules,
 ) -> Vec<NegativeControl> {
     let mut controls = Vec::new();
-    let mut run = |planted: &str, record: Vec<record::TxRecord>, chains: &[checker::NodeChain]| {
+    let mut unplanted: Vec<&str> = Vec::new();
+    // Caught means caught by the detector the fault is planted for (a planted fault that only
+    // trips some other check proves nothing about its own).
+    let mut run = |planted: &str,
+                   record: Vec<record::TxRecord>,
+                   chains: &[checker::NodeChain],
+                   detected: &dyn Fn(&checker::Verdict) -> bool| {
         let verdict = checker::check(genesis, &record, chains, rules);
         controls.push(NegativeControl {
             planted: planted.to_string(),
-            caught: !verdict.passed(),
+            caught: !verdict.passed() && detected(&verdict),
             first_violation: verdict.violations.first().cloned(),
         });
+    };
+    let names = |verdict: &checker::Verdict, words: &str| {
+        verdict.violations.iter().any(|violation| violation.starts_with(words) || violation.contains(words))
     };
     // A committed transaction that is in the chain once: one whose replayed copy (the known
     // re-proposal issue, let through by --allow-replayed-copies) sits at the next height would
@@ -591,30 +613,49 @@ pub(crate) fn negative_controls(
         fake.hash.0[0] ^= 0xff;
         fake.hash.0[31] ^= 0x5a;
         forged.push(fake);
-        run("a forged acknowledgment (a committed answer for a transaction no block holds)", forged, chains);
+        run(
+            "a forged acknowledgment (a committed answer for a transaction no block holds)",
+            forged,
+            chains,
+            &|verdict| verdict.lost == 1,
+        );
         // An acknowledgment whose height is off by one.
         let mut moved = record.to_vec();
         moved[index].height = moved[index].height.map(|height| height + 1);
-        run("an acknowledgment at the wrong height", moved, chains);
+        run("an acknowledgment at the wrong height", moved, chains, &|verdict| verdict.lost == 1);
         // A committed transaction the record never saw (the chain holds something nobody sent).
         let mut missing = record.to_vec();
         missing.remove(index);
-        run("a committed transaction missing from the record (a phantom)", missing, chains);
+        run("a committed transaction missing from the record (a phantom)", missing, chains, &|verdict| {
+            verdict.phantom == 1
+        });
+    } else {
+        unplanted.push("acknowledgment controls: no committed transaction to plant them on");
     }
     if chains.len() > 1 && chains[0].blocks.len() > 1 {
         // A node whose database was rolled back by one block while it kept answering.
         let mut rolled = chains.to_vec();
         rolled[1].blocks.pop();
-        run("a node rolled back by one block", record.to_vec(), &rolled);
+        run("a node rolled back by one block", record.to_vec(), &rolled, &|verdict| {
+            names(verdict, "not converged")
+        });
         // A node that holds another block at some height.
         let mut forked = chains.to_vec();
         let victim = 2 % forked.len();
         let middle = forked[victim].blocks.len() / 2;
         if let Some(block) = forked[victim].blocks.get_mut(middle) {
             block.hash.0[0] ^= 1;
-            run("a fork at one height", record.to_vec(), &forked);
+            run("a fork at one height", record.to_vec(), &forked, &|verdict| names(verdict, "fork: "));
         }
+    } else {
+        unplanted.push("chain controls: fewer than two chains of two blocks to plant them on");
     }
+    // A control that could not be planted proves nothing: it counts as not caught.
+    controls.extend(unplanted.into_iter().map(|planted| NegativeControl {
+        planted: planted.to_string(),
+        caught: false,
+        first_violation: None,
+    }));
     controls
 }
 

@@ -51,6 +51,9 @@ pub struct Cluster {
     tetrad: PathBuf,
     /// Nodes whose interface has the htb root of throttled links.
     throttled: BTreeSet<usize>,
+    /// Nodes found already dead when the campaign went to kill them: reported by
+    /// [`Cluster::exited`] like any other exit on its own (a kill must not hide a crash).
+    died_before_kill: Vec<(usize, std::process::ExitStatus, String)>,
 }
 
 /// Runs `program args` and fails with its stderr if it does not succeed.
@@ -92,7 +95,12 @@ impl Cluster {
                 child: None,
             });
         }
-        Ok(Cluster { nodes, tetrad: tetrad.to_path_buf(), throttled: BTreeSet::new() })
+        Ok(Cluster {
+            nodes,
+            tetrad: tetrad.to_path_buf(),
+            throttled: BTreeSet::new(),
+            died_before_kill: Vec::new(),
+        })
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -149,9 +157,20 @@ impl Cluster {
         self.nodes[index].child.is_some()
     }
 
-    /// kill -9 (SIGKILL) of node `index`, and reaps it.
+    /// kill -9 (SIGKILL) of node `index`, and reaps it. A node that had already exited is
+    /// remembered and reported by the next [`Cluster::exited`].
     pub fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.nodes[index].child.take() {
+        let node = &mut self.nodes[index];
+        if let Some(mut child) = node.child.take() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let what = format!(
+                    "{} exited on its own ({status}) before the campaign killed it; see {}/node.log",
+                    node.name,
+                    node.home.display()
+                );
+                self.died_before_kill.push((index, status, what));
+                return;
+            }
             // A paused process dies of SIGKILL too.
             let _ = child.kill();
             let _ = child.wait();
@@ -176,7 +195,7 @@ impl Cluster {
     /// Nodes that exited without being killed by the campaign: `(index, status, what
     /// happened)`. They are marked stopped (the caller decides whether to start them again).
     pub fn exited(&mut self) -> Vec<(usize, std::process::ExitStatus, String)> {
-        let mut exited = Vec::new();
+        let mut exited = std::mem::take(&mut self.died_before_kill);
         for (index, node) in self.nodes.iter_mut().enumerate() {
             if let Some(child) = &mut node.child
                 && let Ok(Some(status)) = child.try_wait()

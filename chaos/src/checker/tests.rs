@@ -256,3 +256,38 @@ fn the_wrong_height_control_is_caught_when_the_first_acknowledged_transaction_ha
         assert!(control.caught, "not caught: {}", control.planted);
     }
 }
+
+#[test]
+fn every_negative_control_is_caught_by_its_own_detector_on_a_clean_history() {
+    let (record, chain) = history();
+    let rules = Rules::default();
+    assert!(check(&genesis(), &record, &nodes(&chain), rules).passed());
+    let controls = crate::campaign::negative_controls(&genesis(), &record, &nodes(&chain), rules);
+    assert_eq!(controls.len(), 5);
+    for control in &controls {
+        assert!(control.caught, "not caught: {}", control.planted);
+    }
+}
+
+#[test]
+fn a_control_that_cannot_be_planted_is_not_caught() {
+    // Nothing was acknowledged (every answer failed): the acknowledgment controls have nothing
+    // to be planted on, and must say so instead of silently not running.
+    let (record, chain) = history();
+    let failed: Vec<TxRecord> = record
+        .into_iter()
+        .map(|mut entry| {
+            entry.answer = Answer::Failed;
+            entry.height = None;
+            entry.executed = false;
+            entry.certificate_verified = false;
+            entry
+        })
+        .collect();
+    let controls =
+        crate::campaign::negative_controls(&genesis(), &failed, &nodes(&chain[..0]), Rules::default());
+    assert!(controls.iter().any(|control| !control.caught && control.planted.contains("no committed")));
+    assert!(
+        controls.iter().any(|control| !control.caught && control.planted.contains("fewer than two chains"))
+    );
+}
