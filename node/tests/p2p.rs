@@ -107,9 +107,10 @@ impl request_response::Codec for RawCodec {
 
 type Peer = Swarm<request_response::Behaviour<RawCodec>>;
 
-fn consensus_protocol(cluster: &Cluster) -> StreamProtocol {
+/// The node's protocol `name` on this network (`consensus`, `sync`).
+fn protocol(cluster: &Cluster, name: &str) -> StreamProtocol {
     let short = &cluster.genesis_hash.to_hex()[..16];
-    StreamProtocol::try_from_owned(format!("/tetrad/{short}/consensus/1")).expect("protocol name")
+    StreamProtocol::try_from_owned(format!("/tetrad/{short}/{name}/1")).expect("protocol name")
 }
 
 fn genesis(cluster: &Cluster) -> Value {
@@ -128,7 +129,7 @@ fn validator_address(cluster: &Cluster, index: usize) -> (PeerId, Multiaddr) {
 
 /// A test peer with `keypair` (a stranger's, or a validator's).
 fn peer(cluster: &Cluster, keypair: libp2p::identity::Keypair) -> Peer {
-    let protocol = consensus_protocol(cluster);
+    let protocol = protocol(cluster, "consensus");
     libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -741,8 +742,7 @@ async fn a_full_node_asking_for_the_chain_again_and_again_is_served_a_few_at_a_t
     }
     let height = cluster.height(0).expect("height");
 
-    let short = &cluster.genesis_hash.to_hex()[..16];
-    let protocol = StreamProtocol::try_from_owned(format!("/tetrad/{short}/sync/1")).expect("protocol name");
+    let protocol = protocol(&cluster, "sync");
     let mut full_node = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
