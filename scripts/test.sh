@@ -52,14 +52,11 @@ fi
 # A short fault campaign on real processes, each node in its own network namespace (issue 15):
 # fixed seed, every fault kind once, then the checker (lost and duplicated must be 0) and its
 # negative controls. Needs root; bounded (the campaign itself stops after duration + 900 s).
-# --allow-replayed-copies: the re-proposal duplicate after a view change is fixed for the batches a
-# new primary holds (it marks them proposed before its first cut), but a residual case remains
-# (seen once on 2026-12-01 07:50, seed 1: one transaction at heights 364 and 365, the second copy
-# failing its nonce check; likely a re-proposed batch the new primary was still fetching). Such
-# copies are counted and listed; any other duplicate fails the run. Remove with the full fix.
+# No --allow-replayed-copies: a transaction in the chain twice fails the run (the last re-proposal
+# duplicate, a new primary cutting before it had fetched a re-proposed batch, is fixed).
 echo "== fault campaign (scripts/chaos.sh --seed ${TETRAD_TEST_CHAOS_SEED:-1} --duration ${TETRAD_TEST_CHAOS_SECONDS:-60})" >&2
 bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_CHAOS_SECONDS:-60}" \
-    --json "$CARGO_TARGET_DIR/chaos-test.json" --allow-replayed-copies
+    --json "$CARGO_TARGET_DIR/chaos-test.json"
 # The same with a Byzantine validator (v0, the first primary, runs tetrad-byzantine with every
 # misbehaviour: equivocation, double votes, view churn, silence, lying sync answers, a flood),
 # alone and with a killed primary; the honest nodes must agree, lose nothing and resume. About
@@ -67,7 +64,7 @@ bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD
 echo "== fault campaign with a Byzantine validator (scripts/chaos.sh --byzantine all)" >&2
 bash scripts/chaos.sh --seed "${TETRAD_TEST_CHAOS_SEED:-1}" --duration "${TETRAD_TEST_BYZANTINE_SECONDS:-30}" \
     --faults quiet,kill-primary --byzantine all \
-    --json "$CARGO_TARGET_DIR/chaos-byzantine-test.json" --allow-replayed-copies
+    --json "$CARGO_TARGET_DIR/chaos-byzantine-test.json"
 
 # Coverage-guided fuzzing (libFuzzer) of every decoder that reads bytes from a peer or a client:
 # each target for TETRAD_TEST_FUZZ_SECONDS (10 s) from the committed corpus in fuzz/corpus/.

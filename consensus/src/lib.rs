@@ -35,6 +35,6 @@ pub mod wire;
 
 pub use replica::{
     Actions, BlockSource, Committed, Counters, Divergence, DropReason, FetchBlocks, Input, Outgoing,
-    Recipient, Replica, ReplicaConfig, Timer, TimerAction,
+    Recipient, Replica, ReplicaConfig, Timer, TimerAction, Unexecuted,
 };
 pub use wire::{Message, VerifiedBlock, VerifiedMessage, VerifyError};

@@ -328,6 +328,14 @@ struct Slot {
     accepted_at_ms: u64,
 }
 
+/// What [`Replica::unexecuted_batches`] found: the batches in flight known here, and how many
+/// unexecuted heights have a batch this replica does not hold.
+#[derive(Debug, Default)]
+pub struct Unexecuted {
+    pub batches: Vec<Arc<Batch>>,
+    pub missing: u64,
+}
+
 /// Most batches remembered per height (current proposal plus re-proposal candidates).
 const BATCHES_PER_SLOT_MAX: usize = 4;
 /// Most committed blocks buffered from state transfer ahead of the next height.
@@ -667,22 +675,32 @@ impl Replica {
 
     /// The batches of the heights this replica has not executed yet, in height order: the
     /// committed ones waiting for execution and the accepted pre-prepares of the current view
-    /// (a new view's re-proposals among them), as far as the batch is known here. A new
-    /// primary's node marks their transactions as taken before it cuts a batch of its own: its
-    /// mempool never saw another primary's proposals, and a second copy of a transaction would
-    /// fail its nonce check at execution.
-    pub fn unexecuted_batches(&self) -> Vec<Arc<Batch>> {
-        self.log
-            .range(self.executed.next()..)
-            .filter_map(|(_, slot)| {
-                let digest = slot
-                    .certificate
-                    .as_ref()
-                    .map(|certificate| certificate.statement.digest)
-                    .or_else(|| slot.pre_prepare.as_ref().map(|pre_prepare| pre_prepare.body.digest))?;
-                slot.batches.get(&digest).cloned()
-            })
-            .collect()
+    /// (a new view's re-proposals among them), as far as the batch is known here; and how many
+    /// such heights have a batch this replica does not hold yet (being fetched, or below the
+    /// low watermark and coming by state transfer). A new primary's node marks their
+    /// transactions as taken before it cuts a batch of its own, and cuts nothing while any is
+    /// missing: its mempool never saw another primary's proposals, and a second copy of a
+    /// transaction would fail its nonce check at execution (and be in the chain twice).
+    pub fn unexecuted_batches(&self) -> Unexecuted {
+        let mut unexecuted = Unexecuted {
+            batches: Vec::new(),
+            // Heights up to the low watermark that are not executed have left the log: their
+            // blocks come by state transfer.
+            missing: self.low.0.saturating_sub(self.executed.0),
+        };
+        for (_, slot) in self.log.range(self.executed.next().max(self.low.next())..) {
+            let digest = slot
+                .certificate
+                .as_ref()
+                .map(|certificate| certificate.statement.digest)
+                .or_else(|| slot.pre_prepare.as_ref().map(|pre_prepare| pre_prepare.body.digest));
+            let Some(digest) = digest else { continue };
+            match slot.batches.get(&digest) {
+                Some(batch) => unexecuted.batches.push(batch.clone()),
+                None => unexecuted.missing += 1,
+            }
+        }
+        unexecuted
     }
 
     /// Heights proposed and not yet committed.

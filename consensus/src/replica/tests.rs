@@ -1063,7 +1063,7 @@ fn the_checkpoint_fill_target_is_the_next_boundary_of_an_idle_primary() {
 fn a_new_primary_knows_the_batches_it_has_not_executed() {
     let fixture = fixture();
     let mut replicas: Vec<Replica> = (0..N).map(|i| fixture.replica(i)).collect();
-    assert!(replicas[1].unexecuted_batches().is_empty());
+    assert!(replicas[1].unexecuted_batches().batches.is_empty());
     let mut view_changes = Vec::new();
     for index in [1usize, 2, 3] {
         let _ = prepare_height_one(&fixture, &mut replicas[index], b"in flight");
@@ -1074,13 +1074,15 @@ fn a_new_primary_knows_the_batches_it_has_not_executed() {
         let _ = fixture.deliver(&mut replicas[1], *from, message.clone());
     }
     assert!(replicas[1].view_active() && replicas[1].is_primary(), "{}", replicas[1].describe());
-    let batches = replicas[1].unexecuted_batches();
+    let unexecuted = replicas[1].unexecuted_batches();
+    assert_eq!(unexecuted.missing, 0);
+    let batches = unexecuted.batches;
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].payload, b"in flight".to_vec());
     // Committed and executed: no longer in flight.
     let mut primary = fixture.replica(0);
     let height = commit_own_proposal(&fixture, &mut primary, b"done");
-    assert_eq!(primary.unexecuted_batches().len(), 1);
+    assert_eq!(primary.unexecuted_batches().batches.len(), 1);
     executed(&mut primary, height);
-    assert!(primary.unexecuted_batches().is_empty());
+    assert!(primary.unexecuted_batches().batches.is_empty());
 }

@@ -17,7 +17,7 @@
 //! Each run of the loop reports the node's liveness for `/health` (`health.rs`). The loop ends
 //! with an error if the network task or the executor is gone: the node then exits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -233,6 +233,9 @@ struct State {
     /// The view in which this replica, as its primary, last marked the batches in flight as
     /// taken in the mempool (before its first cut of that view).
     marked_view: Option<View>,
+    /// This primary has not yet marked every batch of its view's log as in flight (one is
+    /// still missing here): it cuts nothing until it has.
+    marking: bool,
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock (batch timestamps).
@@ -284,6 +287,7 @@ impl Driver {
             executor_gone: false,
             stamps: Stamper::default(),
             marked_view: None,
+            marking: false,
         }
     }
 
@@ -439,6 +443,7 @@ impl Driver {
             schedule,
             window,
             mempool: self.mempool.clone(),
+            store: self.store.clone(),
             genesis_hash: self.genesis_hash,
             params: self.params.clone(),
             freshness,
@@ -855,9 +860,25 @@ impl Driver {
         if state.marked_view != Some(replica.view()) {
             // A new primary's mempool never saw the batches of the old primary: those the new
             // view re-proposes (and those committed but not executed) would go into its first
-            // batch again, and their copies fail their nonce check (issue 17).
+            // batch again, and their copies fail their nonce check (issue 17). What this node
+            // marked as proposed in an earlier view is released: the new view's log is what is
+            // in flight now.
             state.marked_view = Some(replica.view());
-            mark_in_flight(&mut mempool, &replica.unexecuted_batches(), Instant::now());
+            state.marking = true;
+            mempool.release_proposals();
+        }
+        if state.marking {
+            // Until every batch in flight is known here (a re-proposal being fetched, blocks
+            // below the low watermark coming by state transfer), this node cannot know which
+            // transactions are taken: it cuts nothing (issue 15, seed 1: a transaction at two
+            // heights when the new primary cut before it had fetched the re-proposed batch).
+            let unexecuted = replica.unexecuted_batches();
+            if unexecuted.missing > 0 {
+                state.batch_waiting_since = None;
+                return;
+            }
+            mark_in_flight(&mut mempool, &unexecuted.batches, Instant::now());
+            state.marking = false;
         }
         let waiting_since = *state.batch_waiting_since.get_or_insert_with(Instant::now);
         // Only what a batch could take counts: entries behind a nonce gap never fill one.
@@ -1086,6 +1107,7 @@ fn trace_handled(input: &Input) {
 }
 
 /// Why a consensus message did not reach the replica.
+#[derive(Debug)]
 enum Rejected {
     /// Above the schedule horizon: kept until the horizon passes this height.
     Early(Height),
@@ -1115,65 +1137,77 @@ struct Checks {
     schedule: Arc<ValidatorSchedule>,
     window: u64,
     mempool: Arc<Mutex<Mempool>>,
+    store: Arc<Store>,
     genesis_hash: Digest,
     params: ConsensusParams,
     freshness: Freshness,
 }
 
 impl Checks {
+    /// Decodes a message, drops it if stale (before any signature is checked), then verifies
+    /// it; for a pre-prepare also checks its batch ([`check_batch`]).
     fn check(&self, bytes: &[u8]) -> Result<tetrad_consensus::VerifiedMessage, Rejected> {
-        check_message(
-            bytes,
-            &self.schedule,
-            self.window,
-            &self.mempool,
-            &self.genesis_hash,
-            &self.params,
-            &self.freshness,
-        )
+        let message = Message::decode(bytes).map_err(|_| Rejected::Drop("malformed_message"))?;
+        if let Some(reason) = self.freshness.stale(&message) {
+            return Err(Rejected::Drop(reason));
+        }
+        let verified = verify(message, &self.schedule, self.window).map_err(|error| match error {
+            VerifyError::BeyondHorizon { height, .. } => Rejected::Early(height),
+            error => Rejected::Drop(error.reason()),
+        })?;
+        if let Message::PrePrepare { batch, .. } = verified.message()
+            && !batch.payload.is_empty()
+        {
+            check_batch(batch, &self.mempool, &*self.store, &self.genesis_hash, &self.params)?;
+        }
+        Ok(verified)
     }
 }
 
-/// Decodes a message, drops it if stale (before any signature is checked), then verifies it;
-/// for a pre-prepare also checks every transaction of its batch (those in the mempool were
-/// verified at admission).
-fn check_message(
-    bytes: &[u8],
-    schedule: &ValidatorSchedule,
-    window: u64,
+/// The batch of a fresh pre-prepare (a new view's re-proposals come by fetch, never through
+/// here: they must be accepted as they were prepared): within the size limits; every
+/// transaction valid (those in the mempool were verified at admission); no transaction twice,
+/// nor two for one sender's nonce; and none whose nonce the sender's account has already
+/// passed in the blocks executed here (issue 15). Such a copy could only fail its nonce check
+/// at execution, yet it would be in the chain a second time: an honest primary never cuts one
+/// (it marks what is in flight before it cuts), so the batch is the primary's fault and is
+/// dropped. The executed state here is never ahead of the height before the batch's, so the
+/// nonce rule refuses nothing an honest primary could propose; it catches what executed, not
+/// what is in flight (execution catches those copies).
+fn check_batch(
+    batch: &tetrad_consensus::Batch,
     mempool: &Mutex<Mempool>,
+    ledger: &dyn crate::daemon::mempool::Ledger,
     genesis_hash: &Digest,
     params: &ConsensusParams,
-    freshness: &Freshness,
-) -> Result<tetrad_consensus::VerifiedMessage, Rejected> {
-    let message = Message::decode(bytes).map_err(|_| Rejected::Drop("malformed_message"))?;
-    if let Some(reason) = freshness.stale(&message) {
-        return Err(Rejected::Drop(reason));
+) -> Result<(), Rejected> {
+    if batch.payload.len() > params.batch_bytes_max as usize {
+        return Err(Rejected::Drop("oversized_batch"));
     }
-    let verified = verify(message, schedule, window).map_err(|error| match error {
-        VerifyError::BeyondHorizon { height, .. } => Rejected::Early(height),
-        error => Rejected::Drop(error.reason()),
-    })?;
-    if let Message::PrePrepare { batch, .. } = verified.message()
-        && !batch.payload.is_empty()
-    {
-        if batch.payload.len() > params.batch_bytes_max as usize {
-            return Err(Rejected::Drop("oversized_batch"));
-        }
-        let txs: Vec<Tx> =
-            borsh::from_slice(&batch.payload).map_err(|_| Rejected::Drop("malformed_batch"))?;
-        if txs.is_empty() || txs.len() > params.batch_txs_max as usize {
-            return Err(Rejected::Drop("oversized_batch"));
-        }
-        let unknown: Vec<Tx> = {
-            let pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
-            txs.into_iter().filter(|tx| !pool.contains(&tx.hash())).collect()
-        };
-        if check_all(&unknown, genesis_hash).iter().any(Result::is_err) {
-            return Err(Rejected::Drop("invalid_tx_in_batch"));
-        }
+    let txs: Vec<Tx> = borsh::from_slice(&batch.payload).map_err(|_| Rejected::Drop("malformed_batch"))?;
+    if txs.is_empty() || txs.len() > params.batch_txs_max as usize {
+        return Err(Rejected::Drop("oversized_batch"));
     }
-    Ok(verified)
+    let mut seen = HashSet::with_capacity(txs.len());
+    if !txs.iter().all(|tx| seen.insert((tx.body.from, tx.body.nonce))) {
+        return Err(Rejected::Drop("duplicate_tx_in_batch"));
+    }
+    let unknown: Vec<Tx> = {
+        let pool = mempool.lock().unwrap_or_else(|p| p.into_inner());
+        txs.into_iter().filter(|tx| !pool.contains(&tx.hash())).collect()
+    };
+    // What the mempool holds is never behind the executed state (a block evicts what it
+    // passed); only the others are looked up, before their signatures are checked.
+    let stale = unknown
+        .iter()
+        .any(|tx| ledger.account(&tx.body.from).is_some_and(|account| account.nonce > tx.body.nonce));
+    if stale {
+        return Err(Rejected::Drop("stale_tx_in_batch"));
+    }
+    if check_all(&unknown, genesis_hash).iter().any(Result::is_err) {
+        return Err(Rejected::Drop("invalid_tx_in_batch"));
+    }
+    Ok(())
 }
 
 /// Verifies the certificates of fetched blocks; drops (and counts) the ones that fail.
@@ -1262,9 +1296,27 @@ mod tests {
     /// open-loop benchmark counted more commits than submissions).
     #[tokio::test]
     async fn a_new_primary_does_not_cut_what_its_new_view_re_proposes() {
+        new_primary_scenario(true).await;
+    }
+
+    /// Issue 15 (seed 1 of the fault campaign: one transaction at heights 364 and 365): the new
+    /// primary never received the old primary's pre-prepare, only the prepared certificate in
+    /// the view-changes, so its new view re-proposes a digest whose batch it must fetch. Until
+    /// the batch arrives it cannot know which transactions are taken, so it must not cut; once it
+    /// has the batch, its cut leaves them out.
+    #[tokio::test]
+    async fn a_new_primary_waits_for_a_re_proposed_batch_it_lacks_before_it_cuts() {
+        new_primary_scenario(false).await;
+    }
+
+    /// Validator 0 proposes three transactions at height 1 in view 0; validators 2 and 3 prepare
+    /// it and move to view 1, whose primary is validator 1 (this driver). Validator 1 saw the
+    /// pre-prepare (`saw_pre_prepare`) or only the prepared certificate in the view-changes.
+    /// Every transaction, and one more that no batch holds, is in its mempool.
+    async fn new_primary_scenario(saw_pre_prepare: bool) {
         use tetrad_consensus::certificate::Signed;
         use tetrad_consensus::messages::{Batch, PrePrepare, Prepare};
-        use tetrad_consensus::view_messages::ViewChange;
+        use tetrad_consensus::view_messages::{PreparedCertificate, ViewChange};
         use tetrad_consensus::{ReplicaConfig, VerifiedMessage};
 
         let dir = ScratchDir::new("driver-new-primary").expect("scratch dir");
@@ -1302,11 +1354,10 @@ mod tests {
         );
         let _ = replica.start(0);
         let _ = replica.handle(0, Input::WallClock { unix_ms: wall_clock_ms() });
-        let mut handle = |from: u16, message: Message| {
+        let handle = |replica: &mut Replica, from: u16, message: Message| {
             let message = checked(message);
             let _ = replica.handle(1, Input::Message { from: ValidatorIndex(from), message });
         };
-        // View 0: validator 0 proposes the three transactions at height 1; 2 and 3 prepare it.
         let batch = Arc::new(Batch {
             view: View(0),
             proposer: ValidatorIndex(0),
@@ -1316,20 +1367,30 @@ mod tests {
         let digest = batch.digest();
         let pre_prepare = PrePrepare { view: View(0), height: Height(1), digest };
         let pre_prepare = Signed::sign(pre_prepare, ValidatorIndex(0), &chain.validator_keys[0], &set);
-        handle(0, Message::PrePrepare { pre_prepare, batch });
-        for signer in [2u16, 3] {
-            let prepare = Prepare { view: View(0), height: Height(1), digest };
-            let prepare =
-                Signed::sign(prepare, ValidatorIndex(signer), &chain.validator_keys[signer as usize], &set);
-            handle(signer, Message::Prepare(prepare));
-        }
+        let prepares: Vec<Signed<Prepare>> = [2u16, 3]
+            .into_iter()
+            .map(|signer| {
+                let prepare = Prepare { view: View(0), height: Height(1), digest };
+                Signed::sign(prepare, ValidatorIndex(signer), &chain.validator_keys[signer as usize], &set)
+            })
+            .collect();
+        let prepared = if saw_pre_prepare {
+            handle(&mut replica, 0, Message::PrePrepare { pre_prepare, batch: batch.clone() });
+            for prepare in prepares {
+                handle(&mut replica, prepare.signer.0, Message::Prepare(prepare));
+            }
+            Vec::new()
+        } else {
+            let prepares = prepares.into_iter().map(|prepare| (prepare.signer, prepare.signature)).collect();
+            vec![PreparedCertificate { pre_prepare, prepares }]
+        };
         // Validators 2 and 3 ask for view 1, whose primary is validator 1: it joins, gathers a
         // quorum and re-proposes the prepared batch at height 1.
         for signer in [2u16, 3] {
-            let body = ViewChange { new_view: View(1), checkpoint: None, prepared: Vec::new() };
+            let body = ViewChange { new_view: View(1), checkpoint: None, prepared: prepared.clone() };
             let view_change =
                 Signed::sign(body, ValidatorIndex(signer), &chain.validator_keys[signer as usize], &set);
-            handle(signer, Message::ViewChange(view_change));
+            handle(&mut replica, signer, Message::ViewChange(view_change));
         }
         assert!(replica.view_active() && replica.is_primary(), "{}", replica.describe());
         assert_eq!(replica.view(), View(1));
@@ -1337,24 +1398,81 @@ mod tests {
 
         let mut state = driver.new_state();
         let mut actions = Actions::default();
+        let proposed = |actions: &Actions| -> Vec<Tx> {
+            actions
+                .send_after_persist
+                .iter()
+                .filter_map(|outgoing| match &outgoing.message {
+                    Message::PrePrepare { pre_prepare, batch } if pre_prepare.signer == me => {
+                        Some(tetrad_ledger::tx::decode_payload(&batch.payload).expect("decodes"))
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
         // With the re-proposal in flight, the primary cuts once the batch timeout has passed.
         driver.propose(&mut state, &mut actions);
         tokio::time::sleep(Duration::from_millis(driver.params.batch_timeout_ms + 10)).await;
         driver.propose(&mut state, &mut actions);
-        let proposed: Vec<Tx> = actions
-            .send_after_persist
-            .iter()
-            .filter_map(|outgoing| match &outgoing.message {
-                Message::PrePrepare { pre_prepare, batch } if pre_prepare.signer == me => {
-                    Some(tetrad_ledger::tx::decode_payload(&batch.payload).expect("decodes"))
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        if !saw_pre_prepare {
+            let cut = proposed(&actions);
+            assert!(cut.is_empty(), "the new primary cut before it knew the re-proposed batch: {cut:?}");
+            let replica = driver.replica.as_mut().expect("replica");
+            handle(replica, 2, Message::Batch { height: Height(1), batch: batch.clone() });
+            driver.propose(&mut state, &mut actions);
+            tokio::time::sleep(Duration::from_millis(driver.params.batch_timeout_ms + 10)).await;
+            driver.propose(&mut state, &mut actions);
+        }
+        let proposed = proposed(&actions);
         let again: Vec<_> = proposed.iter().filter(|tx| txs.contains(tx)).collect();
         assert!(again.is_empty(), "the new primary proposed again: {again:?}");
         assert_eq!(proposed, vec![later], "the new primary proposes what no batch holds");
+    }
+
+    /// Issue 15: a fresh batch that carries a transaction twice (or two for one sender's
+    /// nonce), or a transaction whose nonce the sender's executed account has passed (a replay
+    /// of one already in the chain), is the primary's fault: dropped before the replica sees it,
+    /// so the copy never gets into a second block. A batch of fresh transactions passes.
+    #[test]
+    fn a_batch_that_replays_a_transaction_is_dropped() {
+        use tetrad_consensus::messages::Batch;
+        use tetrad_ledger::Account;
+
+        /// Every account has sent `nonce` transactions.
+        struct Sent {
+            nonce: u64,
+        }
+        impl crate::daemon::mempool::Ledger for Sent {
+            fn account(&self, _address: &tetrad_ledger::tx::Address) -> Option<Account> {
+                Some(Account { balance: 1_000, nonce: self.nonce, slot: 0 })
+            }
+            fn validator_key(&self, _validator: ValidatorIndex) -> Option<tetrad_consensus::PublicKey> {
+                None
+            }
+        }
+        let chain = TestChain::new(4, 2, 1000);
+        let params = ConsensusParams::default();
+        let mempool = Mutex::new(Mempool::new(MempoolConfig::default()));
+        let batch = |txs: &[Tx]| Batch {
+            view: View(0),
+            proposer: ValidatorIndex(0),
+            timestamp_ms: 1,
+            payload: borsh::to_vec(txs).expect("encodes"),
+        };
+        let check = |txs: &[Tx], nonce: u64| {
+            check_batch(&batch(txs), &mempool, &Sent { nonce }, &chain.genesis_hash, &params)
+        };
+        let first = chain.transfer(0, 1, 1, 1);
+        let other = chain.transfer(1, 1, 0, 1);
+        assert!(check(&[first.clone(), other.clone()], 1).is_ok());
+        let twice = check(&[first.clone(), other.clone(), first.clone()], 1);
+        assert!(matches!(twice, Err(Rejected::Drop("duplicate_tx_in_batch"))), "{twice:?}");
+        let same_nonce = check(&[first.clone(), chain.transfer(0, 1, 1, 2)], 1);
+        assert!(matches!(same_nonce, Err(Rejected::Drop("duplicate_tx_in_batch"))), "{same_nonce:?}");
+        // Nonce 1 executed: the accounts' next nonce is 2.
+        let replayed = check(&[first, other], 2);
+        assert!(matches!(replayed, Err(Rejected::Drop("stale_tx_in_batch"))), "{replayed:?}");
     }
 
     #[tokio::test]

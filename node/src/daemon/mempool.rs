@@ -453,6 +453,26 @@ impl Mempool {
         }
     }
 
+    /// Forgets which transactions this node proposed or marked: every run is proposable again
+    /// from its sender's next nonce. Called when this node becomes the primary of a new view,
+    /// before it marks what that view has in flight (its log, not this node's memory of
+    /// earlier views, says what is taken). O(senders).
+    pub fn release_proposals(&mut self) {
+        self.proposed.clear();
+        let addresses: Vec<Address> = self
+            .senders
+            .iter_mut()
+            .filter(|(_, sender)| sender.propose_from > sender.nonce)
+            .map(|(address, sender)| {
+                sender.propose_from = sender.nonce;
+                *address
+            })
+            .collect();
+        for address in addresses {
+            self.refresh(&address);
+        }
+    }
+
     /// Marks `address`'s nonces `first..end` as proposed at `now`.
     fn take_from(&mut self, address: Address, first: u64, end: u64, now: Instant) {
         if end <= first {
@@ -790,6 +810,14 @@ mod tests {
         // After the view change window, unfinished proposals come back.
         let later = now + Duration::from_secs(6);
         assert_eq!(pool.cut(10, 1 << 20, later).txs.len(), 3);
+        // A new view: what this node proposed before is proposable again at once (the new
+        // view's log says what is in flight, and the driver marks that).
+        pool.release_proposals();
+        assert!(pool.has_ready());
+        assert_eq!(senders_and_nonces(&pool.cut(10, 1 << 20, later)).len(), 3);
+        pool.release_proposals();
+        pool.mark_proposed(&[chain.transfer(0, 0, 0, 1)], later);
+        assert_eq!(senders_and_nonces(&pool.cut(10, 1 << 20, later)).len(), 2);
     }
 
     #[test]
