@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test Tetrad: clang and libclang (the rocksdb
-# crate's bindgen needs them) and curl. Debian/Ubuntu only; does nothing when they are already there.
+# crate's bindgen needs them), curl and strace. Debian/Ubuntu only; does nothing when they are already there.
 set -euo pipefail
 
 have_libclang() {
@@ -12,6 +12,8 @@ packages=()
 command -v clang >/dev/null 2>&1 && have_libclang || packages+=(clang libclang-dev)
 # curl: the README's session and the RPC tests use it.
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+# strace: ledger/tests/dir_durability.rs checks which directories are synced.
+command -v strace >/dev/null 2>&1 || packages+=(strace)
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi

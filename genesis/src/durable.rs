@@ -4,7 +4,7 @@
 //! (and possibly a stale temporary file, which the next write of that file removes); never a
 //! torn file under the real name.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -33,10 +33,7 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Syncs a directory, so the names created, renamed or removed in it survive a power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub use tetrad_ledger::dirs::sync_dir;
 
 /// Writes `bytes` to `path` with permission `mode`: temporary file, fsync, link (or rename)
 /// into place, fsync of the directory. When it returns `Ok`, the file is on disk under its name.
@@ -68,10 +65,9 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32, existing: Existing) -> s
     sync_dir(parent_dir(path))
 }
 
-/// Creates a directory (and its parents) and syncs the directory that holds it.
+/// Creates a directory (and its parents) and syncs the directory that holds each of them.
 pub fn create_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    sync_dir(parent_dir(path))
+    tetrad_ledger::dirs::create_dir_synced(path)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 pub mod address_tree;
 pub mod block;
+pub mod dirs;
 pub mod execute;
 pub mod light;
 pub mod merkle;

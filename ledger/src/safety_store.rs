@@ -32,6 +32,10 @@ pub struct SafetyStore {
 
 impl SafetyStore {
     pub fn open(path: &Path) -> Result<SafetyStore, StorageError> {
+        // RocksDB would create a missing directory without syncing its name (crate::dirs): a
+        // power cut could then take every record of what this validator signed.
+        crate::dirs::create_dir_synced(path)
+            .map_err(|source| StorageError::Io { path: path.to_path_buf(), source })?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_max_background_jobs(1);

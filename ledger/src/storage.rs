@@ -40,6 +40,8 @@ pub enum StorageError {
     #[cfg(feature = "rocksdb")]
     #[error("rocksdb at {path}: {source}")]
     Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} holds no chain: run `tetrad init` first")]
     NotInitialized { path: PathBuf },
     #[error("{path} already holds the chain with genesis hash {found}, not {expected}")]

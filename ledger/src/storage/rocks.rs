@@ -135,6 +135,9 @@ impl Store {
     }
 
     fn open_db(path: &Path) -> Result<DB, StorageError> {
+        // RocksDB would create a missing directory without syncing its name (crate::dirs).
+        crate::dirs::create_dir_synced(path)
+            .map_err(|source| StorageError::Io { path: path.to_path_buf(), source })?;
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let options = Self::options(&cache, None);
         let descriptors = COLUMN_FAMILIES
