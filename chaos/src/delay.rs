@@ -96,10 +96,12 @@ impl<T> Held<T> {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
@@ -207,7 +209,7 @@ pub fn run(options: &Options) -> Result<Counts> {
     stdout.flush()?;
     let mut jitter = Jitter::new(options.delay, options.jitter, options.seed);
     let mut held: Held<nfq::Message> = Held::new(MAX_PENDING);
-    let mut verdict = |queue: &mut nfq::Queue, mut message: nfq::Message, counts: &mut Counts| {
+    let verdict = |queue: &mut nfq::Queue, mut message: nfq::Message, counts: &mut Counts| {
         message.set_verdict(nfq::Verdict::Accept);
         if queue.verdict(message).is_err() {
             counts.verdict_errors += 1;

@@ -36,13 +36,14 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     receiver
 }
 
-/// Waits (bounded) for the first line that starts with `prefix`.
+/// Waits (bounded) for the first line that holds `prefix`; the line from there on. (The
+/// helper's first line follows libtest's `test helper ... ` on the same line.)
 fn wait_line(lines: &mpsc::Receiver<String>, prefix: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
-            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(line) if line.contains(prefix) => return line[line.find(prefix).unwrap_or(0)..].to_string(),
             Ok(_) => {}
             Err(error) => panic!("no line starting with {prefix:?} within {limit:?}: {error}"),
         }
@@ -172,10 +173,13 @@ impl Pair {
         let lines = lines_of(&mut child);
         let status = wait_bounded(&mut child, LIMIT);
         assert!(status.success(), "connect helper: {status}");
-        let trips: Vec<f64> = lines
-            .try_iter()
-            .filter_map(|line| line.strip_prefix("rtt-us ").map(|us| us.parse::<f64>().expect("µs") / 1000.0))
-            .collect();
+        // Every line (the reader ends at the helper's EOF, just after its exit).
+        let mut trips = Vec::new();
+        while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+            if let Some(at) = line.find("rtt-us ") {
+                trips.push(line[at + 7..].trim().parse::<f64>().expect("µs") / 1000.0);
+            }
+        }
         assert_eq!(trips.len(), count, "{trips:?}");
         trips
     }
