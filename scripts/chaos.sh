@@ -7,9 +7,10 @@
 #                    [--clients N] [--keep] [--allow-replayed-copies]
 #                    [--byzantine MODES] [--byzantine-node v0]
 #
-# Needs root (namespaces, veth, iptables, tc). Installs iproute2 and iptables with apt-get when
-# they are missing. Everything it makes (namespaces tchaos-*, the link tchaos-host, the rules
-# inside the namespaces, the processes) is removed on exit, also on failure and Ctrl-C. The
+# Needs root (namespaces, veth, iptables, tc; NFQUEUE for link faults). Installs iproute2 and
+# iptables with apt-get when they are missing. Everything it makes (namespaces tchaos-*, the link
+# tchaos-host, the rules inside the namespaces, the processes: nodes and link delayers) is removed
+# on exit, also on failure and Ctrl-C. The
 # network is 10.77.0.0/24 (nodes .1-.5, the host .254; override with TETRAD_CHAOS_SUBNET=10.x.y).
 # Exit status 0 only if the checker passed and every liveness bound held; a failure prints the
 # seed and the command that replays it. The node logs stay in the printed directory on failure.
@@ -44,7 +45,7 @@ while [ $# -gt 0 ]; do
         --allow-replayed-copies) extra+=(--allow-replayed-copies); shift ;;
         --byzantine) byzantine="$2"; shift 2 ;;
         --byzantine-node) byzantine_node="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "chaos.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -117,8 +118,17 @@ status=2
 remove_all() {
     local ns
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}" || true); do
-        # Whatever still runs in a namespace of ours dies with it.
-        ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        # Whatever still runs in a namespace of ours (nodes, link delayers) dies first, and is
+        # gone before the namespace is deleted (a process would keep the namespace alive).
+        local tries=0
+        while [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] && [ "$tries" -lt 50 ]; do
+            ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+            sleep 0.1
+            tries=$((tries + 1))
+        done
+        if [ -n "$(ip netns pids "$ns" 2>/dev/null)" ]; then
+            echo "chaos.sh: processes $(ip netns pids "$ns" | tr '\n' ' ')still run in $ns after kill -9" >&2
+        fi
         ip netns delete "$ns" 2>/dev/null || true
     done
     ip link delete "$host_link" 2>/dev/null || true
@@ -189,12 +199,18 @@ for index in "${!names[@]}"; do
     ip -n "$ns" link set lo up
     hosts+=("$ip")
 done
-# Probe what the kernel offers for link faults (netem is not built into every kernel).
-if ip netns exec "${prefix}v0" tc qdisc add dev eth0 root netem delay 1ms 2>/dev/null; then
-    ip netns exec "${prefix}v0" tc qdisc del dev eth0 root
-    echo "chaos: note: netem is available but the campaign uses iptables (loss, duplication) and htb (slow links)" >&2
-else
-    echo "chaos: note: this kernel has no netem; links get loss (iptables statistic), duplication (iptables TEE) and throttling (htb)" >&2
+# Probe what the kernel offers for link faults. This kernel family has no netem, so delay, jitter
+# and reordering come from a userspace delayer (tetrad-chaos delay) fed by an NFQUEUE rule; link
+# faults need NFQUEUE, and a campaign with link faults fails here rather than run without delays.
+if [ "$faults" = all ] || [[ ",${faults// /}," == *,link,* ]]; then
+    if ip netns exec "${prefix}v0" iptables -A OUTPUT -d "${subnet}.2" -j NFQUEUE --queue-num 1 --queue-bypass 2>/dev/null \
+        && ip netns exec "${prefix}v0" iptables -D OUTPUT -d "${subnet}.2" -j NFQUEUE --queue-num 1 --queue-bypass \
+        && ip netns exec "${prefix}v0" "$TETRAD_CHAOS_BIN" delay --queue 1 --check >/dev/null; then
+        echo "chaos: note: links get loss (iptables statistic), duplication (iptables TEE), throttling (htb), and delay, jitter and reordering (NFQUEUE and tetrad-chaos delay, no netem)" >&2
+    else
+        echo "chaos.sh: link faults need NFQUEUE (CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE) for their delays; this kernel or iptables lacks it. Run without link faults (--faults with other kinds)" >&2
+        exit 2
+    fi
 fi
 
 echo "== chaos: tetrad testnet --hosts $(IFS=,; echo "${hosts[*]}")" >&2

@@ -384,8 +384,21 @@ fn inject(
                     link.duplicate_percent,
                     link.throttle_kbit,
                 ));
+                if link.delay_ms > 0 {
+                    // One delayer per direction, each with its own jitter stream.
+                    for (from, to) in [(link.a, link.b), (link.b, link.a)] {
+                        let seed =
+                            options.seed ^ (((fault.index as u64) << 16) | ((from as u64) << 8) | to as u64);
+                        note(cluster.delay(from, to, link.delay_ms, link.jitter_ms, seed));
+                    }
+                }
             }
             hold(duration);
+            let (counters, stop_problems) = cluster.stop_delayers();
+            notes.extend(counters);
+            for problem in stop_problems {
+                note(Err(anyhow::anyhow!(problem)));
+            }
         }
         (FaultKind::PausePrimary, _) => {
             note(cluster.pause(primary));

@@ -5,9 +5,11 @@
 //! script's exit trap) removes it; [`Cluster::heal`] removes them earlier.
 
 use std::collections::BTreeSet;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -19,6 +21,19 @@ use crate::workload::Endpoint;
 pub const RPC_PORT: u16 = 8545;
 /// The interface of a node inside its namespace (the script names it so).
 const INTERFACE: &str = "eth0";
+/// How long a delayer may take to bind its queue, and to let its packets go and exit.
+const DELAYER_READY: Duration = Duration::from_secs(5);
+const DELAYER_STOP: Duration = Duration::from_secs(3);
+
+/// A `tetrad-chaos delay` process in `a`'s namespace, delaying what `a` sends to `b`.
+struct Delayer {
+    a: usize,
+    b: usize,
+    queue: u16,
+    child: Child,
+    /// Its stdout, line by line.
+    lines: mpsc::Receiver<String>,
+}
 
 #[derive(Debug, Deserialize)]
 struct TestnetFile {
@@ -54,6 +69,8 @@ pub struct Cluster {
     /// Nodes found already dead when the campaign went to kill them: reported by
     /// [`Cluster::exited`] like any other exit on its own (a kill must not hide a crash).
     died_before_kill: Vec<(usize, std::process::ExitStatus, String)>,
+    /// Running delayers (link faults with a delay).
+    delayers: Vec<Delayer>,
 }
 
 /// Runs `program args` and fails with its stderr if it does not succeed.
@@ -100,6 +117,7 @@ impl Cluster {
             tetrad: tetrad.to_path_buf(),
             throttled: BTreeSet::new(),
             died_before_kill: Vec::new(),
+            delayers: Vec::new(),
         })
     }
 
@@ -366,9 +384,135 @@ impl Cluster {
         Ok(())
     }
 
-    /// Removes every rule and qdisc the faults added, in every node's namespace.
-    pub fn heal(&mut self) -> Vec<String> {
+    /// Every packet `a` sends to `b` held for `delay_ms` plus or minus up to `jitter_ms`
+    /// (which reorders them), by a `tetrad-chaos delay` in `a`'s namespace bound to an NFQUEUE
+    /// of its own. Rules are appended: loss drops a packet before it is queued.
+    pub fn delay(&mut self, a: usize, b: usize, delay_ms: u64, jitter_ms: u64, seed: u64) -> Result<()> {
+        let queue = 100 + (a * 32 + b) as u16;
+        let program = std::env::current_exe().context("the path of tetrad-chaos")?;
+        let node = &self.nodes[a];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &node.namespace])
+            .arg(&program)
+            .arg("delay")
+            .args(["--queue", &queue.to_string()])
+            .args(["--delay-ms", &delay_ms.to_string()])
+            .args(["--jitter-ms", &jitter_ms.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting a delayer in {}", node.namespace))?;
+        let (sender, lines) = mpsc::channel();
+        if let Some(stdout) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines().map_while(|line| line.ok()) {
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let ready = lines.recv_timeout(DELAYER_READY);
+        let mut delayer = Delayer { a, b, queue, child, lines };
+        match ready {
+            Ok(line) if line.starts_with("delay: bound queue") => {}
+            other => {
+                let _ = delayer.child.kill();
+                let status = delayer.child.wait();
+                bail!(
+                    "the delayer for {} -> {} did not bind queue {queue} within {} s ({other:?}, {status:?})",
+                    self.nodes[a].name,
+                    self.nodes[b].name,
+                    DELAYER_READY.as_secs()
+                );
+            }
+        }
+        self.delayers.push(delayer);
+        let peer = self.nodes[b].ip.clone();
+        self.in_namespace(
+            a,
+            &[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-d",
+                &peer,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue.to_string(),
+                "--queue-bypass",
+            ],
+        )
+    }
+
+    /// Removes the delayers' rules, then stops them (SIGTERM: each lets what it holds through and
+    /// prints its counters). Returns one line per delayer (`a->b delayed N reordered M ...`) and
+    /// the problems (a delayer that had died, or did not stop).
+    pub fn stop_delayers(&mut self) -> (Vec<String>, Vec<String>) {
+        let mut notes = Vec::new();
         let mut problems = Vec::new();
+        for mut delayer in std::mem::take(&mut self.delayers) {
+            let peer = self.nodes[delayer.b].ip.clone();
+            let queue = delayer.queue.to_string();
+            let link = format!("{}->{}", self.nodes[delayer.a].name, self.nodes[delayer.b].name);
+            let rule = [
+                "iptables",
+                "-D",
+                "OUTPUT",
+                "-d",
+                &peer,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                &queue,
+                "--queue-bypass",
+            ];
+            if let Err(error) = self.in_namespace(delayer.a, &rule) {
+                problems.push(format!("{link}: {error:#}"));
+            }
+            if let Ok(Some(status)) = delayer.child.try_wait() {
+                problems.push(format!("{link}: the delayer exited during the fault ({status})"));
+                continue;
+            }
+            let _ = run("kill", &["-TERM", &delayer.child.id().to_string()]);
+            let deadline = Instant::now() + DELAYER_STOP;
+            let status = loop {
+                match delayer.child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => break None,
+                }
+            };
+            match status {
+                Some(status) if status.success() => {
+                    let last = delayer.lines.recv_timeout(Duration::from_secs(1)).ok();
+                    let counters = last
+                        .as_deref()
+                        .and_then(|line| line.split_once(&format!("queue {queue} ")))
+                        .map_or("no counters", |(_, counters)| counters)
+                        .to_string();
+                    notes.push(format!("{link} {counters}"));
+                }
+                Some(status) => problems.push(format!("{link}: the delayer failed ({status})")),
+                None => {
+                    let _ = delayer.child.kill();
+                    let _ = delayer.child.wait();
+                    problems.push(format!(
+                        "{link}: the delayer did not stop within {} s of SIGTERM",
+                        DELAYER_STOP.as_secs()
+                    ));
+                }
+            }
+        }
+        (notes, problems)
+    }
+
+    /// Removes every rule and qdisc the faults added, in every node's namespace, and stops
+    /// any delayer still running.
+    pub fn heal(&mut self) -> Vec<String> {
+        let (_, mut problems) = self.stop_delayers();
         for index in 0..self.nodes.len() {
             for args in [&["iptables", "-F"][..], &["iptables", "-t", "mangle", "-F"][..]] {
                 if let Err(error) = self.in_namespace(index, args) {
@@ -391,6 +535,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for index in 0..self.nodes.len() {
             self.kill(index);
+        }
+        for delayer in &mut self.delayers {
+            let _ = delayer.child.kill();
+            let _ = delayer.child.wait();
         }
     }
 }

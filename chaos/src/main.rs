@@ -4,8 +4,9 @@
 //! bridge between them, the host on it too) and removes them on exit; this binary does the
 //! rest: starts every `tetrad run` in its namespace, runs closed-loop clients that submit
 //! transfers to random nodes and record every answer ([`record`]), injects a seeded schedule
-//! of faults ([`schedule`]: partitions, one-way cuts, lossy and duplicating and throttled
-//! links, a paused primary, kill -9 and restart, f+1 crashed, the whole network restarted),
+//! of faults ([`schedule`]: partitions, one-way cuts, lossy, duplicating, throttled, delayed
+//! and reordering links ([`delay`]: NFQUEUE, no netem needed), a paused primary, kill -9 and
+//! restart, f+1 crashed, the whole network restarted),
 //! measures when commits resume after each heal ([`monitor`]), and finally checks every
 //! node's chain against the record ([`checker`]) — and checks that the checker catches planted
 //! faults. Exit status 0 only if everything held.
@@ -13,6 +14,7 @@
 mod campaign;
 mod checker;
 mod cluster;
+mod delay;
 mod http;
 mod monitor;
 mod record;
@@ -55,6 +57,26 @@ enum Command {
         validators: usize,
         #[arg(long, default_value_t = 1)]
         full_nodes: usize,
+    },
+    /// Delay the packets an NFQUEUE rule hands over (one link, one direction): each held for
+    /// the delay plus or minus a uniform jitter, released in release-time order (so a jitter
+    /// wider than the gap between packets reorders them). Run in the sender's namespace, with
+    /// `iptables -A OUTPUT -d PEER -j NFQUEUE --queue-num N --queue-bypass` there. Stops on
+    /// SIGTERM (every held packet let through) and prints its counters.
+    Delay {
+        /// The NFQUEUE number (the rule's --queue-num).
+        #[arg(long)]
+        queue: u16,
+        #[arg(long, default_value_t = 100)]
+        delay_ms: u64,
+        /// Each packet held for the delay plus or minus up to this (uniform).
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only bind the queue and unbind it: exit 0 if this kernel offers NFQUEUE.
+        #[arg(long)]
+        check: bool,
     },
     /// Run a campaign on a network made by scripts/chaos.sh (needs root: namespaces, iptables).
     Run {
@@ -132,6 +154,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             for fault in schedule::generate(seed, duration * 1000, &kinds, shape) {
                 println!("{}", fault.describe(&names));
             }
+            Ok(true)
+        }
+        Command::Delay { queue, delay_ms, jitter_ms, seed, check } => {
+            delay::run(&delay::Options {
+                queue,
+                delay: Duration::from_millis(delay_ms),
+                jitter: Duration::from_millis(jitter_ms),
+                seed,
+                check,
+            })?;
             Ok(true)
         }
         Command::Run {

@@ -20,7 +20,8 @@ pub enum FaultKind {
     /// One node hears nothing from its peers (or cannot reach them) while the other direction
     /// still works.
     OneWay,
-    /// Per-link packet loss, duplication and a throttled (slow) link.
+    /// Per-link packet loss, duplication, a throttled (slow) link, and delay with jitter (which
+    /// reorders packets).
     Link,
     /// SIGSTOP of the primary, SIGCONT at the end.
     PausePrimary,
@@ -140,6 +141,11 @@ pub struct LinkDamage {
     pub duplicate_percent: u64,
     /// The link throttled to this many kbit/s (0: not throttled); queueing makes it slow.
     pub throttle_kbit: u64,
+    /// Every packet held this long (0: not delayed), each way, by `tetrad-chaos delay`.
+    pub delay_ms: u64,
+    /// Plus or minus up to this, uniform, per packet: packets closer together than the jitter
+    /// come out of order.
+    pub jitter_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -179,6 +185,9 @@ pub fn generate(seed: u64, duration_ms: u64, kinds: &[FaultKind], shape: Shape) 
     assert!(!kinds.is_empty(), "no fault kinds");
     assert!(shape.validators >= 4, "a schedule needs n >= 4 validators");
     let mut rng = Rng::new(seed);
+    // Link delays come from a stream of their own, so that adding them left every other draw
+    // (and so each seed's faults) as it was.
+    let mut delays = Rng::new(seed).fork(DELAY_SALT);
     let mut faults = Vec::new();
     let mut planned_ms = 0;
     let mut round = 0;
@@ -189,7 +198,7 @@ pub fn generate(seed: u64, duration_ms: u64, kinds: &[FaultKind], shape: Shape) 
             if round > 0 && planned_ms >= duration_ms {
                 return faults;
             }
-            let fault = make(&mut rng, faults.len(), kind, shape);
+            let fault = make(&mut rng, &mut delays, faults.len(), kind, shape);
             // No time is planned for recoveries: the campaign stops injecting at `duration` anyway, and a
             // schedule that ran out early would make a campaign shorter than asked.
             planned_ms += fault.duration_ms + fault.gap_ms;
@@ -202,7 +211,20 @@ pub fn generate(seed: u64, duration_ms: u64, kinds: &[FaultKind], shape: Shape) 
     }
 }
 
-fn make(rng: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
+/// Salt of the link delays' random stream.
+const DELAY_SALT: u64 = 0xde1a7;
+
+/// A link's delay and jitter: delayed on about half the damaged links, 20-200 ms, jitter up to
+/// the delay.
+fn link_delay(delays: &mut Rng) -> (u64, u64) {
+    if !delays.chance(50) {
+        return (0, 0);
+    }
+    let delay_ms = delays.range(20, 200);
+    (delay_ms, delays.range(0, delay_ms))
+}
+
+fn make(rng: &mut Rng, delays: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
     let nodes = shape.nodes();
     let validators = shape.validators;
     let gap_ms = rng.range(500, 2_000);
@@ -231,23 +253,29 @@ fn make(rng: &mut Rng, index: usize, kind: FaultKind, shape: Shape) -> Fault {
             for a in 0..nodes {
                 for b in a + 1..nodes {
                     if rng.chance(40) {
+                        let (delay_ms, jitter_ms) = link_delay(delays);
                         links.push(LinkDamage {
                             a,
                             b,
                             loss_percent: rng.range(0, 30),
                             duplicate_percent: rng.range(0, 20),
                             throttle_kbit: if rng.chance(30) { rng.range(64, 512) } else { 0 },
+                            delay_ms,
+                            jitter_ms,
                         });
                     }
                 }
             }
             if links.is_empty() {
+                let (delay_ms, jitter_ms) = link_delay(delays);
                 links.push(LinkDamage {
                     a: 0,
                     b: 1,
                     loss_percent: 20,
                     duplicate_percent: 10,
                     throttle_kbit: 0,
+                    delay_ms,
+                    jitter_ms,
                 });
             }
             (Target::Links { links }, rng.range(3_000, 10_000))
@@ -293,13 +321,18 @@ impl Fault {
                 .iter()
                 .map(|link| {
                     format!(
-                        "{}-{} loss {}% dup {}%{}",
+                        "{}-{} loss {}% dup {}%{}{}",
                         name(&link.a),
                         name(&link.b),
                         link.loss_percent,
                         link.duplicate_percent,
                         if link.throttle_kbit > 0 {
                             format!(" {} kbit/s", link.throttle_kbit)
+                        } else {
+                            String::new()
+                        },
+                        if link.delay_ms > 0 {
+                            format!(" delay {}±{} ms", link.delay_ms, link.jitter_ms)
                         } else {
                             String::new()
                         }
@@ -358,6 +391,67 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn about_half_the_damaged_links_are_delayed_within_bounds() {
+        let (mut links, mut delayed) = (0, 0);
+        for seed in 0..100 {
+            for fault in generate(seed, 60_000, &[FaultKind::Link], SHAPE) {
+                let Target::Links { links: damaged } = &fault.target else { panic!("{fault:?}") };
+                for link in damaged {
+                    links += 1;
+                    if link.delay_ms > 0 {
+                        delayed += 1;
+                        assert!((20..=200).contains(&link.delay_ms), "{link:?}");
+                        assert!(link.jitter_ms <= link.delay_ms, "{link:?}");
+                        assert!(fault.describe(&[]).contains(&format!("delay {}±", link.delay_ms)));
+                    } else {
+                        assert_eq!(link.jitter_ms, 0);
+                    }
+                }
+            }
+        }
+        assert!(delayed * 10 > links * 4 && delayed * 10 < links * 6, "{delayed} of {links} delayed");
+    }
+
+    #[test]
+    fn link_delays_leave_the_rest_of_a_schedule_as_it_was() {
+        // The faults of seed 1 before delays were added (kinds, targets, durations, gaps):
+        // the delays come from a stream of their own.
+        let undelayed = |faults: Vec<Fault>| -> Vec<Fault> {
+            faults
+                .into_iter()
+                .map(|mut fault| {
+                    if let Target::Links { links } = &mut fault.target {
+                        for link in links {
+                            link.delay_ms = 0;
+                            link.jitter_ms = 0;
+                        }
+                    }
+                    fault
+                })
+                .collect()
+        };
+        let faults = generate(1, 60_000, &FaultKind::ALL, SHAPE);
+        let names: Vec<String> = ["v0", "v1", "v2", "v3", "full0"].map(String::from).to_vec();
+        let lines: Vec<String> = undelayed(faults).iter().map(|fault| fault.describe(&names)).collect();
+        assert_eq!(lines, SEED_1_BEFORE_DELAYS);
+    }
+
+    /// `tetrad-chaos schedule --seed 1 --duration 60` at dce6a78 (before link delays).
+    const SEED_1_BEFORE_DELAYS: &[&str] = &[
+        "#0 crash-quorum v0 v1 for 6.9 s",
+        "#1 kill-primary the primary for 1.4 s",
+        "#2 pause-primary the primary for 4.2 s",
+        "#3 split [v1 v3 | v0 v2 full0] for 3.6 s",
+        "#4 isolate-primary the primary for 3.2 s",
+        "#5 one-way v1 sends nothing for 2.7 s",
+        "#6 kill v3 for 3.3 s",
+        "#7 restart-all every node for 2.8 s",
+        "#8 link v1-full0 loss 27% dup 1%, v2-v3 loss 12% dup 17%, v2-full0 loss 27% dup 6% for 4.2 s",
+        "#9 disk-full the node on the small disk for 7.3 s",
+        "#10 clock v0 clock +600 s for 6.7 s",
+    ];
 
     #[test]
     fn fault_lists_parse() {
