@@ -56,9 +56,11 @@ pub struct FaultRun {
     pub description: String,
     pub start_ms: u64,
     pub heal_ms: u64,
-    /// From the heal to the first new block (None: none within the limit).
+    /// From the heal to the first new block that carries transactions (None: none within the
+    /// limit; empty blocks do not count).
     pub resume_after_heal_ms: Option<u64>,
-    /// The longest time without a new block from the fault's start to the resumption.
+    /// The longest time without a new block carrying transactions from the fault's start to the
+    /// resumption.
     pub longest_stall_ms: u64,
     pub notes: Vec<String>,
 }
@@ -209,7 +211,10 @@ pub fn run(options: &Options) -> Result<Report> {
     eprintln!("chaos: faults done; stopping the clients (each resolves its last transaction)");
     workload.stop.store(true, Ordering::Relaxed);
     for thread in client_threads {
-        let _ = thread.join();
+        if thread.join().is_err() {
+            failures
+                .push("a client thread panicked: its transaction's answer is not in the record".to_string());
+        }
     }
     for (_, _, what) in cluster.exited() {
         failures.push(what);
@@ -220,12 +225,26 @@ pub fn run(options: &Options) -> Result<Report> {
         let _ = thread.join();
     }
     let record = record::read(&record_path)?;
+    let recorded = workload.counts.recorded.load(Ordering::Relaxed);
+    let record_errors = workload.counts.record_errors.load(Ordering::Relaxed);
+    if record_errors > 0 || record.len() as u64 != recorded {
+        failures.push(format!(
+            "the record is incomplete: {record_errors} answers could not be written, {recorded} were, {} read back",
+            record.len()
+        ));
+    }
     let genesis_accounts: Vec<_> =
         genesis.accounts.iter().map(|account| (account.address, account.balance)).collect();
     let addresses: Vec<_> = genesis_accounts.iter().map(|(address, _)| *address).collect();
     eprintln!("chaos: checking {} transactions against every node's chain", record.len());
     let chains = checker::fetch(&honest_endpoints, &set, &addresses);
     let verdict = checker::check(&genesis_accounts, &record, &chains, options.rules);
+    // What the nodes told the liveness monitor (which blocks carried transactions) against the
+    // verified chain.
+    if let Some(longest) = chains.iter().max_by_key(|chain| chain.blocks.len()) {
+        let carries: Vec<bool> = longest.blocks.iter().map(|block| !block.txs.is_empty()).collect();
+        failures.extend(monitor.disagreements(&carries, &names));
+    }
     // A campaign in which nothing was acknowledged, or most answers were unknown, proves nothing
     // about lost transactions (a node that never reports a commit would pass it).
     if verdict.acknowledged == 0 {
@@ -516,7 +535,7 @@ fn inject(
     let longest_stall_ms = monitor.longest_gap(start_ms, resumed.unwrap_or_else(|| monitor.now_ms()));
     if resumed.is_none() {
         failures.push(format!(
-            "{description}: no new block within {} s of the heal (height {highest_at_heal})",
+            "{description}: no new block with transactions within {} s of the heal (height {highest_at_heal})",
             resume_limit.as_secs()
         ));
     }
@@ -609,11 +628,7 @@ pub(crate) fn negative_controls(
     // re-proposal issue, let through by --allow-replayed-copies) sits at the next height would
     // make "acknowledged at the wrong height" pass (seen with seed 1, --faults quiet
     // --byzantine equivocate: the first acknowledged transaction was at heights 1 and 5).
-    let once = |entry: &record::TxRecord| {
-        chains.first().is_some_and(|chain| {
-            chain.blocks.iter().flat_map(|block| &block.txs).filter(|tx| **tx == entry.hash).count() == 1
-        })
-    };
+    let once = |entry: &record::TxRecord| once_hash(chains, &entry.hash);
     let committed = record
         .iter()
         .position(|entry| entry.answer == Answer::Committed && once(entry))
@@ -663,6 +678,64 @@ pub(crate) fn negative_controls(
     } else {
         unplanted.push("chain controls: fewer than two chains of two blocks to plant them on");
     }
+    // The last block of the first chain that carries a transaction the chain holds once.
+    let carrying = chains.first().and_then(|chain| {
+        chain.blocks.iter().rposition(|block| block.txs.iter().any(|tx| once_hash(chains, tx)))
+    });
+    if let Some(index) = carrying {
+        // Every node serves that block without its last transaction, the tx root, count and
+        // hash recomputed (and every later link): only the batch digest under the certificate
+        // can tell.
+        let mut dropped = chains.to_vec();
+        for chain in &mut dropped {
+            if let Some(block) = chain.blocks.get_mut(index) {
+                block.txs.pop();
+                checker::rehash(&mut chain.blocks, index);
+            }
+        }
+        run(
+            "a transaction dropped from a block on every node, the header rebuilt",
+            record.to_vec(),
+            &dropped,
+            &|verdict| verdict.bad_blocks > 0 && names(verdict, "batch digest"),
+        );
+        // Every node's header of that height carries another state root.
+        let mut diverged = chains.to_vec();
+        for chain in &mut diverged {
+            if let Some(block) = chain.blocks.get_mut(index) {
+                block.header.state_root.0[0] ^= 0x5a;
+                checker::rehash(&mut chain.blocks, index);
+            }
+        }
+        run(
+            "a header whose state root is not the replay's, on every node",
+            record.to_vec(),
+            &diverged,
+            &|verdict| verdict.state_mismatches > 0,
+        );
+    } else {
+        unplanted.push("block controls: no block with a transaction to plant them on");
+    }
+    // A node serves the balances it holds as those of the height before a transfer that
+    // executed (an acknowledged one, in the chain once): the replay there differs at least in
+    // the sender's nonce.
+    let executed = record
+        .iter()
+        .filter(|entry| entry.answer == Answer::Committed && entry.executed && once(entry))
+        .filter_map(|entry| entry.height)
+        .max();
+    match executed {
+        Some(height) if !chains.is_empty() && !chains[0].accounts.is_empty() => {
+            let mut stale = chains.to_vec();
+            stale[0].accounts_height = height - 1;
+            run("a node's balances named for an earlier height", record.to_vec(), &stale, &|verdict| {
+                names(verdict, "balance: ")
+            });
+        }
+        _ => {
+            unplanted.push("balance control: no executed acknowledged transfer or no balances to plant it on")
+        }
+    }
     // A control that could not be planted proves nothing: it counts as not caught.
     controls.extend(unplanted.into_iter().map(|planted| NegativeControl {
         planted: planted.to_string(),
@@ -670,6 +743,13 @@ pub(crate) fn negative_controls(
         first_violation: None,
     }));
     controls
+}
+
+/// `hash` is in the first chain exactly once.
+fn once_hash(chains: &[checker::NodeChain], hash: &tetrad_consensus::Digest) -> bool {
+    chains.first().is_some_and(|chain| {
+        chain.blocks.iter().flat_map(|block| &block.txs).filter(|tx| *tx == hash).count() == 1
+    })
 }
 
 fn summarize(runs: &[FaultRun], goal_ms: u64) -> BTreeMap<FaultKind, KindSummary> {

@@ -2,25 +2,41 @@
 //! were told. Pure ([`check`]) over data fetched by [`fetch`], so that its verdicts can be
 //! tested on planted faults without a network.
 //!
+//! It trusts nothing a node says that it can recompute: the commit certificate signs only the
+//! batch digest, so the header's hash, tx root and transaction list are recomputed from the
+//! signed transactions the clients recorded, and the header's state root from a replay.
+//!
 //! It fails the campaign when:
 //! - two nodes hold different blocks at one height (a fork), or a node's chain does not link,
-//!   or a block's commit certificate does not verify (found while fetching);
+//!   or a block's commit certificate does not verify, or a node could not be read in full
+//!   (found while fetching);
+//! - a block's transaction list does not hash to its header's tx root, or its transactions
+//!   (the signed bytes from the record) do not hash to the batch digest the certificate signs
+//!   (`bad_blocks`): a node that altered, added or dropped a transaction under a valid
+//!   certificate; checked for every block of every node;
+//! - a header's state root is not the root of the replayed state after that block
+//!   (`state_mismatches`);
 //! - the nodes do not end at the same height (they did not converge after the heal);
 //! - a transaction acknowledged as committed is not in the chain, or not at the height the
 //!   client was told (`lost`), or a client's acknowledgment carried no verified certificate;
 //! - any transaction hash is in the chain more than once (`duplicated`);
 //! - the chain holds a transaction no client submitted (`phantom`), or one that was refused;
+//! - the record is inconsistent (a hash that is not its transaction's, a transaction recorded
+//!   twice);
 //! - total supply changed, or an account's balance or nonce on some node differs from a replay
-//!   of the committed transfers with the ledger's rules, or a client was told "executed" of a
-//!   transfer that the replay says failed (or the reverse).
+//!   of the committed transfers with the ledger's rules at the height the node's answer names
+//!   (each answer's proof checked against that height's header), or a client was told
+//!   "executed" of a transfer that the replay says failed (or the reverse).
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tetrad_consensus::{Digest, ValidatorSet};
-use tetrad_ledger::tx::Address;
-use tetrad_rpc::api::BlockView;
+use tetrad_consensus::{Batch, Digest, ValidatorSet};
+use tetrad_ledger::block::{Account, Header};
+use tetrad_ledger::state_tree::StateTree;
+use tetrad_ledger::tx::{Address, Tx, TxKind};
+use tetrad_rpc::api::{AccountView, BlockView};
 
 use crate::http;
 use crate::record::{Answer, TxRecord};
@@ -30,9 +46,21 @@ use crate::workload::Endpoint;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainBlock {
     pub height: u64,
+    /// What the node said the hash is (checked against the header).
     pub hash: Digest,
-    pub parent: Digest,
+    pub header: Header,
+    /// The transaction hashes the node listed.
     pub txs: Vec<Digest>,
+}
+
+impl ChainBlock {
+    pub fn from_view(view: BlockView) -> ChainBlock {
+        ChainBlock { height: view.header.height.0, hash: view.hash, header: view.header, txs: view.txs }
+    }
+
+    pub fn parent(&self) -> Digest {
+        self.header.parent_hash
+    }
 }
 
 /// What one node holds.
@@ -41,8 +69,11 @@ pub struct NodeChain {
     pub name: String,
     /// Heights 1, 2, … in order.
     pub blocks: Vec<ChainBlock>,
-    /// Balance and nonce of every account asked about (absent: no account).
+    /// Balance and nonce of every account asked about, all read at `accounts_height`.
     pub accounts: BTreeMap<Address, (u64, u64)>,
+    /// The height whose state `accounts` describe (every answer named it, and its proof
+    /// verified against that height's header).
+    pub accounts_height: u64,
     /// What failed while fetching and verifying (each one fails the check).
     pub problems: Vec<String>,
 }
@@ -59,12 +90,19 @@ pub struct Verdict {
     pub phantom: u64,
     pub refused_in_chain: u64,
     pub unverified_acks: u64,
+    /// Blocks (of any node) whose transaction list is not what the header and certificate
+    /// commit to.
+    pub bad_blocks: u64,
+    /// Heights whose header's state root is not the replay's.
+    pub state_mismatches: u64,
     /// Of `duplicated`: later copies that failed their nonce check, the transaction executed
     /// once (the known re-proposal issue: after a view change the new primary proposes again
     /// what the new view re-proposed).
     pub replayed_copies: u64,
     pub height: u64,
     pub chain_txs: u64,
+    /// Blocks that carry at least one transaction.
+    pub blocks_with_txs: u64,
     pub violations: Vec<String>,
     /// What was let through by [`Rules`] (reported, not failed).
     pub allowed: Vec<String>,
@@ -104,6 +142,11 @@ pub fn check(genesis: &[(Address, u64)], record: &[TxRecord], chains: &[NodeChai
             violation(&mut verdict, format!("{}: {problem}", chain.name));
         }
     }
+    check_record(record, &mut verdict);
+    let submitted: HashMap<Digest, &TxRecord> = record.iter().map(|entry| (entry.hash, entry)).collect();
+    for chain in chains {
+        check_blocks(chain, &submitted, &mut verdict);
+    }
     let Some(reference) = agreed_chain(chains, &mut verdict) else {
         violation(&mut verdict, "no node answered with its chain".to_string());
         return verdict;
@@ -112,6 +155,9 @@ pub fn check(genesis: &[(Address, u64)], record: &[TxRecord], chains: &[NodeChai
     // Where every transaction hash is, in the reference chain.
     let mut places: HashMap<Digest, Vec<u64>> = HashMap::new();
     for block in &reference {
+        if !block.txs.is_empty() {
+            verdict.blocks_with_txs += 1;
+        }
         for tx in &block.txs {
             places.entry(*tx).or_default().push(block.height);
             verdict.chain_txs += 1;
@@ -123,7 +169,6 @@ pub fn check(genesis: &[(Address, u64)], record: &[TxRecord], chains: &[NodeChai
         .map(|(tx, heights)| (*tx, heights.clone()))
         .collect();
     verdict.duplicated = duplicates.len() as u64;
-    let submitted: HashMap<Digest, &TxRecord> = record.iter().map(|entry| (entry.hash, entry)).collect();
     for entry in record {
         let found = places.get(&entry.hash).map(Vec::as_slice).unwrap_or(&[]);
         match entry.answer {
@@ -202,6 +247,103 @@ pub fn check(genesis: &[(Address, u64)], record: &[TxRecord], chains: &[NodeChai
     verdict
 }
 
+/// The record must be what the clients signed: each hash is its transaction's, the readable
+/// fields are the transaction's, and no transaction is recorded twice (a client that recorded
+/// two answers for one transaction).
+fn check_record(record: &[TxRecord], verdict: &mut Verdict) {
+    let mut seen: HashMap<Digest, usize> = HashMap::new();
+    for entry in record {
+        *seen.entry(entry.hash).or_default() += 1;
+        if entry.tx.hash() != entry.hash {
+            violation(
+                verdict,
+                format!("record: transaction {} is recorded with the hash {}", entry.tx.hash(), entry.hash),
+            );
+            continue;
+        }
+        let body = &entry.tx.body;
+        let fields_agree = match &body.kind {
+            TxKind::Transfer { to, amount } => {
+                body.from == entry.from
+                    && body.nonce == entry.nonce
+                    && *to == entry.to
+                    && *amount == entry.amount
+            }
+            TxKind::RotateValidatorKey { .. } => false,
+        };
+        if !fields_agree {
+            violation(
+                verdict,
+                format!(
+                    "record: the fields recorded for transaction {} are not its signed transfer's",
+                    entry.hash
+                ),
+            );
+        }
+    }
+    for (hash, count) in seen {
+        if count > 1 {
+            violation(verdict, format!("record: transaction {hash} is recorded {count} times"));
+        }
+    }
+}
+
+/// The batch digest of `txs` as a block at `header` executed them: the header copies the
+/// batch's view and proposer, and its time is the batch's (never below the parent's: the
+/// primary proposes at least the committed time, backups refuse less). A new view's empty
+/// batch carries time 0 and no payload; an idle primary's empty batch has no payload either.
+fn batch_digest_matches(header: &Header, txs: &[Tx]) -> bool {
+    let mut candidates = vec![(header.timestamp_ms, tetrad_ledger::tx::encode_payload(txs))];
+    if txs.is_empty() {
+        candidates.push((header.timestamp_ms, Vec::new()));
+        candidates.push((0, Vec::new()));
+    }
+    candidates.into_iter().any(|(timestamp_ms, payload)| {
+        Batch { view: header.view, proposer: header.proposer, timestamp_ms, payload }.digest()
+            == header.batch_digest
+    })
+}
+
+/// Every block of `chain` on its own: its hash is its header's, its height and parent are
+/// the header's, the listed transactions hash to the tx root, and their signed bytes (from the
+/// record) to the batch digest that the certificate signs.
+fn check_blocks(chain: &NodeChain, submitted: &HashMap<Digest, &TxRecord>, verdict: &mut Verdict) {
+    for block in &chain.blocks {
+        let header = &block.header;
+        let mut wrong: Vec<String> = Vec::new();
+        if block.hash != header.hash() {
+            wrong.push(format!("its hash {} is not its header's {}", block.hash, header.hash()));
+        }
+        if header.height.0 != block.height {
+            wrong.push(format!("its header is for height {}", header.height.0));
+        }
+        if usize::try_from(header.tx_count).ok() != Some(block.txs.len())
+            || tetrad_ledger::block::tx_root(&block.txs) != header.tx_root
+        {
+            wrong.push("the listed transactions are not the header's tx root".to_string());
+        }
+        let txs: Option<Vec<Tx>> =
+            block.txs.iter().map(|hash| submitted.get(hash).map(|entry| entry.tx.clone())).collect();
+        match txs {
+            Some(txs) if !batch_digest_matches(header, &txs) => wrong.push(format!(
+                "its transactions do not hash to the batch digest {} the certificate signs",
+                header.batch_digest
+            )),
+            Some(_) => {}
+            // A transaction nobody recorded: a phantom (reported as such); the batch cannot be
+            // rebuilt without its bytes.
+            None => {}
+        }
+        if !wrong.is_empty() {
+            verdict.bad_blocks += 1;
+            violation(
+                verdict,
+                format!("bad block: {} block {}: {}", chain.name, block.height, wrong.join("; ")),
+            );
+        }
+    }
+}
+
 /// Every node's blocks compared height by height; the longest chain if they agree. Nodes must
 /// also end at the same height (they had time to converge after the heal).
 fn agreed_chain(chains: &[NodeChain], verdict: &mut Verdict) -> Option<Vec<ChainBlock>> {
@@ -217,7 +359,7 @@ fn agreed_chain(chains: &[NodeChain], verdict: &mut Verdict) -> Option<Vec<Chain
                 break;
             }
             if let Some(parent) = parent
-                && block.parent != parent
+                && block.parent() != parent
             {
                 violation(
                     verdict,
@@ -227,12 +369,17 @@ fn agreed_chain(chains: &[NodeChain], verdict: &mut Verdict) -> Option<Vec<Chain
             parent = Some(block.hash);
         }
         for (mine, theirs) in chain.blocks.iter().zip(&longest.blocks) {
-            if mine.hash != theirs.hash {
+            if mine.hash != theirs.hash || mine.txs != theirs.txs {
                 violation(
                     verdict,
                     format!(
-                        "fork: at height {} {} holds {} but {} holds {}",
-                        mine.height, chain.name, mine.hash, longest.name, theirs.hash
+                        "fork: at height {} {} holds {} but {} holds {}{}",
+                        mine.height,
+                        chain.name,
+                        mine.hash,
+                        longest.name,
+                        theirs.hash,
+                        if mine.hash == theirs.hash { " (same header, other transactions)" } else { "" }
                     ),
                 );
                 break;
@@ -254,9 +401,115 @@ fn agreed_chain(chains: &[NodeChain], verdict: &mut Verdict) -> Option<Vec<Chain
     Some(longest.blocks.clone())
 }
 
-/// Replays the chain's transfers with the ledger's rules (a transfer executes only with the
-/// sender's next nonce; one that cannot pay fails and uses up the nonce) and compares with
-/// what the nodes hold and what the clients were told.
+/// After a change to the header or transactions of block `from` (index), recomputes its tx
+/// count, tx root and hash, and the parent links and hashes of every later block: the chain a
+/// node that altered a block would serve, consistent everywhere but under the certificate's
+/// batch digest and the replay (the negative controls and the tests plant it).
+pub(crate) fn rehash(blocks: &mut [ChainBlock], from: usize) {
+    for index in from..blocks.len() {
+        if index > 0 {
+            blocks[index].header.parent_hash = blocks[index - 1].hash;
+        }
+        let block = &mut blocks[index];
+        block.header.tx_count = block.txs.len() as u32;
+        block.header.tx_root = tetrad_ledger::block::tx_root(&block.txs);
+        block.hash = block.header.hash();
+    }
+}
+
+/// An account in the replay: balance, nonce and its slot in the state tree.
+#[derive(Clone, Copy, Debug)]
+struct Replayed {
+    balance: u64,
+    nonce: u64,
+    slot: u64,
+}
+
+/// The replayed state: accounts, and the next free slot.
+#[derive(Clone, Debug, Default)]
+struct ReplayState {
+    accounts: BTreeMap<Address, Replayed>,
+}
+
+impl ReplayState {
+    /// Genesis: accounts in address order take slots 0.. (as `genesis_state` does).
+    fn genesis(genesis: &[(Address, u64)]) -> ReplayState {
+        let mut sorted = genesis.to_vec();
+        sorted.sort_by_key(|(address, _)| *address);
+        let accounts = sorted
+            .iter()
+            .enumerate()
+            .map(|(slot, (address, balance))| {
+                (*address, Replayed { balance: *balance, nonce: 0, slot: slot as u64 })
+            })
+            .collect();
+        ReplayState { accounts }
+    }
+
+    fn get_or_new(&mut self, address: &Address) -> &mut Replayed {
+        let next = self.accounts.len() as u64;
+        self.accounts.entry(*address).or_insert(Replayed { balance: 0, nonce: 0, slot: next })
+    }
+
+    /// One transfer with the ledger's rules: only the sender's next nonce; one that cannot pay
+    /// (or would overflow the recipient) fails and uses up the nonce, creating the sender's
+    /// account if it had none. True if it executed.
+    fn apply(&mut self, tx: &Tx) -> bool {
+        let from = tx.body.from;
+        let expected = self.accounts.get(&from).map_or(0, |account| account.nonce);
+        if tx.body.nonce != expected || expected == u64::MAX {
+            return false;
+        }
+        let TxKind::Transfer { to, amount } = tx.body.kind else {
+            // The clients send transfers only (check_record flags anything else).
+            self.get_or_new(&from).nonce = expected + 1;
+            return false;
+        };
+        let Some(sender) = self.accounts.get(&from).copied() else {
+            self.get_or_new(&from).nonce = expected + 1;
+            return false;
+        };
+        let Some(balance_after) = sender.balance.checked_sub(amount) else {
+            self.get_or_new(&from).nonce = expected + 1;
+            return false;
+        };
+        if to == from {
+            self.get_or_new(&from).nonce = expected + 1;
+            return true;
+        }
+        let recipient_balance = self.accounts.get(&to).map_or(0, |account| account.balance);
+        if recipient_balance.checked_add(amount).is_none() {
+            self.get_or_new(&from).nonce = expected + 1;
+            return false;
+        }
+        let sender = self.get_or_new(&from);
+        sender.balance = balance_after;
+        sender.nonce = expected + 1;
+        self.get_or_new(&to).balance = recipient_balance + amount;
+        true
+    }
+
+    /// The state tree's root over every account's leaf at its slot.
+    fn root(&self) -> Digest {
+        let mut leaves = vec![Digest::ZERO; self.accounts.len()];
+        for (address, account) in &self.accounts {
+            let leaf =
+                Account { balance: account.balance, nonce: account.nonce, slot: account.slot }.leaf(address);
+            if let Some(place) = leaves.get_mut(account.slot as usize) {
+                *place = leaf;
+            }
+        }
+        StateTree::from_leaves(leaves).root()
+    }
+
+    fn balance_and_nonce(&self, address: &Address) -> (u64, u64) {
+        self.accounts.get(address).map_or((0, 0), |account| (account.balance, account.nonce))
+    }
+}
+
+/// Replays the chain's transfers (the signed bytes from the record) with the ledger's rules,
+/// compares every header's state root with the replayed state after its block, each node's
+/// balances with the replay at the height they were read at, and the clients' receipts.
 fn replay(
     genesis: &[(Address, u64)],
     chain: &[ChainBlock],
@@ -264,32 +517,44 @@ fn replay(
     chains: &[NodeChain],
     verdict: &mut Verdict,
 ) -> HashMap<Digest, u64> {
-    let mut state: BTreeMap<Address, (u64, u64)> =
-        genesis.iter().map(|(address, balance)| (*address, (*balance, 0))).collect();
+    let mut state = ReplayState::genesis(genesis);
     let supply: u128 = genesis.iter().map(|(_, balance)| u128::from(*balance)).sum();
     let mut executed: HashMap<Digest, u64> = HashMap::new();
+    // The heights at which some node's balances were read: the replayed state there.
+    let wanted: BTreeSet<u64> = chains.iter().map(|node| node.accounts_height).collect();
+    let mut snapshots: BTreeMap<u64, ReplayState> = BTreeMap::new();
+    if wanted.contains(&0) {
+        snapshots.insert(0, state.clone());
+    }
+    let mut phantom_seen = false;
     for block in chain {
         for hash in &block.txs {
-            let Some(tx) = submitted.get(hash) else { continue };
-            let (balance, nonce) = state.get(&tx.from).copied().unwrap_or((0, 0));
-            if tx.nonce != nonce {
+            let Some(entry) = submitted.get(hash) else {
+                phantom_seen = true;
                 continue;
+            };
+            if state.apply(&entry.tx) {
+                *executed.entry(*hash).or_default() += 1;
             }
-            if balance < tx.amount {
-                state.insert(tx.from, (balance, nonce + 1));
-                continue;
-            }
-            state.insert(tx.from, (balance - tx.amount, nonce + 1));
-            if tx.to != tx.from {
-                let entry = state.entry(tx.to).or_insert((0, 0));
-                entry.0 += tx.amount;
-            } else {
-                state.insert(tx.from, (balance, nonce + 1));
-            }
-            *executed.entry(*hash).or_default() += 1;
+        }
+        // Past a phantom the replay cannot know the state (the phantom is reported as such).
+        if !phantom_seen && state.root() != block.header.state_root {
+            verdict.state_mismatches += 1;
+            violation(
+                verdict,
+                format!(
+                    "state root: block {} says {}, the replay of the chain up to it gives {}",
+                    block.height,
+                    block.header.state_root,
+                    state.root()
+                ),
+            );
+        }
+        if wanted.contains(&block.height) {
+            snapshots.insert(block.height, state.clone());
         }
     }
-    let total: u128 = state.values().map(|(balance, _)| u128::from(*balance)).sum();
+    let total: u128 = state.accounts.values().map(|account| u128::from(account.balance)).sum();
     if total != supply {
         violation(verdict, format!("supply: the replay ends with {total}, genesis had {supply}"));
     }
@@ -312,21 +577,36 @@ fn replay(
         }
     }
     for node in chains {
+        if node.accounts.is_empty() {
+            continue;
+        }
+        let Some(replayed) = snapshots.get(&node.accounts_height) else {
+            violation(
+                verdict,
+                format!(
+                    "balance: {} answered for height {}, beyond the chain (height {})",
+                    node.name,
+                    node.accounts_height,
+                    chain.len()
+                ),
+            );
+            continue;
+        };
         let mut node_total: u128 = 0;
         for (address, held) in &node.accounts {
             node_total += u128::from(held.0);
-            let replayed = state.get(address).copied().unwrap_or((0, 0));
+            let replayed = replayed.balance_and_nonce(address);
             if *held != replayed {
                 violation(
                     verdict,
                     format!(
-                        "balance: {} says account {address} has balance {} nonce {}, the replay {} nonce {}",
-                        node.name, held.0, held.1, replayed.0, replayed.1
+                        "balance: {} says account {address} has balance {} nonce {} at height {}, the replay {} nonce {}",
+                        node.name, held.0, held.1, node.accounts_height, replayed.0, replayed.1
                     ),
                 );
             }
         }
-        if !node.accounts.is_empty() && node_total != supply {
+        if node_total != supply {
             violation(
                 verdict,
                 format!("supply: {} holds {node_total} in all, genesis had {supply}", node.name),
@@ -336,10 +616,17 @@ fn replay(
     executed
 }
 
+/// How long the final fetch waits for a node that is behind another to reach its height (a
+/// block committed while the nodes were being read), and for balances read at one height.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// Fetches every node's chain (verifying each block's certificate, hash and tx root) and the
-/// balances of `addresses`. One thread per node.
+/// balances of `addresses`, pinned: every account of a node is read at one height, with a
+/// proof against that height's header, and a node found behind another is given
+/// [`CATCH_UP`] to reach that height (what it still lacks then is a real difference). One
+/// thread per node.
 pub fn fetch(endpoints: &[Endpoint], set: &ValidatorSet, addresses: &[Address]) -> Vec<NodeChain> {
-    std::thread::scope(|scope| {
+    let mut chains: Vec<NodeChain> = std::thread::scope(|scope| {
         let handles: Vec<_> = endpoints
             .iter()
             .map(|endpoint| scope.spawn(move || fetch_one(endpoint, set, addresses)))
@@ -355,14 +642,101 @@ pub fn fetch(endpoints: &[Endpoint], set: &ValidatorSet, addresses: &[Address]) 
                 })
             })
             .collect()
-    })
+    });
+    let target = chains.iter().map(|chain| chain.blocks.len() as u64).max().unwrap_or(0);
+    let agent = http::agent(Duration::from_secs(10));
+    let deadline = Instant::now() + CATCH_UP;
+    for (chain, endpoint) in chains.iter_mut().zip(endpoints) {
+        while (chain.blocks.len() as u64) < target && chain.problems.is_empty() {
+            if let Err(problem) = extend(&agent, endpoint, set, chain, target) {
+                if Instant::now() >= deadline {
+                    chain.problems.push(problem);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    chains
+}
+
+/// Fetches blocks after the last one of `chain` up to `to`. `Err` if one is not there (yet) or
+/// the node did not answer; a block that is there but does not verify is a problem of the chain.
+fn extend(
+    agent: &ureq::Agent,
+    endpoint: &Endpoint,
+    set: &ValidatorSet,
+    chain: &mut NodeChain,
+    to: u64,
+) -> Result<(), String> {
+    for h in chain.blocks.len() as u64 + 1..=to {
+        let (status, body) = http::get(agent, &format!("{}/blocks/{h}", endpoint.rpc))
+            .map_err(|error| format!("{error:#}"))?;
+        if status != 200 {
+            return Err(format!("GET /blocks/{h}: {status} {body}"));
+        }
+        let view =
+            serde_json::from_value::<BlockView>(body).map_err(|error| format!("block {h}: {error}"))?;
+        if let Err(problem) = crate::verify::block(set, &view, h) {
+            chain.problems.push(problem);
+        }
+        chain.blocks.push(ChainBlock::from_view(view));
+    }
+    Ok(())
+}
+
+/// Reads every account of `addresses` from `endpoint`: `(height, balances)` when every answer
+/// names one height and its proof verifies against the state root it names.
+fn read_accounts(
+    agent: &ureq::Agent,
+    endpoint: &Endpoint,
+    addresses: &[Address],
+) -> Result<(u64, BTreeMap<Address, (u64, u64, Digest)>), String> {
+    let mut height = None;
+    let mut accounts = BTreeMap::new();
+    for address in addresses {
+        let (status, body) = http::get(agent, &format!("{}/accounts/{address}", endpoint.rpc))
+            .map_err(|error| format!("{error:#}"))?;
+        if status != 200 {
+            // Every account asked about is a genesis account: it exists at every height.
+            return Err(format!("GET /accounts/{address}: {status} {body}"));
+        }
+        let view: AccountView =
+            serde_json::from_value(body).map_err(|error| format!("account {address}: {error}"))?;
+        let proof = &view.proof;
+        if view.address != *address
+            || proof.address != *address
+            || (proof.account.balance, proof.account.nonce) != (view.balance, view.nonce)
+            || !tetrad_ledger::block::verify_account_proof(&view.state_root, proof)
+        {
+            return Err(format!(
+                "account {address}: the balance {} nonce {} does not verify against the state root {} it names",
+                view.balance, view.nonce, view.state_root
+            ));
+        }
+        match height {
+            None => height = Some(view.height.0),
+            Some(first) if first != view.height.0 => {
+                return Err(format!("the accounts were read at heights {first} and {}", view.height.0));
+            }
+            Some(_) => {}
+        }
+        accounts.insert(*address, (view.balance, view.nonce, view.state_root));
+    }
+    Ok((height.unwrap_or(0), accounts))
 }
 
 fn fetch_one(endpoint: &Endpoint, set: &ValidatorSet, addresses: &[Address]) -> NodeChain {
     let agent = http::agent(Duration::from_secs(10));
     let mut chain = NodeChain { name: endpoint.name.clone(), ..NodeChain::default() };
     let height = match http::get(&agent, &format!("{}/status", endpoint.rpc)) {
-        Ok((200, status)) => status["height"].as_u64().unwrap_or(0),
+        Ok((200, status)) => match status["height"].as_u64() {
+            Some(height) => height,
+            None => {
+                chain.problems.push(format!("GET /status: no height in {status}"));
+                return chain;
+            }
+        },
         Ok((status, _)) => {
             chain.problems.push(format!("GET /status: {status}"));
             return chain;
@@ -372,46 +746,41 @@ fn fetch_one(endpoint: &Endpoint, set: &ValidatorSet, addresses: &[Address]) -> 
             return chain;
         }
     };
-    for h in 1..=height {
-        let fetched = http::get(&agent, &format!("{}/blocks/{h}", endpoint.rpc))
-            .map_err(|error| format!("{error:#}"))
-            .and_then(|(status, body)| {
-                if status != 200 {
-                    return Err(format!("GET /blocks/{h}: {status} {body}"));
-                }
-                serde_json::from_value::<BlockView>(body).map_err(|error| format!("block {h}: {error}"))
-            });
-        let view = match fetched {
-            Ok(view) => view,
-            Err(problem) => {
+    if let Err(problem) = extend(&agent, endpoint, set, &mut chain, height) {
+        chain.problems.push(problem);
+        return chain;
+    }
+    // The balances, all at one height (a block may commit between two reads: read again), and
+    // that height's header must hold the state root the proofs verify against.
+    let deadline = Instant::now() + CATCH_UP;
+    let (at, accounts) = loop {
+        match read_accounts(&agent, endpoint, addresses) {
+            Ok(read) => break read,
+            Err(problem) if Instant::now() >= deadline => {
                 chain.problems.push(problem);
                 return chain;
             }
-        };
-        if let Err(problem) = crate::verify::block(set, &view, h) {
-            chain.problems.push(problem);
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
-        chain.blocks.push(ChainBlock {
-            height: h,
-            hash: view.hash,
-            parent: view.header.parent_hash,
-            txs: view.txs,
-        });
+    };
+    if at > chain.blocks.len() as u64
+        && let Err(problem) = extend(&agent, endpoint, set, &mut chain, at)
+    {
+        chain.problems.push(problem);
+        return chain;
     }
-    for address in addresses {
-        match http::get(&agent, &format!("{}/accounts/{address}", endpoint.rpc)) {
-            Ok((200, account)) => {
-                let balance = account["balance"].as_u64().unwrap_or(0);
-                let nonce = account["nonce"].as_u64().unwrap_or(0);
-                chain.accounts.insert(*address, (balance, nonce));
-            }
-            Ok((404, _)) => {
-                chain.accounts.insert(*address, (0, 0));
-            }
-            Ok((status, body)) => chain.problems.push(format!("GET /accounts/{address}: {status} {body}")),
-            Err(error) => chain.problems.push(format!("{error:#}")),
-        }
+    let header_root = match at {
+        0 => None,
+        at => chain.blocks.get(at as usize - 1).map(|block| block.header.state_root),
+    };
+    if let Some((_, _, root)) = accounts.values().find(|(_, _, root)| Some(*root) != header_root) {
+        chain.problems.push(format!(
+            "the balances name height {at} and state root {root}, but its header holds {header_root:?}"
+        ));
     }
+    chain.accounts_height = at;
+    chain.accounts =
+        accounts.into_iter().map(|(address, (balance, nonce, _))| (address, (balance, nonce))).collect();
     chain
 }
 

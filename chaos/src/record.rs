@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tetrad_consensus::Digest;
-use tetrad_ledger::tx::Address;
+use tetrad_ledger::tx::{Address, Tx};
 
 /// What a client was told about one transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,10 @@ pub enum Answer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxRecord {
     pub hash: Digest,
+    /// The signed transaction as the client sent it: the checker recomputes each block's batch
+    /// digest from these bytes, and replays the chain from them (not from the fields below,
+    /// which are for reading and must agree with it).
+    pub tx: Tx,
     pub from: Address,
     pub to: Address,
     pub amount: u64,
@@ -52,7 +56,9 @@ pub struct TxRecord {
     pub resolved_ms: u64,
 }
 
-/// Appends records to a JSON-lines file, flushed after each.
+/// Appends records to a JSON-lines file, each written with one `write` call (no buffer in this
+/// process: a record that `append` returned is in the kernel's page cache, and a crash of the
+/// campaign cannot lose it).
 pub struct RecordWriter {
     file: std::fs::File,
 }

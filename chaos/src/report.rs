@@ -49,6 +49,9 @@ pub fn table(report: &Report) -> String {
         ("phantom (never submitted)", verdict.phantom),
         ("refused but in the chain", verdict.refused_in_chain),
         ("acknowledged without a verified certificate", verdict.unverified_acks),
+        ("blocks whose transactions are not the certified batch", verdict.bad_blocks),
+        ("headers whose state root is not the replay's", verdict.state_mismatches),
+        ("blocks carrying transactions", verdict.blocks_with_txs),
     ] {
         let _ = writeln!(out, "| {name} | {value} |");
     }

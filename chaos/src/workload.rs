@@ -34,6 +34,33 @@ const CERTIFICATE_DEADLINE: Duration = Duration::from_secs(20);
 /// Time limit of a lookup (`/txs/{hash}`, `/blocks/{h}`, `/accounts/{a}`).
 const QUICK: Duration = Duration::from_millis(1_500);
 
+/// What an error answer to `POST /txs` says about the transaction (rpc/src/errors.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It may have been admitted (and may commit): it can never be called failed after this.
+    MaybeAdmitted,
+    /// Refused before admission for a passing reason (busy): try again elsewhere.
+    NotAdmitted,
+    /// Refused for good, and not admitted: failed, if nothing before may have admitted it.
+    Definitive,
+}
+
+pub fn refusal(status: u16, code: Option<i64>) -> Refusal {
+    match code {
+        // Admitted but not committed in time; already pending; nonce already used (maybe by
+        // this very transaction).
+        Some(-32014 | -32007 | -32003) => Refusal::MaybeAdmitted,
+        // "Shutting down" also answers a transaction that was admitted before its commit was
+        // seen; "request timeout" is the server's limit on the whole request, which may end
+        // after admission.
+        Some(-32015 | -32022) => Refusal::MaybeAdmitted,
+        // Mempool full, the sender's queue full, too many requests in flight: not admitted.
+        Some(-32006 | -32019 | -32021) => Refusal::NotAdmitted,
+        _ if status >= 500 => Refusal::MaybeAdmitted,
+        _ => Refusal::Definitive,
+    }
+}
+
 /// A node's RPC address.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
@@ -46,6 +73,10 @@ pub struct Counts {
     pub committed: AtomicU64,
     pub failed: AtomicU64,
     pub unknown: AtomicU64,
+    /// Records appended to the record file (the campaign compares it with what it reads back).
+    pub recorded: AtomicU64,
+    /// Records that could not be written (each one fails the campaign: an answer was lost).
+    pub record_errors: AtomicU64,
 }
 
 pub struct Workload {
@@ -123,11 +154,17 @@ impl Workload {
                 Answer::Unknown => &self.counts.unknown,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut writer) = self.writer.lock()
-                && let Err(error) = writer.append(&record)
-            {
-                eprintln!("chaos: cannot write the record: {error:#}");
-            }
+            let written = match self.writer.lock() {
+                Ok(mut writer) => writer.append(&record),
+                Err(_) => Err(anyhow::anyhow!("the record writer's lock is poisoned")),
+            };
+            match written {
+                Ok(()) => self.counts.recorded.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    eprintln!("chaos: cannot write the record of {}: {error:#}", record.hash);
+                    self.counts.record_errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
         }
     }
 
@@ -164,6 +201,7 @@ impl Workload {
         let body = serde_json::to_value(tx).unwrap_or(Value::Null);
         let mut record = TxRecord {
             hash,
+            tx: tx.clone(),
             from: tx.body.from,
             to: self.accounts[to].public_key(),
             amount,
@@ -190,18 +228,15 @@ impl Workload {
                 Ok((status, answer)) => {
                     let message = answer["error"]["message"].as_str().unwrap_or("(no message)");
                     record.detail = format!("{}: {status} {message}", endpoint.name);
-                    match http::error_code(&answer) {
-                        // Admitted (or already pending, or maybe executed): look it up, retry.
-                        Some(-32014 | -32007 | -32003) => maybe_admitted = true,
-                        // Busy or going away: try again elsewhere.
-                        Some(-32006 | -32015 | -32019 | -32021 | -32022) => {}
-                        _ if status >= 500 => maybe_admitted = true,
-                        _ if !maybe_admitted => {
+                    match refusal(status, http::error_code(&answer)) {
+                        Refusal::MaybeAdmitted => maybe_admitted = true,
+                        Refusal::NotAdmitted => {}
+                        Refusal::Definitive if !maybe_admitted => {
                             record.answer = Answer::Failed;
                             record.resolved_ms = self.now_ms();
                             return record;
                         }
-                        _ => {}
+                        Refusal::Definitive => {}
                     }
                 }
                 Err(error) => {
@@ -291,5 +326,24 @@ impl Workload {
             }
         }
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_may_follow_admission_never_makes_a_transaction_failed() {
+        // The shutting-down answer to a waiting submission that was admitted (rpc/src/calls.rs),
+        // and the server's request time limit, which covers the wait after admission.
+        assert_eq!(refusal(503, Some(-32015)), Refusal::MaybeAdmitted);
+        assert_eq!(refusal(408, Some(-32022)), Refusal::MaybeAdmitted);
+        assert_eq!(refusal(504, Some(-32014)), Refusal::MaybeAdmitted);
+        assert_eq!(refusal(500, None), Refusal::MaybeAdmitted);
+        assert_eq!(refusal(503, Some(-32006)), Refusal::NotAdmitted);
+        assert_eq!(refusal(429, Some(-32019)), Refusal::NotAdmitted);
+        assert_eq!(refusal(400, Some(-32005)), Refusal::Definitive);
+        assert_eq!(refusal(400, Some(-32004)), Refusal::Definitive);
     }
 }
