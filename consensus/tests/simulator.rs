@@ -543,7 +543,10 @@ fn commits_resume_within_two_timeouts_after_a_split_n4() {
         scenario.duplicate_max = 0.0;
         for (seed, report) in run_seeds(name, &scenario, 8) {
             if let Some(violation) = &report.violation {
-                panic!("{name} (split of {split_ms} ms) seed {seed}: {violation}\n{}", replay_line(name, seed));
+                panic!(
+                    "{name} (split of {split_ms} ms) seed {seed}: {violation}\n{}",
+                    replay_line(name, seed)
+                );
             }
             assert!(report.min_honest_height > 0, "{name} seed {seed}: nothing committed");
         }
