@@ -38,6 +38,7 @@ fn scenario(name: &'static str, n: u16) -> Scenario {
         lose_kind: None,
         amnesia_counted_honest: false,
         request_every_ms: 0,
+        split_halves_from_ms: None,
     }
 }
 
@@ -523,3 +524,31 @@ fn primary_delays_pre_prepares_n4() {
 /// View changes (summed over replicas) one seed of the delay attack may cost: about what the
 /// lossy network alone costs (~25 per seed), with room for seeds that partition a lot.
 const DELAY_ATTACK_VIEW_CHANGES_MAX: u64 = 80;
+
+/// Issue 15, the campaign's `split` fault: the chain runs, then two validators on each side hear
+/// nothing from the other two (no quorum anywhere) for a few to many view-change timeouts; after
+/// the heal every replica must commit again within two base view-change timeouts.
+#[test]
+fn commits_resume_within_two_timeouts_after_a_split_n4() {
+    let name = "commits_resume_within_two_timeouts_after_a_split_n4";
+    for split_ms in [700, 1_300, 2_900, 4_100, 6_500] {
+        let mut scenario = scenario("split-halves", 4);
+        scenario.split_halves_from_ms = Some(1_000);
+        scenario.chaos_ms = 1_000 + split_ms;
+        scenario.heal_ms = 3_000;
+        scenario.liveness_bound_ms = 2 * sim::VIEW_CHANGE_TIMEOUT_MS;
+        scenario.partitions = false;
+        scenario.crashes = false;
+        scenario.drop_max = 0.0;
+        scenario.duplicate_max = 0.0;
+        for (seed, report) in run_seeds(name, &scenario, 8) {
+            if let Some(violation) = &report.violation {
+                panic!(
+                    "{name} (split of {split_ms} ms) seed {seed}: {violation}\n{}",
+                    replay_line(name, seed)
+                );
+            }
+            assert!(report.min_honest_height > 0, "{name} seed {seed}: nothing committed");
+        }
+    }
+}

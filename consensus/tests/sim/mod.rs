@@ -117,6 +117,10 @@ pub struct Scenario {
     /// so that the chain goes idle in between and idle primaries fill up to the checkpoint
     /// boundary with empty batches.
     pub request_every_ms: u64,
+    /// From this time until the heal, the validators are split in two halves (indices below
+    /// n/2 and the rest) that hear nothing from each other (the campaign's `split` fault:
+    /// with n = 4, two on each side and no quorum anywhere); no other partition.
+    pub split_halves_from_ms: Option<u64>,
 }
 
 pub const VIEW_CHANGE_TIMEOUT_MS: u64 = 200;
@@ -703,6 +707,13 @@ impl World {
     fn reachable(&self, from: usize, to: usize) -> bool {
         if self.healed {
             return true;
+        }
+        if let Some(from_ms) = self.scenario.split_halves_from_ms {
+            if self.now < from_ms {
+                return true;
+            }
+            let half = |id: usize| self.instances[id].index.0 < self.scenario.n / 2;
+            return half(from) == half(to);
         }
         if let Some(isolated) = self.scenario.isolated {
             let cut = |id: usize| self.instances[id].index.0 == isolated;
