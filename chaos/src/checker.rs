@@ -685,13 +685,16 @@ fn extend(
     Ok(())
 }
 
+/// What a node served of each account, with the state root its proof was checked against.
+type AccountsRead = BTreeMap<Address, (u64, u64, Digest)>;
+
 /// Reads every account of `addresses` from `endpoint`: `(height, balances)` when every answer
 /// names one height and its proof verifies against the state root it names.
 fn read_accounts(
     agent: &ureq::Agent,
     endpoint: &Endpoint,
     addresses: &[Address],
-) -> Result<(u64, BTreeMap<Address, (u64, u64, Digest)>), String> {
+) -> Result<(u64, AccountsRead), String> {
     let mut height = None;
     let mut accounts = BTreeMap::new();
     for address in addresses {

@@ -179,6 +179,10 @@ pub struct Mempool {
     by_age: BTreeMap<u64, Digest>,
     /// This node's proposals, oldest first: `(when, sender, first nonce)`, to release stale ones.
     proposed: VecDeque<(Instant, Address, u64)>,
+    /// Batches in flight marked for senders with nothing here yet: `(first, end, when)` per
+    /// sender. A transaction that arrives later (a client's retry, gossip) is taken from the
+    /// start, or a restarted primary would cut it into a second batch.
+    marks: HashMap<Address, (u64, u64, Instant)>,
     proposable: usize,
     bytes: usize,
     next_seq: u64,
@@ -347,12 +351,21 @@ impl Mempool {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut propose_from = expected;
+        if !self.senders.contains_key(&from)
+            && let Some((first, end, at)) = self.marks.remove(&from)
+            && end > expected
+            && now.saturating_duration_since(at) < self.config.repropose_after
+        {
+            propose_from = end;
+            self.proposed.push_back((at, from, first.max(expected)));
+        }
         let sender = self.senders.entry(from).or_insert_with(|| Sender {
             nonce: expected,
             balance,
             txs: BTreeMap::new(),
             run_end: expected,
-            propose_from: expected,
+            propose_from,
             proposable: 0,
         });
         sender.txs.insert(nonce, hash);
@@ -445,7 +458,11 @@ impl Mempool {
             run.1 = run.1.max(nonce);
         }
         for (address, (first, last)) in runs {
-            let Some(sender) = self.senders.get(&address) else { continue };
+            let Some(sender) = self.senders.get(&address) else {
+                let mark = self.marks.entry(address).or_insert((first, last.saturating_add(1), now));
+                *mark = (mark.0.min(first), mark.1.max(last.saturating_add(1)), now);
+                continue;
+            };
             if last < sender.next_to_propose() {
                 continue;
             }
@@ -459,6 +476,7 @@ impl Mempool {
     /// earlier views, says what is taken). O(senders).
     pub fn release_proposals(&mut self) {
         self.proposed.clear();
+        self.marks.clear();
         let addresses: Vec<Address> = self
             .senders
             .iter_mut()
@@ -527,6 +545,7 @@ impl Mempool {
 
     fn release_stale_proposals(&mut self, now: Instant) {
         let after = self.config.repropose_after;
+        self.marks.retain(|_, (_, _, at)| now.saturating_duration_since(*at) < after);
         while let Some(&(at, address, first)) = self.proposed.front() {
             if now.duration_since(at) < after {
                 break;
@@ -818,6 +837,34 @@ mod tests {
         pool.release_proposals();
         pool.mark_proposed(&[chain.transfer(0, 0, 0, 1)], later);
         assert_eq!(senders_and_nonces(&pool.cut(10, 1 << 20, later)).len(), 2);
+    }
+
+    #[test]
+    fn a_batch_in_flight_marked_before_its_transactions_arrive_still_holds_them() {
+        // Seed 11 of the campaign (heights 28253 and 28255): a primary restarted with a batch in
+        // its log and an empty mempool marked nothing; the clients' retries then brought the same
+        // transactions in, and it cut them into a second batch. The mark must outlive the
+        // sender's absence from the pool (and the sender's removal once it has nothing left).
+        let chain = TestChain::new(4, 2, 1000);
+        let ledger = ledger(&chain, 1000, 0);
+        let now = Instant::now();
+        let mut pool = pool(100);
+        pool.mark_proposed(&[chain.transfer(0, 0, 1, 1), chain.transfer(0, 1, 1, 1)], now);
+        for nonce in 0..3 {
+            admit(&mut pool, &chain.transfer(0, nonce, 1, 1), &ledger, now).expect("admit");
+        }
+        assert_eq!(senders_and_nonces(&pool.cut(10, 1 << 20, now)), vec![(chain.addresses[0], 2)]);
+        // Past the re-proposal window the marks are released like this node's own proposals.
+        let later = now + Duration::from_secs(6);
+        assert_eq!(pool.cut(10, 1 << 20, later).txs.len(), 3);
+        // A new view forgets them too (its log is marked again).
+        pool.mark_proposed(&[chain.transfer(1, 0, 0, 1)], later);
+        pool.release_proposals();
+        admit(&mut pool, &chain.transfer(1, 0, 0, 1), &ledger, later).expect("admit");
+        // (Sender 0's run is released with it.)
+        let cut = senders_and_nonces(&pool.cut(10, 1 << 20, later));
+        assert!(cut.contains(&(chain.addresses[1], 0)), "{cut:?}");
+        assert_eq!(cut.len(), 4);
     }
 
     #[test]
