@@ -20,7 +20,7 @@
 # --byzantine MODES runs one validator (v0, the first primary, unless --byzantine-node) as tetrad-byzantine, the node
 # built with the misbehaviour of the cargo feature `byzantine` (never in the released tetrad),
 # with TETRAD_BYZANTINE=MODES (all, or a list of equivocate, double-vote, view-churn, silence,
-# lying-sync, flood); the checker then holds the honest nodes to every rule. `--faults quiet`
+# lying-sync, flood, replay); the checker then holds the honest nodes to every rule. `--faults quiet`
 # injects nothing (the Byzantine validator alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -116,7 +116,7 @@ enum Command {
         #[arg(long)]
         allow_replayed_copies: bool,
         /// Run one validator as the Byzantine binary with these modes (`TETRAD_BYZANTINE`:
-        /// all, or equivocate,double-vote,view-churn,silence,lying-sync,flood); the checker
+        /// all, or equivocate,double-vote,view-churn,silence,lying-sync,flood,replay); the checker
         /// then looks at the honest nodes only.
         #[arg(long, requires = "tetrad_byzantine")]
         byzantine: Option<String>,

@@ -15,6 +15,9 @@
 //! Every signature is ed25519 over `blake3(tag || genesis_hash || borsh(body))`, with one tag
 //! per kind of statement ([`crypto::Domain`]), verified with `verify_strict`.
 
+// The workspace denies unsafe code (node/src/daemon/tcp.rs alone allows it); here it is forbidden.
+#![forbid(unsafe_code)]
+
 pub mod certificate;
 pub mod crypto;
 pub mod messages;
@@ -34,7 +37,7 @@ pub mod view_messages;
 pub mod wire;
 
 pub use replica::{
-    Actions, BlockSource, Committed, Counters, Divergence, DropReason, FetchBlocks, Input, Outgoing,
-    Recipient, Replica, ReplicaConfig, Timer, TimerAction, Unexecuted,
+    Actions, BlockSource, Committed, Counters, Divergence, DropReason, FETCH_HEIGHTS_MAX, FetchBlocks, Input,
+    Outgoing, Recipient, Replica, ReplicaConfig, Timer, TimerAction, Unexecuted,
 };
 pub use wire::{Message, VerifiedBlock, VerifiedMessage, VerifyError};

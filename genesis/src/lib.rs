@@ -17,6 +17,9 @@
 //!
 //! Reads and writes files only where a function says so (`load`, `save`, key files).
 
+// The workspace denies unsafe code (node/src/daemon/tcp.rs alone allows it); here it is forbidden.
+#![forbid(unsafe_code)]
+
 pub mod durable;
 pub mod keyfile;
 

@@ -17,6 +17,9 @@
 //! `execute` is pure: it reads accounts through [`execute::StateReader`] and returns the changes;
 //! only [`storage::Store::commit`] writes, in one atomic RocksDB write batch per block.
 
+// The workspace denies unsafe code (node/src/daemon/tcp.rs alone allows it); here it is forbidden.
+#![forbid(unsafe_code)]
+
 pub mod address_tree;
 pub mod block;
 pub mod dirs;

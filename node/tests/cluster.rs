@@ -224,6 +224,53 @@ fn startup_errors_name_the_problem() {
     assert!(error.contains("already holds the chain with genesis hash"), "{error}");
 }
 
+/// A validator restarted behind a chain that commits blocks as fast as it can (checkpoints
+/// every 4 heights, a window of 8) catches up and signs again. State transfer may ask only up
+/// to the schedule's horizon (one checkpoint interval past what was executed); the replica used
+/// to ask for the next range only at a stalled status tick or a checkpoint vote above its
+/// window, so it chased the chain at about the chain's own speed and never got back into its
+/// window (the safety test's v1 stayed 22 heights behind for a minute and failed CI).
+#[test]
+fn a_validator_restarted_behind_a_busy_chain_catches_up_and_signs() {
+    let mut cluster = Cluster::create_with(
+        "cluster-chase",
+        4,
+        ACCOUNTS,
+        &["--checkpoint-interval", "4", "--watermark-window", "8"],
+    );
+    cluster.start_all();
+    let (stop, load) = common::keep_busy_every(&cluster, Duration::ZERO);
+    let started = cluster.height(0).expect("height");
+    cluster.wait_height(0, started + 20, Duration::from_secs(60));
+    cluster.stop(1);
+    // The chain goes on without v1 for a while (three validators are a quorum).
+    let stopped = cluster.height(0).expect("height");
+    cluster.wait_height(0, stopped + 200, Duration::from_secs(120));
+    cluster.start(1);
+    cluster.wait_up(1, Duration::from_secs(30));
+    // Back within its window of the chain's tip while the load goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut gaps = Vec::new();
+    loop {
+        let tip = cluster.height(0).expect("height");
+        let own = cluster.height(1).unwrap_or(0);
+        gaps.push(tip.saturating_sub(own));
+        if own + 8 >= tip {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "v1 did not catch up with a busy chain in 60 s (gap to v0, sampled every 200 ms: {gaps:?}); log:\n{}",
+            tail(&cluster.log(1))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let from = cluster.height(0).expect("height");
+    assert!(common::signs_soon(&cluster, 1, from), "v1 does not sign; log:\n{}", tail(&cluster.log(1)));
+    drop(stop);
+    let _ = load.join();
+}
+
 #[test]
 fn a_full_node_follows_by_block_sync_and_serves_queries() {
     let cluster = started_cluster("cluster-full-node");

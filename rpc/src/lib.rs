@@ -60,6 +60,9 @@
 //! (nothing to do) or is catching up, 503 when it has work and has made no progress for a while,
 //! or when its loop stopped. [`api::NodeApi::health`] decides which.
 
+// The workspace denies unsafe code (node/src/daemon/tcp.rs alone allows it); here it is forbidden.
+#![forbid(unsafe_code)]
+
 pub mod api;
 mod budget;
 mod calls;

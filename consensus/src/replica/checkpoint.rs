@@ -16,6 +16,16 @@ const CHECKPOINT_VOTES_PER_SIGNER_MAX: usize = 8;
 
 impl Replica {
     pub(super) fn on_executed(&mut self, height: Height, header_hash: Digest, state_root: Digest) {
+        self.transferred_unexecuted = self.transferred_unexecuted.split_off(&height.next());
+        self.checkpoint_executed(height, header_hash, state_root);
+        if self.halted.is_none() {
+            self.continue_transfer();
+        }
+    }
+
+    /// Signs a checkpoint vote at every checkpoint height executed (and checks a stable
+    /// checkpoint adopted from others against what this replica executed).
+    fn checkpoint_executed(&mut self, height: Height, header_hash: Digest, state_root: Digest) {
         assert!(height <= self.committed, "executed {height} before it was committed ({})", self.committed);
         assert_eq!(height, self.executed.next(), "execution must be in height order");
         self.executed = height;

@@ -63,6 +63,7 @@ impl Replica {
             let next = self.committed.next();
             if let Some(block) = self.transfer_buffer.remove(&next) {
                 self.committed_time_ms = self.committed_time_ms.max(block.batch().timestamp_ms);
+                self.transferred_unexecuted.insert(next, block.batch().clone());
                 self.actions.committed.push(Committed {
                     height: next,
                     batch: block.batch().clone(),
@@ -81,6 +82,7 @@ impl Replica {
             progressed = true;
         }
         if progressed {
+            self.transfer_misses.clear();
             if self.next_height <= self.committed {
                 self.next_height = self.committed.next();
             }

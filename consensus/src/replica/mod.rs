@@ -210,6 +210,11 @@ pub enum Input {
         source: BlockSource,
         blocks: Vec<VerifiedBlock>,
     },
+    /// A peer answered this replica's block request with no block, or the request failed (no
+    /// connection, refused, timed out).
+    NoBlocks {
+        peer: ValidatorIndex,
+    },
     /// The validator schedule changed (a rotation was executed) or its horizon moved.
     Schedule(Arc<ValidatorSchedule>),
     /// This validator's next consensus key, which signs heights from `from` on.
@@ -332,7 +337,8 @@ struct Slot {
 /// unexecuted heights have a batch this replica does not hold.
 #[derive(Debug, Default)]
 pub struct Unexecuted {
-    pub batches: Vec<Arc<Batch>>,
+    /// In height order.
+    pub batches: Vec<(Height, Arc<Batch>)>,
     pub missing: u64,
 }
 
@@ -340,8 +346,10 @@ pub struct Unexecuted {
 const BATCHES_PER_SLOT_MAX: usize = 4;
 /// Most committed blocks buffered from state transfer ahead of the next height.
 const TRANSFER_BUFFER_MAX: usize = 1024;
-/// Most heights one state-transfer request asks for.
-const FETCH_HEIGHTS_MAX: u64 = 256;
+/// Most heights one state-transfer request asks for (a serving node answers at most as many:
+/// `SYNC_BLOCKS_MAX` in the node, checked there at compile time). An answer that holds every
+/// height asked for says that the peer may have more.
+pub const FETCH_HEIGHTS_MAX: u64 = 64;
 
 pub struct Replica {
     config: ReplicaConfig,
@@ -378,6 +386,9 @@ pub struct Replica {
     /// current one while it is being installed).
     view_changes: BTreeMap<ValidatorIndex, Signed<ViewChange>>,
     my_view_change: Option<Signed<ViewChange>>,
+    /// The view whose quorum of view-changes restarted the view-change timer (PBFT §4.5.2:
+    /// the wait for a new-view starts when the quorum is there, not when this replica asked).
+    quorum_timer_view: Option<View>,
     /// The new-view that installed the current view (resent to replicas that missed it).
     new_view: Option<Signed<NewView>>,
 
@@ -391,12 +402,27 @@ pub struct Replica {
     committed_at_last_tick: Height,
     /// Blocks from state transfer above the next height, waiting for the gap to fill.
     transfer_buffer: BTreeMap<Height, VerifiedBlock>,
+    /// Batches delivered from state transfer (or the node's own store), by height, until they
+    /// are executed: they are in no log slot, and a new primary must know their transactions
+    /// are taken (see [`Replica::unexecuted_batches`]).
+    transferred_unexecuted: BTreeMap<Height, Arc<Batch>>,
     /// The heights last asked of each peer (state transfer): its answers are kept only within.
     fetching: BTreeMap<ValidatorIndex, (Height, Height)>,
     /// Set when this replica found that it diverged: it handles nothing any more.
     halted: Option<Divergence>,
     /// Rotates the peer asked for blocks.
     fetch_rotation: u16,
+    /// State transfer under way: blocks from a peer were delivered and more are known to be
+    /// there (the answer held every height asked, or a peer is ahead), or a request waited for
+    /// the schedule's horizon. Once everything delivered is executed (the horizon moves with
+    /// execution), the next range is asked at once rather than at a stalled status tick: a
+    /// replica that asked one range per tick never caught up with a network that commits more
+    /// than a range per tick.
+    transfer_next: bool,
+    /// Peers that answered a block request with nothing (or whose request failed) since this
+    /// replica last made progress or had a status tick: not asked again until then, so a peer
+    /// that claims a height it does not serve cannot end a transfer by being next in rotation.
+    transfer_misses: BTreeSet<ValidatorIndex>,
 
     counters: Counters,
     actions: Actions,
@@ -437,6 +463,7 @@ impl Replica {
             checkpoint_votes: BTreeMap::new(),
             view_changes: BTreeMap::new(),
             my_view_change: None,
+            quorum_timer_view: None,
             new_view: None,
             safety: restored.safety,
             requests_pending: false,
@@ -444,9 +471,12 @@ impl Replica {
             peers: BTreeMap::new(),
             committed_at_last_tick: committed,
             transfer_buffer: BTreeMap::new(),
+            transferred_unexecuted: BTreeMap::new(),
             fetching: BTreeMap::new(),
             halted: None,
             fetch_rotation: me.0,
+            transfer_next: false,
+            transfer_misses: BTreeSet::new(),
             counters: Counters::default(),
             actions: Actions::default(),
         };
@@ -526,6 +556,7 @@ impl Replica {
                 self.on_executed(height, header_hash, state_root)
             }
             Input::Blocks { source, blocks } => self.on_blocks(source, blocks),
+            Input::NoBlocks { peer } => self.on_no_blocks(peer),
             Input::Schedule(schedule) => {
                 self.schedule = schedule;
                 self.send_view_change();
@@ -681,14 +712,25 @@ impl Replica {
     /// transactions as taken before it cuts a batch of its own, and cuts nothing while any is
     /// missing: its mempool never saw another primary's proposals, and a second copy of a
     /// transaction would fail its nonce check at execution (and be in the chain twice).
+    ///
+    /// Blocks delivered by state transfer and not executed yet are in no log slot: their batches
+    /// count too (a validator restarted behind that became primary while it executed what it
+    /// had fetched cut a batch with transactions of those blocks: in the chain twice, found by
+    /// the Byzantine campaign).
     pub fn unexecuted_batches(&self) -> Unexecuted {
-        let mut unexecuted = Unexecuted {
-            batches: Vec::new(),
-            // Heights up to the low watermark that are not executed have left the log: their
-            // blocks come by state transfer.
-            missing: self.low.0.saturating_sub(self.executed.0),
-        };
-        for (_, slot) in self.log.range(self.executed.next().max(self.low.next())..) {
+        let mut known: BTreeMap<Height, Arc<Batch>> = self
+            .transferred_unexecuted
+            .range(self.executed.next()..)
+            .map(|(height, batch)| (*height, batch.clone()))
+            .collect();
+        // Heights up to the low watermark that are not executed have left the log: their
+        // blocks come by state transfer (some may be delivered already).
+        let below_low = self.low.0.saturating_sub(self.executed.0) as usize;
+        let mut missing = below_low.saturating_sub(known.range(..=self.low).count()) as u64;
+        for (height, slot) in self.log.range(self.executed.next().max(self.low.next())..) {
+            if known.contains_key(height) {
+                continue;
+            }
             let digest = slot
                 .certificate
                 .as_ref()
@@ -696,11 +738,32 @@ impl Replica {
                 .or_else(|| slot.pre_prepare.as_ref().map(|pre_prepare| pre_prepare.body.digest));
             let Some(digest) = digest else { continue };
             match slot.batches.get(&digest) {
-                Some(batch) => unexecuted.batches.push(batch.clone()),
-                None => unexecuted.missing += 1,
+                Some(batch) => {
+                    known.insert(*height, batch.clone());
+                }
+                None => missing += 1,
             }
         }
-        unexecuted
+        Unexecuted { batches: known.into_iter().collect(), missing }
+    }
+
+    /// The digest of the pre-prepare this replica holds for `height` in its current view.
+    pub fn pre_prepare_digest(&self, height: Height) -> Option<Digest> {
+        self.log.get(&height)?.pre_prepare.as_ref().map(|pre_prepare| pre_prepare.body.digest)
+    }
+
+    /// How many pre-prepares of the current view this replica accepted without holding their
+    /// batch (a new view's re-proposals whose batch is being fetched, or such a record restored
+    /// after a restart).
+    pub fn accepted_without_batch(&self) -> usize {
+        self.log
+            .range(self.executed.next()..)
+            .filter(|(_, slot)| {
+                slot.pre_prepare
+                    .as_ref()
+                    .is_some_and(|pre_prepare| !slot.batches.contains_key(&pre_prepare.body.digest))
+            })
+            .count()
     }
 
     /// Heights proposed and not yet committed.

@@ -342,6 +342,38 @@ fn view_change_on_timeout_carries_the_prepared_certificate() {
 }
 
 #[test]
+fn the_wait_for_a_new_view_starts_when_the_quorum_of_view_changes_is_there() {
+    let fixture = fixture();
+    // Replica 2: view 1's primary is replica 1, so it waits for a new-view.
+    let mut backup = fixture.replica(2);
+    let _ = prepare_height_one(&fixture, &mut backup, b"tx");
+    let _ = backup.handle(10 + T, Input::Timer(Timer::ViewChange));
+    assert_eq!(backup.view(), View(1));
+    // The others ask for view 1 a moment before this replica's own timer runs out.
+    let quorum_at = 10 + 2 * T - 5;
+    for signer in [0, 3] {
+        let body = ViewChange { new_view: View(1), checkpoint: None, prepared: vec![] };
+        let message = verify(Message::ViewChange(fixture.sign(signer, body)), &fixture.schedule, WINDOW)
+            .expect("verifies");
+        let actions = backup.handle(quorum_at, Input::Message { from: ValidatorIndex(signer), message });
+        if signer == 3 {
+            assert!(
+                actions.timers.contains(&TimerAction::Set { timer: Timer::ViewChange, at_ms: quorum_at + T }),
+                "the quorum restarts the timer: {:?}",
+                actions.timers
+            );
+        }
+    }
+    // The old setting's expiry is stale: view 1's primary still has its whole timeout.
+    let actions = backup.handle(10 + 2 * T, Input::Timer(Timer::ViewChange));
+    assert_eq!(backup.view(), View(1), "moved past view 1 {} ms after its quorum", 10 + 2 * T - quorum_at);
+    assert!(actions.send.is_empty());
+    // Without a new-view within the timeout, it moves on.
+    let _ = backup.handle(quorum_at + T, Input::Timer(Timer::ViewChange));
+    assert_eq!(backup.view(), View(2));
+}
+
+#[test]
 fn f_plus_one_view_changes_make_a_replica_join() {
     let fixture = fixture();
     let mut backup = fixture.replica(3);
@@ -394,6 +426,14 @@ fn new_primary_sends_new_view_and_backups_reprepare() {
             .send
             .iter()
             .any(|out| matches!(out.message, Message::FetchBatch { digest: d, .. } if d == digest))
+    );
+    // The answer is lost: it asks again at the next status tick, before any commit (its node
+    // holds fresh pre-prepares back until the re-proposed batch is here).
+    let actions = replicas[0].handle(10 + T, Input::Timer(Timer::Status));
+    assert!(
+        actions.send.iter().any(|out| out.to == Recipient::All
+            && matches!(out.message, Message::FetchBatch { height: Height(1), digest: d } if d == digest)),
+        "{actions:?}"
     );
     // A new-view whose re-proposals differ from what the view-changes prescribe is refused.
     let mut forged = new_view.body.clone();
@@ -854,6 +894,127 @@ fn state_transfer_keeps_only_the_requested_range_of_the_asked_peer() {
     assert_eq!(actions.committed.len(), 1, "{}", behind.describe());
 }
 
+/// The schedule of the fixture, known up to `horizon` (as a node's executor publishes it).
+fn schedule_up_to(fixture: &Fixture, horizon: u64) -> Arc<ValidatorSchedule> {
+    let mut schedule = fixture.schedule.clone();
+    schedule.set_horizon(Height(horizon));
+    Arc::new(schedule)
+}
+
+/// Serves `request` from a chain whose peers have committed up to `tip`, and executes what
+/// was delivered as the node does (the horizon moves to the checkpoint boundary after each
+/// executed height); returns every state-transfer request that came out of it.
+fn serve_and_execute(
+    fixture: &Fixture,
+    replica: &mut Replica,
+    request: &FetchBlocks,
+    tip: u64,
+    now_ms: u64,
+) -> Vec<FetchBlocks> {
+    let blocks: Vec<VerifiedBlock> =
+        (request.from.0..=request.to.0.min(tip)).map(|height| committed_block(fixture, height)).collect();
+    let mut actions =
+        replica.handle(now_ms, Input::Blocks { source: BlockSource::Peer(request.peer), blocks });
+    let mut requests = std::mem::take(&mut actions.fetch_blocks);
+    for committed in actions.committed {
+        let height = committed.height;
+        let horizon = crate::validators::activation_boundary(height.next(), K);
+        let _ = replica.handle(now_ms, Input::Schedule(schedule_up_to(fixture, horizon.0)));
+        let actions = replica.handle(
+            now_ms,
+            Input::Executed {
+                height,
+                header_hash: Digest::of(&height.0.to_le_bytes()),
+                state_root: Digest::ZERO,
+            },
+        );
+        requests.extend(actions.fetch_blocks);
+    }
+    requests
+}
+
+/// A replica far behind asks for the next range as soon as the previous one is executed (the
+/// schedule's horizon allows one checkpoint interval past what was executed, so each answer
+/// is short): it used to ask only at a status tick that saw no progress, one short range per
+/// two ticks, and never caught up with a network that commits faster than that (a restarted
+/// validator stayed 22 heights behind for a minute in the safety test, with a window of 8).
+/// An answer short of what was asked (the peer's tip) ends the transfer.
+#[test]
+fn state_transfer_asks_for_the_next_range_as_soon_as_the_last_is_executed() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let _ = behind.handle(1, Input::Schedule(schedule_up_to(&fixture, K)));
+    let tip = 40 * K + 1;
+    let status = Message::Status(crate::wire::Status {
+        view: View(0),
+        view_active: true,
+        committed: Height(10),
+        stable: Height(0),
+    });
+    let _ = fixture.deliver(&mut behind, 2, status);
+    let actions = behind.handle(T, Input::Timer(Timer::Status));
+    // Never above the horizon: blocks there could not be verified yet.
+    assert_eq!(
+        actions.fetch_blocks,
+        vec![FetchBlocks { from: Height(1), to: Height(K), peer: ValidatorIndex(2) }]
+    );
+    let mut request = actions.fetch_blocks[0];
+    // No status tick from here on: every range is asked for when the last one is executed.
+    for round in 0.. {
+        assert!(round < 100, "no end to the transfer: {}", behind.describe());
+        let mut next = serve_and_execute(&fixture, &mut behind, &request, tip, T + 1);
+        if behind.committed() == Height(tip) {
+            assert!(next.is_empty(), "asked again at the peers' tip: {next:?}");
+            break;
+        }
+        assert_eq!(next.len(), 1, "round {round}, {}: {next:?}", behind.describe());
+        request = next.remove(0);
+        assert_eq!(request.from, behind.committed().next(), "{request:?}");
+        assert!(request.to <= behind.schedule().horizon(), "{request:?}");
+    }
+    assert_eq!(behind.executed(), Height(tip));
+}
+
+/// A validator that claims a height it does not serve cannot stop a transfer by being next in
+/// rotation: its empty answer (or failed request) makes the replica ask the next peer at once,
+/// and it is not asked again until progress. Only a status tick used to restart the transfer,
+/// and a busy chain outran the replica again.
+#[test]
+fn a_peer_that_answers_nothing_does_not_stop_the_transfer() {
+    let fixture = fixture();
+    let mut behind = fixture.replica(1);
+    let _ = behind.handle(1, Input::Schedule(schedule_up_to(&fixture, K)));
+    let tip = 20 * K + 1;
+    let liar = ValidatorIndex(2);
+    for (peer, committed) in [(0, tip), (2, 1_000_000), (3, tip)] {
+        let status = Message::Status(crate::wire::Status {
+            view: View(0),
+            view_active: true,
+            committed: Height(committed),
+            stable: Height(0),
+        });
+        let _ = fixture.deliver(&mut behind, peer, status);
+    }
+    let mut pending = behind.handle(T, Input::Timer(Timer::Status)).fetch_blocks;
+    let mut asked_liar = 0;
+    for round in 0.. {
+        assert!(round < 200, "no end to the transfer: {}", behind.describe());
+        if behind.committed() == Height(tip) {
+            break;
+        }
+        assert_eq!(pending.len(), 1, "round {round}, {}: {pending:?}", behind.describe());
+        let request = pending.remove(0);
+        pending = if request.peer == liar {
+            asked_liar += 1;
+            behind.handle(T + 1, Input::NoBlocks { peer: liar }).fetch_blocks
+        } else {
+            serve_and_execute(&fixture, &mut behind, &request, tip, T + 1)
+        };
+    }
+    assert!(asked_liar > 0, "the liar was never asked: the test proves nothing");
+    assert_eq!(behind.executed(), Height(tip));
+}
+
 /// Hole 4: when the buffer is full, the highest blocks make way for lower ones.
 #[test]
 fn a_full_transfer_buffer_makes_way_for_lower_heights() {
@@ -1078,7 +1239,17 @@ fn a_new_primary_knows_the_batches_it_has_not_executed() {
     assert_eq!(unexecuted.missing, 0);
     let batches = unexecuted.batches;
     assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].payload, b"in flight".to_vec());
+    assert_eq!(batches[0].0, Height(1));
+    assert_eq!(batches[0].1.payload, b"in flight".to_vec());
+    // Delivered by state transfer and not executed yet: in no log slot, but in flight.
+    let mut behind = fixture.replica(1);
+    let blocks: Vec<VerifiedBlock> = (1..=3).map(|height| committed_block(&fixture, height)).collect();
+    let _ = behind.handle(20, Input::Blocks { source: BlockSource::OwnStore, blocks });
+    assert_eq!(behind.committed(), Height(3));
+    let unexecuted = behind.unexecuted_batches();
+    assert_eq!((unexecuted.batches.len(), unexecuted.missing), (3, 0));
+    executed(&mut behind, Height(1));
+    assert_eq!(behind.unexecuted_batches().batches.len(), 2);
     // Committed and executed: no longer in flight.
     let mut primary = fixture.replica(0);
     let height = commit_own_proposal(&fixture, &mut primary, b"done");

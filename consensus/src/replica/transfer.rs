@@ -45,6 +45,8 @@ impl Replica {
         self.committed_at_last_tick = self.committed;
         let ahead = self.peers.values().map(|(_, committed)| *committed).max().unwrap_or(Height::GENESIS);
         if stalled && ahead > self.committed {
+            // Every peer gets another chance (one that answered nothing may have been busy).
+            self.transfer_misses.clear();
             self.request_blocks(ahead);
         }
     }
@@ -65,6 +67,15 @@ impl Replica {
             let Some(pre_prepare) = &slot.pre_prepare else { continue };
             if slot.accepted_at_ms > cutoff {
                 continue;
+            }
+            // Accepted without its batch (a new view's re-proposal, a record restored after a
+            // restart) and the answer lost: ask again now, not only once a quorum has committed
+            // (the node holds fresh pre-prepares back until it has the batch).
+            let digest = pre_prepare.body.digest;
+            if !slot.batches.contains_key(&digest)
+                && slot.certificate.as_ref().is_none_or(|certificate| certificate.statement.digest != digest)
+            {
+                resend.push(Message::FetchBatch { height: *height, digest });
             }
             if pre_prepare.signer == self.me {
                 if let Some(batch) = slot.batches.get(&pre_prepare.body.digest) {
@@ -138,43 +149,105 @@ impl Replica {
         self.deliver();
     }
 
-    /// Asks the next peer (in rotation) for the committed blocks after ours, up to `target`.
+    /// Asks the next peer (in rotation) for the committed blocks after ours, up to `target` or
+    /// what one answer may hold, and never above the schedule's horizon (blocks there cannot be
+    /// verified yet: the request waits until what was delivered is executed).
     pub(super) fn request_blocks(&mut self, target: Height) {
         if target <= self.committed {
             return;
         }
-        // Ask, in rotation, the peers that said they have more; failing that, any other peer.
+        let from = self.committed.next();
+        let to = Height(target.0.min(from.0 + FETCH_HEIGHTS_MAX - 1).min(self.schedule.horizon().0));
+        if to < from {
+            self.transfer_next = true;
+            return;
+        }
+        // Ask, in rotation, the peers that said they have more; failing that, any other peer;
+        // never one that answered nothing since the last progress.
         let mut candidates: Vec<ValidatorIndex> = self
             .peers
             .iter()
-            .filter(|(_, (_, committed))| *committed > self.committed)
+            .filter(|(peer, (_, committed))| {
+                *committed > self.committed && !self.transfer_misses.contains(peer)
+            })
             .map(|(peer, _)| *peer)
             .collect();
         if candidates.is_empty() {
             let n = self.set_at(self.low.next()).n() as u16;
-            candidates = (0..n).map(ValidatorIndex).filter(|peer| *peer != self.me).collect();
+            candidates = (0..n)
+                .map(ValidatorIndex)
+                .filter(|peer| *peer != self.me && !self.transfer_misses.contains(peer))
+                .collect();
         }
         if candidates.is_empty() {
             return;
         }
         let peer = candidates[usize::from(self.fetch_rotation) % candidates.len()];
         self.fetch_rotation = self.fetch_rotation.wrapping_add(1);
-        let from = self.committed.next();
-        let to = Height(target.0.min(from.0 + FETCH_HEIGHTS_MAX - 1));
         self.counters.state_transfers += 1;
         self.fetching.insert(peer, (from, to));
         self.actions.fetch_blocks.push(FetchBlocks { from, to, peer });
+    }
+
+    /// A height that at least one honest validator has committed, as far as this replica
+    /// knows: the (f+1)-th highest height peers said in their status (or served), and the
+    /// highest checkpoint that f+1 validators voted for. One validator alone cannot raise it.
+    fn known_committed(&self) -> Height {
+        let mut claims: Vec<Height> = self.peers.values().map(|(_, committed)| *committed).collect();
+        claims.sort_unstable_by(|a, b| b.cmp(a));
+        let f_plus_one = self.set_at(self.low.next()).weak_quorum();
+        let said = claims.get(f_plus_one.saturating_sub(1)).copied().unwrap_or(Height::GENESIS);
+        let voted = self
+            .checkpoint_votes
+            .iter()
+            .rev()
+            .find(|(height, votes)| votes.len() >= self.set_at(**height).weak_quorum())
+            .map(|(height, _)| *height)
+            .unwrap_or(Height::GENESIS);
+        said.max(voted)
+    }
+
+    /// A peer answered with nothing, or its request failed: while honest validators are known
+    /// to be ahead, the next peer is asked at once (each peer at most once until progress or
+    /// the next status tick, so at most n - 1 such requests per step).
+    pub(super) fn on_no_blocks(&mut self, peer: ValidatorIndex) {
+        if !self.fetching.contains_key(&peer) || !self.transfer_misses.insert(peer) {
+            return;
+        }
+        let known = self.known_committed();
+        if known > self.committed {
+            self.request_blocks(known.max(Height(self.committed.0.saturating_add(FETCH_HEIGHTS_MAX))));
+        }
+    }
+
+    /// Everything delivered is executed, so the horizon is as high as it gets: if a transfer is
+    /// under way, ask for the next range now.
+    pub(super) fn continue_transfer(&mut self) {
+        if !self.transfer_next || self.executed < self.committed {
+            return;
+        }
+        self.transfer_next = false;
+        let target = self.known_committed().max(Height(self.committed.0.saturating_add(FETCH_HEIGHTS_MAX)));
+        self.request_blocks(target);
     }
 
     /// Committed blocks (certificates verified): delivered in order; blocks above the next
     /// height wait in a bounded buffer. A peer's answer is kept only within the heights last
     /// asked of that peer; when the buffer is full, the highest blocks make way for lower ones
     /// (a peer serving far-ahead blocks cannot crowd out the next height).
+    ///
+    /// An answer that brought progress continues the transfer (once executed) while more is
+    /// likely there: it held every height asked for, or a peer is known to be more than a
+    /// checkpoint interval ahead. An answer that brought nothing ends it (the status tick and
+    /// checkpoint votes above the window start it again), so a peer lying about its height
+    /// costs at most one request per block of real progress.
     pub(super) fn on_blocks(&mut self, source: super::BlockSource, blocks: Vec<VerifiedBlock>) {
         let asked = match source {
             super::BlockSource::Peer(peer) => self.fetching.get(&peer).copied(),
             super::BlockSource::OwnStore => Some((Height::GENESIS, Height(u64::MAX))),
         };
+        let before = self.committed;
+        let mut highest = Height::GENESIS;
         for block in blocks {
             let height = block.height();
             if height <= self.committed {
@@ -184,6 +257,7 @@ impl Replica {
                 self.drop_message(DropReason::UnwantedBlock);
                 continue;
             }
+            highest = highest.max(height);
             if self.transfer_buffer.len() >= TRANSFER_BUFFER_MAX
                 && !self.transfer_buffer.contains_key(&height)
             {
@@ -200,5 +274,19 @@ impl Replica {
             self.transfer_buffer.insert(height, block);
         }
         self.deliver();
+        if let super::BlockSource::Peer(peer) = source
+            && self.committed > before
+        {
+            // The peer has committed at least what it served.
+            if let Some((_, committed)) = self.peers.get_mut(&peer) {
+                *committed = (*committed).max(highest);
+            }
+            let whole = asked.is_some_and(|(_, to)| highest == to);
+            let far = self.known_committed().0 > self.committed.0 + self.config.checkpoint_interval;
+            if whole || far {
+                self.transfer_next = true;
+                self.continue_transfer();
+            }
+        }
     }
 }

@@ -108,6 +108,7 @@ impl Replica {
         self.view_changes.insert(self.me, signed.clone());
         self.my_view_change = Some(signed);
         self.try_new_view();
+        self.restart_timer_at_quorum();
     }
 
     pub(super) fn on_view_change(&mut self, view_change: Signed<ViewChange>) {
@@ -153,6 +154,28 @@ impl Replica {
         self.view_changes.insert(signer, view_change);
         self.join_if_f_plus_one_ahead();
         self.try_new_view();
+        self.restart_timer_at_quorum();
+    }
+
+    /// PBFT §4.5.2: a replica starts its timer when it holds 2f+1 view-changes for its view,
+    /// and moves on only if the new-view does not come within it. The timer this replica set
+    /// when it asked may be about to fire when the quorum arrives; firing then would move it
+    /// past a view whose primary had no time to send its new-view (and drop that new-view as
+    /// old). Restarted once per view, so later view-changes cannot hold it off.
+    fn restart_timer_at_quorum(&mut self) {
+        let view = self.view;
+        if self.view_active || self.quorum_timer_view == Some(view) {
+            return;
+        }
+        let support = self.view_changes.values().filter(|vc| vc.body.new_view >= view).count();
+        if support >= self.set_at(self.low.next()).quorum() {
+            self.quorum_timer_view = Some(view);
+            // Never earlier than the timer already running.
+            let at = self.now_ms + self.view_change_timeout();
+            if self.timers.get(&Timer::ViewChange).is_none_or(|running| *running < at) {
+                self.set_timer(Timer::ViewChange, at);
+            }
+        }
     }
 
     /// PBFT §4.5.2: f+1 view-changes for views above ours: join the smallest of them.

@@ -372,6 +372,19 @@ impl Store {
         f(&head.header, &state)
     }
 
+    /// Like [`Store::with_state`], unless a block is being committed right now (the head is
+    /// held for the write, its synced write included): then `None` at once, for a caller that
+    /// must not wait for the disk.
+    pub fn try_with_state<R>(&self, f: impl FnOnce(&Header, &StoreState<'_>) -> R) -> Option<R> {
+        let head = match self.head.try_read() {
+            Ok(head) => head,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let state = StoreState { head: &head };
+        Some(f(&head.header, &state))
+    }
+
     /// Commits an executed block in one atomic, synced write.
     pub fn commit(&self, block: &Block, execution: &Execution) -> Result<(), StorageError> {
         let mut head = self.write_head();

@@ -67,7 +67,7 @@ impl Api {
             self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
             return Err(error);
         }
-        if let Err(error) = tx.check(&self.genesis_hash) {
+        if let Err(error) = metrics::counted_checks(1, || tx.check(&self.genesis_hash)) {
             let error = submit_error(error);
             self.mempool.lock().unwrap_or_else(|p| p.into_inner()).count_refusal(&error);
             return Err(error);
@@ -98,7 +98,7 @@ impl Api {
             }
             return txs.iter().map(|_| Err(error.clone())).collect();
         }
-        let checks = tetrad_ledger::tx::check_all(&txs, &self.genesis_hash);
+        let checks = metrics::check_txs(&txs, &self.genesis_hash);
         let mut results = Vec::with_capacity(txs.len());
         let mut admitted = Vec::new();
         {

@@ -22,7 +22,11 @@
 //!   certificate, a certificate cut below a quorum, a forged height, or nothing), and its status
 //!   messages claim 20 more committed heights than it has, so that peers ask it;
 //! - `flood`: about 1,000 messages a second to every peer: junk bytes, lying status messages,
-//!   fetches of batches nobody has, and validly signed prepares for made-up digests.
+//!   fetches of batches nobody has, and validly signed prepares for made-up digests;
+//! - `replay`: as primary, after each pre-prepare (at once, or 30 ms later every other height),
+//!   a valid signed pre-prepare for the next height (before its own replica proposes it) whose
+//!   batch is a copy of the first transaction of the one just sent: the copy can only fail its
+//!   nonce check at execution, but if backups take it, the transaction is in the chain twice.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -54,10 +58,11 @@ pub struct Modes {
     pub silence: bool,
     pub lying_sync: bool,
     pub flood: bool,
+    pub replay: bool,
 }
 
-pub const MODE_NAMES: [&str; 6] =
-    ["equivocate", "double-vote", "view-churn", "silence", "lying-sync", "flood"];
+pub const MODE_NAMES: [&str; 7] =
+    ["equivocate", "double-vote", "view-churn", "silence", "lying-sync", "flood", "replay"];
 
 impl Modes {
     /// `all`, `none`, or a comma-separated list of [`MODE_NAMES`].
@@ -73,6 +78,7 @@ impl Modes {
                         silence: true,
                         lying_sync: true,
                         flood: true,
+                        replay: true,
                     }
                 }
                 "none" => {}
@@ -82,6 +88,7 @@ impl Modes {
                 "silence" => modes.silence = true,
                 "lying-sync" => modes.lying_sync = true,
                 "flood" => modes.flood = true,
+                "replay" => modes.replay = true,
                 other => {
                     return Err(format!(
                         "{ENV}: unknown mode {other:?}; known: all, none, {}",
@@ -127,8 +134,8 @@ struct Hook {
     flood: Option<Arc<Mutex<FloodView>>>,
     lies: u64,
     /// What it did so far (logged every 5 s): equivocated pre-prepares, double votes,
-    /// view-changes sent for churn, silences.
-    done: [u64; 4],
+    /// view-changes sent for churn, silences, replayed transactions.
+    done: [u64; 5],
     reported: Option<Instant>,
 }
 
@@ -140,7 +147,7 @@ static HOOK: Mutex<Hook> = Mutex::new(Hook {
     other_versions: Vec::new(),
     flood: None,
     lies: 0,
-    done: [0; 4],
+    done: [0; 5],
     reported: None,
 });
 
@@ -190,12 +197,13 @@ pub fn outgoing(
     }
     if hook.reported.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(5)) {
         hook.reported = Some(now);
-        let [equivocated, double_votes, churn, silences] = hook.done;
+        let [equivocated, double_votes, churn, silences, replays] = hook.done;
         warn!(
             equivocated,
             double_votes,
             churn,
             silences,
+            replays,
             lies = hook.lies,
             view = %replica.view(),
             "byzantine: misbehaviour so far"
@@ -225,9 +233,10 @@ pub fn outgoing(
     for outgoing in messages {
         match &outgoing.message {
             Message::PrePrepare { pre_prepare, batch }
-                if pre_prepare.signer == me && (modes.equivocate || modes.silence) =>
+                if pre_prepare.signer == me && (modes.equivocate || modes.silence || modes.replay) =>
             {
                 let body = &pre_prepare.body;
+                let replay = if modes.replay { replay_of(body, batch, keys, schedule, me) } else { None };
                 // With equivocation too, only every other turn as primary goes silent (a silent
                 // primary is replaced before it would equivocate).
                 let turn = body.view.0 / peers.len().saturating_add(1).max(1) as u64;
@@ -244,7 +253,15 @@ pub fn outgoing(
                     return Vec::new();
                 }
                 if !modes.equivocate {
-                    normal.push(outgoing);
+                    match replay {
+                        // The proposal first, then its copy at the next height.
+                        Some(copy) => {
+                            send(network, None, &outgoing.message);
+                            send_copy(network, body.height, copy);
+                            hook.done[4] += 1;
+                        }
+                        None => normal.push(outgoing),
+                    }
                     continue;
                 }
                 let Some(key) = key_for(keys, body.height) else {
@@ -267,6 +284,10 @@ pub fn outgoing(
                         &second
                     };
                     send(network, Some(*peer), version);
+                }
+                if let Some(copy) = replay {
+                    send_copy(network, body.height, copy);
+                    hook.done[4] += 1;
                 }
             }
             Message::Prepare(vote) if vote.signer == me && modes.double_vote => {
@@ -348,6 +369,46 @@ fn other_version(batch: &Batch) -> Batch {
         timestamp_ms: batch.timestamp_ms.saturating_add(1),
         payload,
     }
+}
+
+/// `replay`: sends the copy at once after a proposal at an even height (it may overtake the
+/// original at the peers: both orders must be refused), 30 ms later after one at an odd height.
+fn send_copy(network: &mpsc::Sender<Command>, height: Height, copy: Message) {
+    if height.0.is_multiple_of(2) {
+        send(network, None, &copy);
+        return;
+    }
+    let network = network.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        send(&network, None, &copy);
+    });
+}
+
+/// `replay`: a pre-prepare for the height after `body`'s whose batch is a copy of the first
+/// transaction of `batch` (its clock 1 ms later), signed like any of this primary's.
+fn replay_of(
+    body: &PrePrepare,
+    batch: &Batch,
+    keys: &[(Height, SecretKey)],
+    schedule: &ValidatorSchedule,
+    me: ValidatorIndex,
+) -> Option<Message> {
+    let txs = tetrad_ledger::tx::decode_payload(&batch.payload).ok()?;
+    let copy = txs.first()?.clone();
+    let next = body.height.next();
+    if !schedule.covers(next) {
+        return None;
+    }
+    let fake = Batch {
+        view: batch.view,
+        proposer: batch.proposer,
+        timestamp_ms: batch.timestamp_ms.saturating_add(1),
+        payload: borsh::to_vec(&vec![copy]).ok()?,
+    };
+    let statement = PrePrepare { view: body.view, height: next, digest: fake.digest() };
+    let signed = Signed::sign(statement, me, key_for(keys, next)?, schedule.at(next));
+    Some(Message::PrePrepare { pre_prepare: signed, batch: Arc::new(fake) })
 }
 
 /// What the flood task needs to sign: refreshed by every call of [`outgoing`].
@@ -487,7 +548,13 @@ mod tests {
         assert_eq!(Modes::parse("none"), Ok(Modes::default()));
         let all = Modes::parse("all").expect("all");
         assert!(
-            all.equivocate && all.double_vote && all.view_churn && all.silence && all.lying_sync && all.flood
+            all.equivocate
+                && all.double_vote
+                && all.view_churn
+                && all.silence
+                && all.lying_sync
+                && all.flood
+                && all.replay
         );
         let two = Modes::parse("equivocate, silence").expect("two");
         assert!(two.equivocate && two.silence && !two.flood);

@@ -27,8 +27,8 @@ use tetrad_consensus::{
     ValidatorIndex, ValidatorSchedule, View,
 };
 use tetrad_genesis::ConsensusParams;
-use tetrad_ledger::tx::{Tx, check_all};
-use tetrad_ledger::{SafetyStore, Store};
+use tetrad_ledger::tx::Tx;
+use tetrad_ledger::{SafetyStore, StateReader, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
@@ -37,6 +37,7 @@ use crate::daemon::answers::Answers;
 use crate::daemon::deferred::Deferred;
 use crate::daemon::executor::{Executed, Job};
 use crate::daemon::health::Liveness;
+use crate::daemon::in_flight::InFlight;
 use crate::daemon::intake::{
     Freshness, Intake, PEER_QUEUE_MESSAGES_MAX, PEER_VERIFICATIONS_MAX, Queued, Ticket,
 };
@@ -176,6 +177,9 @@ impl KeySwap {
 /// how many go out per round.
 const REGOSSIP_AFTER: Duration = Duration::from_secs(2);
 const REGOSSIP_MAX: usize = 4096;
+/// The quickest regossip pace while the chain stands still (a tiny view-change timeout must not
+/// make every driver round walk the ready set).
+const REGOSSIP_STALLED_MIN: Duration = Duration::from_millis(250);
 
 /// Consensus messages verified at once, at most (each holds a blocking thread).
 pub const VERIFICATIONS_MAX: usize = 256;
@@ -185,6 +189,9 @@ const INPUTS_PER_ROUND: usize = 512;
 
 /// A full node counts as up to date this long after a peer said it has nothing newer.
 const FOLLOWER_UP_TO_DATE_FOR: Duration = Duration::from_secs(5);
+/// A follower's block request with no answer or failure after this long is given up (longer
+/// than the sync request timeout, 30 s, so normally the failure comes first).
+const FOLLOWER_FETCH_DEADLINE: Duration = Duration::from_secs(40);
 
 struct State {
     started: Instant,
@@ -193,8 +200,14 @@ struct State {
     delivered: Height,
     /// When the mempool first had something to propose while nothing was proposed.
     batch_waiting_since: Option<Instant>,
-    /// Follower mode: a block-sync request is out.
+    /// Follower mode: a block-sync request is out, and since when (an answer or failure lost
+    /// on a full queue must not stop the follower for good: after a while it asks again).
     fetching: bool,
+    fetch_sent: Instant,
+    /// Follower mode: the last height of the last answer; once it is executed (the schedule's
+    /// horizon, which bounds what may be asked, moves with execution) the next range is asked
+    /// at once instead of at the next follow tick.
+    follow_after: Option<Height>,
     /// Follower mode: when a peer last said it has no block after ours.
     up_to_date_at: Option<Instant>,
     /// The replica's keys, `(first height, key)`: what it was given (the replica forgets the
@@ -212,6 +225,9 @@ struct State {
     stall_reported: Option<Instant>,
     /// When waiting transactions were last gossiped again.
     regossiped: Instant,
+    /// The transactions of the batches in flight here, what fresh pre-prepares are checked
+    /// against (in_flight.rs).
+    in_flight: InFlight,
     /// Whether the mempool holds proposable work (what the replica was last told).
     requests_pending: bool,
     /// Since when this primary has been idle short of a checkpoint boundary (nothing ready,
@@ -263,6 +279,8 @@ impl Driver {
             delivered: self.store.head().height,
             batch_waiting_since: None,
             fetching: false,
+            fetch_sent: Instant::now(),
+            follow_after: None,
             up_to_date_at: None,
             fetch_peer: 0,
             requests_pending: false,
@@ -275,6 +293,7 @@ impl Driver {
             stall_since: Instant::now(),
             stall_reported: None,
             regossiped: Instant::now(),
+            in_flight: InFlight::default(),
             deferred: Deferred::default(),
             intake: Intake::new(validators, PEER_VERIFICATIONS_MAX),
             answers: Answers::new(
@@ -413,7 +432,7 @@ impl Driver {
             // Backups check batch timestamps against this machine's clock (the replica reads none).
             merge(&mut actions, replica.handle(now, Input::WallClock { unix_ms: wall_clock_ms() }));
             for input in inputs {
-                merge(&mut actions, replica.handle(now, input));
+                merge(&mut actions, hand_in(replica, &mut state.in_flight, &self.store, now, input));
             }
             log_view_change(view_before, replica);
             self.propose(&mut state, &mut actions);
@@ -514,6 +533,10 @@ impl Driver {
     /// its next key) reach the replica before the executed notice.
     fn on_executed(&mut self, state: &mut State, done: Executed, inputs: &mut Vec<Input>) {
         state.delivered = state.delivered.max(done.height);
+        if self.replica.is_none() && state.follow_after.is_some_and(|last| done.height >= last) {
+            state.follow_after = None;
+            self.follow(state);
+        }
         inputs.push(Input::Schedule(done.schedule.clone()));
         if let Some((first, key)) = done.new_key {
             info!(activation = %first, "this validator's key rotation was committed; the new key signs from the activation height");
@@ -664,14 +687,27 @@ impl Driver {
     /// Gossips again what has waited a while: a peer (the primary, say) that lost a gossip
     /// message would otherwise never see those transactions, and every later nonce of their
     /// senders would wait behind the gap.
+    ///
+    /// While the chain stands still with ready work waiting here, sooner: after a quarter of
+    /// the view-change timeout. This backup's view-change timer runs while it holds ready work
+    /// and restarts with every committed height, so once commits stop, work the primary never
+    /// got must reach it well within one timeout; at the regular pace (2 s, the default
+    /// timeout) the last transactions of a saturated run reached the primary together with the
+    /// view change they caused (issue 17: 1 of 5 open-loop runs). While heights commit, the
+    /// timer keeps restarting and the regular pace stands (regossip is extra load at
+    /// saturation).
     fn regossip(&mut self, state: &mut State) {
-        if state.regossiped.elapsed() < REGOSSIP_AFTER {
+        let quick = Duration::from_millis(self.params.view_change_timeout_ms / 4)
+            .clamp(REGOSSIP_STALLED_MIN, REGOSSIP_AFTER);
+        let stalled = state.requests_pending && state.stall_since.elapsed() >= quick;
+        let age = if stalled { quick } else { REGOSSIP_AFTER };
+        if state.regossiped.elapsed() < age {
             return;
         }
         state.regossiped = Instant::now();
         let txs = self.mempool.lock().unwrap_or_else(|p| p.into_inner()).regossip(
             Instant::now(),
-            REGOSSIP_AFTER,
+            age,
             REGOSSIP_MAX,
         );
         for tx in txs {
@@ -758,6 +794,17 @@ impl Driver {
                 let expected = state.delivered.next();
                 if follower {
                     state.fetching = false;
+                    // The run of heights after ours that the answer holds (unverified yet: a
+                    // lying answer only makes the next request wait for the follow tick).
+                    let mut last = None;
+                    for block in &blocks {
+                        let height = block.certificate.statement.height;
+                        if height != last.unwrap_or(state.delivered).next() {
+                            break;
+                        }
+                        last = Some(height);
+                    }
+                    state.follow_after = last;
                 }
                 let handle = tokio::task::spawn_blocking(move || verify_blocks(blocks, &schedule, from));
                 let delivered = if follower { Some(expected) } else { None };
@@ -790,8 +837,14 @@ impl Driver {
                     }
                 });
             }
-            Event::FetchFailed => state.fetching = false,
-            Event::UpToDate => {
+            Event::FetchFailed { from } | Event::UpToDate { from } if self.replica.is_some() => {
+                // The replica asks the next peer at once while honest peers are known ahead.
+                if verified.try_send((Input::NoBlocks { peer: from }, None)).is_err() {
+                    metrics::dropped("inbound_queue_full", 1);
+                }
+            }
+            Event::FetchFailed { .. } => state.fetching = false,
+            Event::UpToDate { .. } => {
                 state.fetching = false;
                 state.up_to_date_at = Some(Instant::now());
             }
@@ -802,7 +855,7 @@ impl Driver {
     fn follow(&mut self, state: &mut State) {
         let head = self.store.head().height;
         state.delivered = head;
-        if state.fetching {
+        if state.fetching && state.fetch_sent.elapsed() < FOLLOWER_FETCH_DEADLINE {
             return;
         }
         let schedule = self.schedule.get();
@@ -810,6 +863,7 @@ impl Driver {
         let peer = ValidatorIndex(state.fetch_peer % n);
         state.fetch_peer = state.fetch_peer.wrapping_add(1);
         state.fetching = true;
+        state.fetch_sent = Instant::now();
         // Blocks above the schedule's horizon cannot be verified yet.
         let to = Height((head.0 + SYNC_BLOCKS_MAX).min(schedule.horizon().0));
         let command = Command::Fetch { peer, from: head.next(), to };
@@ -1061,9 +1115,81 @@ impl Driver {
     }
 }
 
+/// Hands one input to the replica. A fresh pre-prepare of the current view whose batch holds a
+/// transaction (a sender and nonce) that a batch at another height holds in flight here, or one
+/// whose nonce the executed state has passed, is the primary's fault and is dropped first
+/// (in_flight.rs; the check threads' [`check_batch`] saw only what had executed when they ran).
+/// While the replica holds an accepted pre-prepare without its batch, fresh pre-prepares wait
+/// for it. Not checked: a height whose pre-prepare the replica holds (a retransmission, or a
+/// conflicting one: the replica's business) or has committed (its batch is decided, and the
+/// executed state may be past it).
+fn hand_in(
+    replica: &mut Replica,
+    in_flight: &mut InFlight,
+    store: &Store,
+    now: u64,
+    input: Input,
+) -> Actions {
+    let mut actions = hand_one(replica, in_flight, store, now, input);
+    if in_flight.has_waiting() && replica.accepted_without_batch() == 0 {
+        for input in in_flight.take_waiting(replica.view()) {
+            merge(&mut actions, hand_one(replica, in_flight, store, now, input));
+        }
+    }
+    actions
+}
+
+fn hand_one(
+    replica: &mut Replica,
+    in_flight: &mut InFlight,
+    store: &Store,
+    now: u64,
+    input: Input,
+) -> Actions {
+    if let Input::Message { from, message } = &input
+        && let Message::PrePrepare { pre_prepare, batch } = message.message()
+        && pre_prepare.body.view == replica.view()
+        && replica.view_active()
+        && pre_prepare.body.height > replica.committed()
+        && !batch.payload.is_empty()
+        && replica.pre_prepare_digest(pre_prepare.body.height).is_none()
+    {
+        let (from, height) = (*from, pre_prepare.body.height);
+        if replica.accepted_without_batch() > 0 {
+            // Bounded: one per height, and only heights the replica could accept.
+            if height.0 <= replica.low_watermark().0.saturating_add(replica.config().watermark_window) {
+                in_flight.defer(replica.view(), height, input);
+            }
+            return Actions::default();
+        }
+        let Ok(txs) = tetrad_ledger::tx::decode_payload(&batch.payload) else {
+            metrics::dropped("malformed_batch", 1);
+            return Actions::default();
+        };
+        in_flight.sync(&replica.unexecuted_batches().batches);
+        if let Some(held) = in_flight.conflict(height, &txs) {
+            debug!(%from, %height, %held, "pre-prepare refused: its batch holds a transaction in flight at another height");
+            metrics::dropped("tx_in_flight_at_another_height", 1);
+            return Actions::default();
+        }
+        // What executed since the check thread looked: one lock for the batch, and never a
+        // wait for a block's synced write (while one is under way the check is skipped; the
+        // index covers what the replica has not executed).
+        let stale = store.try_with_state(|_, state| {
+            txs.iter().any(|tx| nonce_passed(state.account(&tx.body.from).ok().flatten(), tx))
+        });
+        if stale == Some(true) {
+            debug!(%from, %height, "pre-prepare refused: its batch holds a transaction already executed");
+            metrics::dropped("stale_tx_in_batch", 1);
+            return Actions::default();
+        }
+    }
+    replica.handle(now, input)
+}
+
 /// Marks the transactions of `batches` (in flight, not executed) as proposed in the mempool.
-fn mark_in_flight(mempool: &mut Mempool, batches: &[Arc<tetrad_consensus::Batch>], now: Instant) {
-    for batch in batches {
+fn mark_in_flight(mempool: &mut Mempool, batches: &[(Height, Arc<tetrad_consensus::Batch>)], now: Instant) {
+    for (_, batch) in batches {
         if batch.payload.is_empty() {
             continue;
         }
@@ -1198,16 +1324,19 @@ fn check_batch(
     };
     // What the mempool holds is never behind the executed state (a block evicts what it
     // passed); only the others are looked up, before their signatures are checked.
-    let stale = unknown
-        .iter()
-        .any(|tx| ledger.account(&tx.body.from).is_some_and(|account| account.nonce > tx.body.nonce));
+    let stale = unknown.iter().any(|tx| nonce_passed(ledger.account(&tx.body.from), tx));
     if stale {
         return Err(Rejected::Drop("stale_tx_in_batch"));
     }
-    if check_all(&unknown, genesis_hash).iter().any(Result::is_err) {
+    if metrics::check_txs(&unknown, genesis_hash).iter().any(Result::is_err) {
         return Err(Rejected::Drop("invalid_tx_in_batch"));
     }
     Ok(())
+}
+
+/// Whether the sender's executed `account` has passed `tx`'s nonce (a copy of what executed).
+fn nonce_passed(account: Option<tetrad_ledger::Account>, tx: &Tx) -> bool {
+    account.is_some_and(|account| account.nonce > tx.body.nonce)
 }
 
 /// Verifies the certificates of fetched blocks; drops (and counts) the ones that fail.
@@ -1428,6 +1557,256 @@ mod tests {
         let again: Vec<_> = proposed.iter().filter(|tx| txs.contains(tx)).collect();
         assert!(again.is_empty(), "the new primary proposed again: {again:?}");
         assert_eq!(proposed, vec![later], "the new primary proposes what no batch holds");
+    }
+
+    /// Replicas of a 4-validator test chain and the messages their tests exchange, for
+    /// [`hand_in`].
+    struct Scene {
+        chain: TestChain,
+        schedule: Arc<ValidatorSchedule>,
+        config: tetrad_consensus::ReplicaConfig,
+        window: u64,
+    }
+
+    impl Scene {
+        fn new(driver: &Driver) -> Scene {
+            let params = &driver.params;
+            Scene {
+                chain: TestChain::new(4, 2, 1000),
+                schedule: driver.schedule.get(),
+                config: tetrad_consensus::ReplicaConfig::new(
+                    params.checkpoint_interval,
+                    params.watermark_window,
+                    params.view_change_timeout_ms,
+                    params.view_change_timeout_max_ms,
+                ),
+                window: params.watermark_window,
+            }
+        }
+
+        fn replica(&self, me: u16) -> Replica {
+            let mut replica = Replica::new(
+                self.config.clone(),
+                ValidatorIndex(me),
+                vec![(Height::GENESIS, self.chain.validator_keys[me as usize].clone())],
+                self.schedule.clone(),
+                Height::GENESIS,
+                Default::default(),
+            );
+            let _ = replica.start(0);
+            let _ = replica.handle(0, Input::WallClock { unix_ms: wall_clock_ms() });
+            replica
+        }
+
+        fn sign<T: tetrad_consensus::Statement>(&self, body: T, signer: u16) -> tetrad_consensus::Signed<T> {
+            let set = self.schedule.at(Height(1));
+            tetrad_consensus::Signed::sign(
+                body,
+                ValidatorIndex(signer),
+                &self.chain.validator_keys[signer as usize],
+                set,
+            )
+        }
+
+        fn batch(&self, view: u64, txs: &[Tx]) -> Arc<tetrad_consensus::Batch> {
+            Arc::new(tetrad_consensus::Batch {
+                view: View(view),
+                proposer: ValidatorIndex(view as u16 % 4),
+                timestamp_ms: wall_clock_ms(),
+                payload: borsh::to_vec(txs).expect("encodes"),
+            })
+        }
+
+        /// The primary of `view`'s pre-prepare of `batch` at `height`.
+        fn pre_prepare(&self, view: u64, height: u64, batch: &Arc<tetrad_consensus::Batch>) -> Message {
+            let body = tetrad_consensus::PrePrepare {
+                view: View(view),
+                height: Height(height),
+                digest: batch.digest(),
+            };
+            Message::PrePrepare { pre_prepare: self.sign(body, view as u16 % 4), batch: batch.clone() }
+        }
+
+        fn view_change(
+            &self,
+            signer: u16,
+            view: u64,
+            prepared: Vec<tetrad_consensus::view_messages::PreparedCertificate>,
+        ) -> Message {
+            let body = tetrad_consensus::view_messages::ViewChange {
+                new_view: View(view),
+                checkpoint: None,
+                prepared,
+            };
+            Message::ViewChange(self.sign(body, signer))
+        }
+
+        fn checked(&self, message: Message) -> tetrad_consensus::VerifiedMessage {
+            verify(message, &self.schedule, self.window).expect("verifies")
+        }
+
+        /// `message` from `from`, verified, through [`hand_in`].
+        fn hand(
+            &self,
+            backup: &mut Replica,
+            in_flight: &mut InFlight,
+            store: &Store,
+            from: u16,
+            message: Message,
+        ) -> Actions {
+            let input = Input::Message { from: ValidatorIndex(from), message: self.checked(message) };
+            hand_in(backup, in_flight, store, 1, input)
+        }
+
+        /// Validator `view % 4` installs `view` from these view-changes: its new-view.
+        fn new_view(&self, view: u64, view_changes: Vec<(u16, Message)>) -> Message {
+            let mut primary = self.replica(view as u16 % 4);
+            for (from, message) in view_changes {
+                let actions = primary
+                    .handle(1, Input::Message { from: ValidatorIndex(from), message: self.checked(message) });
+                for outgoing in actions.send_after_persist.iter().chain(&actions.send) {
+                    if matches!(outgoing.message, Message::NewView(_)) {
+                        return outgoing.message.clone();
+                    }
+                }
+            }
+            panic!("validator {} did not install view {view}: {}", view % 4, primary.describe());
+        }
+    }
+
+    /// The view-change a replica sent (joining a view change), from its actions.
+    fn view_change_sent(actions: &Actions) -> Message {
+        actions
+            .send_after_persist
+            .iter()
+            .map(|outgoing| outgoing.message.clone())
+            .find(|message| matches!(message, Message::ViewChange(_)))
+            .expect("the backup joins the view change")
+    }
+
+    /// What a replica prepared, from its actions.
+    fn prepared(actions: &Actions) -> Vec<(View, Height)> {
+        actions
+            .send_after_persist
+            .iter()
+            .filter_map(|outgoing| match &outgoing.message {
+                Message::Prepare(prepare) => Some((prepare.body.view, prepare.body.height)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A Byzantine primary proposes, at height 2, a copy of a transaction its batch at height 1
+    /// holds (accepted here, not executed), or another transaction for that sender and nonce: the
+    /// copy could only fail its nonce check at execution, yet it would be in the chain twice. The
+    /// backup refuses both; a batch of other transactions at height 2 is accepted. Then the view
+    /// changes with nothing prepared, and the new primary proposes the first transaction again,
+    /// at height 2 of the new view: in flight nowhere any more, so accepted (what the old view
+    /// held must not outlive it).
+    #[tokio::test]
+    async fn a_backup_refuses_a_batch_holding_a_transaction_in_flight_at_another_height() {
+        let dir = ScratchDir::new("driver-in-flight").expect("scratch dir");
+        let (driver, _events, _shutdown, _jobs) = driver(&dir);
+        let scene = Scene::new(&driver);
+        let chain = &scene.chain;
+        let mut backup = scene.replica(2);
+        let mut in_flight = InFlight::default();
+        let mut hand = |backup: &mut Replica, from: u16, message: Message| {
+            scene.hand(backup, &mut in_flight, &driver.store, from, message)
+        };
+        let first = chain.transfer(0, 0, 1, 1);
+        let same_nonce = chain.transfer(0, 0, 1, 2);
+        let other = chain.transfer(1, 0, 0, 1);
+        let actions =
+            hand(&mut backup, 0, scene.pre_prepare(0, 1, &scene.batch(0, std::slice::from_ref(&first))));
+        assert_eq!(prepared(&actions), vec![(View(0), Height(1))]);
+        for copy in [&first, &same_nonce] {
+            let batch = scene.batch(0, &[other.clone(), copy.clone()]);
+            let actions = hand(&mut backup, 0, scene.pre_prepare(0, 2, &batch));
+            assert!(
+                prepared(&actions).is_empty(),
+                "the backup prepared a copy of a transaction in flight at height 1"
+            );
+        }
+        let actions =
+            hand(&mut backup, 0, scene.pre_prepare(0, 2, &scene.batch(0, std::slice::from_ref(&other))));
+        assert_eq!(prepared(&actions), vec![(View(0), Height(2))]);
+
+        // View 1 (primary: validator 1), with nothing prepared: heights 1 and 2 are free again.
+        let (from_3, from_0) = (scene.view_change(3, 1, Vec::new()), scene.view_change(0, 1, Vec::new()));
+        let _ = hand(&mut backup, 3, from_3.clone());
+        let joined = hand(&mut backup, 0, from_0.clone());
+        let from_2 = view_change_sent(&joined);
+        let new_view = scene.new_view(1, vec![(3, from_3), (0, from_0), (2, from_2)]);
+        let _ = hand(&mut backup, 1, new_view);
+        assert!(backup.view_active() && backup.view() == View(1), "{}", backup.describe());
+        let actions =
+            hand(&mut backup, 1, scene.pre_prepare(1, 1, &scene.batch(1, std::slice::from_ref(&other))));
+        assert_eq!(prepared(&actions), vec![(View(1), Height(1))]);
+        let actions =
+            hand(&mut backup, 1, scene.pre_prepare(1, 2, &scene.batch(1, std::slice::from_ref(&first))));
+        assert_eq!(prepared(&actions), vec![(View(1), Height(2))], "the old view's proposal outlived it");
+    }
+
+    /// A new view re-proposes, at height 1, a batch this backup never saw (prepared by the
+    /// others): it accepts the re-proposal without the batch and fetches it. Fresh pre-prepares
+    /// must not be judged blind meanwhile: a batch of others at height 2 and a copy of the
+    /// re-proposed transaction at height 3 both wait, and when the batch comes the first is
+    /// prepared and the copy refused.
+    #[tokio::test]
+    async fn a_fresh_batch_waits_for_the_re_proposed_batch_it_is_checked_against() {
+        use tetrad_consensus::view_messages::PreparedCertificate;
+
+        let dir = ScratchDir::new("driver-in-flight-wait").expect("scratch dir");
+        let (driver, _events, _shutdown, _jobs) = driver(&dir);
+        let scene = Scene::new(&driver);
+        let chain = &scene.chain;
+        let mut backup = scene.replica(3);
+        let mut in_flight = InFlight::default();
+        let mut hand = |backup: &mut Replica, from: u16, message: Message| {
+            scene.hand(backup, &mut in_flight, &driver.store, from, message)
+        };
+        let first = chain.transfer(0, 0, 1, 1);
+        let other = chain.transfer(1, 0, 0, 1);
+        // Validator 0's batch at height 1, prepared by validators 1 and 2; validator 3 never saw it.
+        let old = scene.batch(0, std::slice::from_ref(&first));
+        let Message::PrePrepare { pre_prepare, .. } = scene.pre_prepare(0, 1, &old) else { unreachable!() };
+        let prepares = [1u16, 2]
+            .into_iter()
+            .map(|signer| {
+                let body =
+                    tetrad_consensus::Prepare { view: View(0), height: Height(1), digest: old.digest() };
+                (ValidatorIndex(signer), scene.sign(body, signer).signature)
+            })
+            .collect();
+        let certificate = PreparedCertificate { pre_prepare, prepares };
+        let from_1 = scene.view_change(1, 1, vec![certificate.clone()]);
+        let from_2 = scene.view_change(2, 1, vec![certificate]);
+        let _ = hand(&mut backup, 1, from_1.clone());
+        let joined = hand(&mut backup, 2, from_2.clone());
+        let from_3 = view_change_sent(&joined);
+        let new_view = scene.new_view(1, vec![(2, from_2), (3, from_3), (1, from_1)]);
+        let _ = hand(&mut backup, 1, new_view);
+        assert!(backup.view_active() && backup.view() == View(1), "{}", backup.describe());
+        assert_eq!(backup.accepted_without_batch(), 1, "{}", backup.describe());
+
+        // A fresh batch of others at height 2 and a copy at height 3 both wait.
+        let fresh =
+            hand(&mut backup, 1, scene.pre_prepare(1, 2, &scene.batch(1, std::slice::from_ref(&other))));
+        let copy =
+            hand(&mut backup, 1, scene.pre_prepare(1, 3, &scene.batch(1, std::slice::from_ref(&first))));
+        assert!(
+            prepared(&fresh).is_empty() && prepared(&copy).is_empty(),
+            "judged before the re-proposed batch was known"
+        );
+        // The batch comes: the waiting ones are judged, the fresh one prepared, the copy refused.
+        let actions = hand(&mut backup, 2, Message::Batch { height: Height(1), batch: old.clone() });
+        assert_eq!(backup.accepted_without_batch(), 0);
+        assert_eq!(
+            prepared(&actions),
+            vec![(View(1), Height(2))],
+            "the waiting fresh batch must be prepared and the copy of a re-proposed transaction refused"
+        );
     }
 
     /// Issue 15: a fresh batch that carries a transaction twice (or two for one sender's

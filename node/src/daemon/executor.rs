@@ -121,6 +121,7 @@ impl Executor {
             Vec::new()
         });
         let started = Instant::now();
+        let cpu_before = metrics::thread_cpu_micros();
         let execution = self
             .store
             .with_state(|head, state| execute(state, head, &batch, &txs))
@@ -130,6 +131,10 @@ impl Executor {
             .commit(&block, &execution)
             .map_err(|error| format!("committing block {height}: {error}"))?;
         metrics::observe("tetrad_storage_write_seconds", started.elapsed().as_secs_f64());
+        metrics::count(
+            "tetrad_execute_cpu_microseconds_total",
+            metrics::thread_cpu_micros().saturating_sub(cpu_before),
+        );
         metrics::gauge("tetrad_height", height.0 as f64);
         metrics::count("tetrad_committed_txs_total", txs.len() as u64);
         metrics::observe("tetrad_batch_txs", txs.len() as f64);

@@ -5,7 +5,8 @@
 //! who may speak consensus), `wire` (frames and their limits), `api` (what the RPC server
 //! reaches), `health` (what `/health` says), `keys` (the schedule and this validator's keys
 //! across a rotation), `safety_check` (are the safety records whole before a validator signs),
-//! `deferred` (messages above the schedule horizon) and `metrics`.
+//! `deferred` (messages above the schedule horizon), `tcp` (the p2p sockets' retransmission
+//! timeout) and `metrics`.
 
 pub mod admission;
 pub mod answers;
@@ -19,6 +20,7 @@ pub mod executor;
 #[cfg(test)]
 mod fuzzing;
 pub mod health;
+pub mod in_flight;
 pub mod intake;
 pub mod keys;
 pub mod mempool;
@@ -28,5 +30,6 @@ pub mod node;
 pub mod safety_check;
 #[cfg(test)]
 mod submit_tests;
+pub mod tcp;
 pub mod timing;
 pub mod wire;

@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::admission::{Admission, AdmissionBehaviour, AdmissionLimits, ValidatorsOnly};
 use crate::daemon::intake::{InboundBudgets, PEER_QUEUE_MESSAGES_MAX, Ticket, peer_queue_bytes_max};
 use crate::daemon::metrics;
+use crate::daemon::tcp;
 pub use crate::daemon::wire::{
     FrameLimits, GOSSIP_TXS_MAX, GossipMessage, SYNC_BLOCKS_MAX, SyncBlock, SyncRequest,
 };
@@ -62,7 +63,14 @@ const GOSSIP_ENVELOPE_BYTES: usize = 1024;
 /// number.
 const GOSSIP_HEADER_BYTES: usize = 4 + 8;
 const REDIAL_MIN: Duration = Duration::from_millis(250);
-const REDIAL_MAX: Duration = Duration::from_secs(10);
+/// A validator out of reach is dialled at least this often, so that a healed partition whose
+/// connections the kernel gave up on is whole again within about this long (a dial to an
+/// unreachable address costs a SYN; see also CONNECTION_TIMEOUT).
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// A dial, with its handshakes, fails after this long (libp2p's default is 10 s). A dial still
+/// waiting when a partition heals waits for its SYN's next retransmission (1, 2, 4 s apart) or
+/// this timeout, whichever comes first, before a new dial goes out.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
 /// Gossip messages whose transactions are being checked at once, in all and per peer.
 const GOSSIP_CHECKS_MAX: usize = 64;
 const GOSSIP_CHECKS_PER_PEER_MAX: usize = 8;
@@ -108,9 +116,13 @@ pub enum Event {
         blocks: Vec<SyncBlock>,
     },
     /// A peer answered a sync request with no block: it has nothing after ours.
-    UpToDate,
+    UpToDate {
+        from: ValidatorIndex,
+    },
     /// A sync request failed (no connection, refused, timed out).
-    FetchFailed,
+    FetchFailed {
+        from: ValidatorIndex,
+    },
 }
 
 /// Checks and admits the transactions of a gossip message, and says what to do with it.
@@ -386,13 +398,25 @@ pub async fn start(
     };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )?
+        .with_other_transport(|keypair| {
+            use libp2p::Transport as _;
+            let noise = libp2p::noise::Config::new(keypair)?;
+            // What `with_tcp` builds, with each connection's socket given a capped
+            // retransmission timeout (tcp.rs): a healed partition speaks again within a second.
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                libp2p::tcp::tokio::Transport::new(libp2p::tcp::Config::default().nodelay(true))
+                    .map(|stream: libp2p::tcp::tokio::TcpStream, _| {
+                        tcp::cap_retransmission_timeout(&stream.0);
+                        stream
+                    })
+                    .upgrade(libp2p::core::upgrade::Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(libp2p::yamux::Config::default()),
+            )
+        })?
         .with_behaviour(|_| behaviour)?
         .with_swarm_config(|swarm| swarm.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .with_connection_timeout(CONNECTION_TIMEOUT)
         .build();
     swarm
         .listen_on(config.listen.clone())
@@ -648,7 +672,7 @@ impl Task {
             Command::Fetch { peer, from, to } => {
                 let Some((peer_id, _)) = self.validators.get(peer.as_usize()).cloned() else { return };
                 if !self.swarm.is_connected(&peer_id) {
-                    let _ = self.events.try_send(Event::FetchFailed);
+                    let _ = self.events.try_send(Event::FetchFailed { from: peer });
                     return;
                 }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer_id, SyncRequest { from, to });
@@ -781,7 +805,7 @@ impl Task {
             } => {
                 if let Some(from) = self.fetches.remove(&request_id) {
                     let event = if response.is_empty() {
-                        Event::UpToDate
+                        Event::UpToDate { from }
                     } else {
                         Event::Blocks { from, blocks: response }
                     };
@@ -793,7 +817,7 @@ impl Task {
             request_response::Event::OutboundFailure { request_id, error, .. } => {
                 if let Some(from) = self.fetches.remove(&request_id) {
                     debug!(%error, peer = %from, "block sync request failed");
-                    let _ = self.events.try_send(Event::FetchFailed);
+                    let _ = self.events.try_send(Event::FetchFailed { from });
                 }
             }
             _ => {}

@@ -363,7 +363,7 @@ fn gossip_validator(
                 .collect()
         };
         let unverified: Vec<tetrad_ledger::Tx> = fresh.iter().map(|(tx, _)| tx.clone()).collect();
-        let results = tetrad_ledger::tx::check_all(&unverified, &genesis_hash);
+        let results = crate::daemon::metrics::check_txs(&unverified, &genesis_hash);
         if results.iter().any(Result::is_err) {
             return GossipVerdict::Invalid;
         }

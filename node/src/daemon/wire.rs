@@ -26,6 +26,9 @@ pub const FRAME_CHUNK_BYTES: usize = 64 << 10;
 pub const FRAME_SLACK_BYTES: usize = 4096;
 /// Most blocks in one sync response.
 pub const SYNC_BLOCKS_MAX: u64 = 64;
+// A replica reads an answer holding every height it asked for as "the peer may have more":
+// a server must not cut an answer shorter than a replica asks.
+const _: () = assert!(SYNC_BLOCKS_MAX >= tetrad_consensus::FETCH_HEIGHTS_MAX);
 /// Largest largest-blocks-worth in one sync response: this many of the largest blocks.
 pub const SYNC_RESPONSE_BLOCKS_OF_MAX_SIZE: usize = 4;
 /// Largest encoded sync request (two heights; generous).

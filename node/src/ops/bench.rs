@@ -83,6 +83,19 @@ pub struct Report {
     pub verify_batched_per_core: f64,
     pub verify_bound_tx_per_s: f64,
     pub ratio_to_bound: f64,
+    /// Measured inside the validators during the run (`tetrad_tx_check_*` of their `/metrics`):
+    /// transactions checked per CPU-second of the checking threads, the mean batch they were
+    /// checked in, and the bound and ratio from that rate (`cores × rate ÷ validators`).
+    pub verify_in_run_per_core: f64,
+    pub verify_in_run_batch_mean: f64,
+    pub verify_in_run_bound_tx_per_s: f64,
+    pub ratio_to_in_run_bound: f64,
+    /// The validators' CPU time per committed transaction for its signature checks and its
+    /// execution (summed over validators), and what the cores could commit if that were all
+    /// they did: the bound with execution counted, and the ratio to it.
+    pub check_and_execute_cpu_us_per_tx: f64,
+    pub check_and_execute_bound_tx_per_s: f64,
+    pub ratio_to_check_and_execute_bound: f64,
     pub nodes: Vec<NodeUsage>,
     pub submit_errors: u64,
     pub duration_s: f64,
@@ -252,6 +265,54 @@ fn usage(pid: u32) -> (f64, f64) {
         })
         .unwrap_or(0.0);
     (cpu, rss)
+}
+
+/// The validators' own count of their transaction signature checks (`tetrad_tx_check_*`).
+#[derive(Default)]
+struct InRunChecks {
+    checks: f64,
+    batches: f64,
+    cpu_us: f64,
+    /// Per node: CPU microseconds of checks and execution per transaction it executed, summed.
+    work_us_per_tx: f64,
+}
+
+impl InRunChecks {
+    /// Adds one node's `/metrics` text.
+    fn add(&mut self, metrics: &str) {
+        let (mut check_us, mut execute_us, mut executed) = (0.0, 0.0, 0.0);
+        for line in metrics.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(value)) = (parts.next(), parts.next()) else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            match name {
+                "tetrad_tx_checks_total" => self.checks += value,
+                "tetrad_tx_check_batches_total" => self.batches += value,
+                "tetrad_tx_check_cpu_microseconds_total" => check_us += value,
+                "tetrad_execute_cpu_microseconds_total" => execute_us += value,
+                "tetrad_committed_txs_total" => executed += value,
+                _ => {}
+            }
+        }
+        self.cpu_us += check_us;
+        if executed > 0.0 {
+            self.work_us_per_tx += (check_us + execute_us) / executed;
+        }
+    }
+
+    /// CPU microseconds of all validators per committed transaction (NaN if none was counted).
+    fn work_us_per_tx(&self) -> f64 {
+        if self.work_us_per_tx > 0.0 { self.work_us_per_tx } else { f64::NAN }
+    }
+
+    /// Transactions checked per CPU-second (NaN if nothing was counted).
+    fn per_core(&self) -> f64 {
+        if self.cpu_us > 0.0 { self.checks / (self.cpu_us / 1e6) } else { f64::NAN }
+    }
+
+    fn batch_mean(&self) -> f64 {
+        if self.batches > 0.0 { self.checks / self.batches } else { f64::NAN }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -478,12 +539,15 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .collect();
     let view_changes =
         get_json(&http, &format!("{}/status", urls[0])).map(|s| s["view"].as_u64().unwrap_or(0)).unwrap_or(0);
-    if args.keep_dir.is_some() {
-        // What each node counted (drops by reason, queue waits): kept beside its log.
-        for (node, url) in file.nodes.iter().zip(&urls) {
-            if let Ok(mut response) = http.get(&format!("{url}/metrics")).call()
-                && let Ok(text) = response.body_mut().read_to_string()
-            {
+    // What each node counted: its signature checks (the in-run verification rate), and with
+    // --keep-dir everything (drops by reason, queue waits) beside its log.
+    let mut checks = InRunChecks::default();
+    for (node, url) in file.nodes.iter().zip(&urls) {
+        if let Ok(mut response) = http.get(&format!("{url}/metrics")).call()
+            && let Ok(text) = response.body_mut().read_to_string()
+        {
+            checks.add(&text);
+            if args.keep_dir.is_some() {
                 let _ = std::fs::write(node.home.join("metrics.txt"), text);
             }
         }
@@ -517,6 +581,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .collect();
     let mut call_times = call_times.lock().unwrap_or_else(|p| p.into_inner()).clone();
     call_times.sort_by(f64::total_cmp);
+    let in_run_bound = cores as f64 * checks.per_core() / f64::from(args.validators);
+    let work_bound = cores as f64 * 1e6 / checks.work_us_per_tx();
     let report = Report {
         validators: args.validators,
         accounts: args.accounts,
@@ -533,6 +599,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         verify_batched_per_core: verify_batched,
         verify_bound_tx_per_s: bound,
         ratio_to_bound: committed_rate / bound,
+        verify_in_run_per_core: checks.per_core(),
+        verify_in_run_batch_mean: checks.batch_mean(),
+        verify_in_run_bound_tx_per_s: in_run_bound,
+        ratio_to_in_run_bound: committed_rate / in_run_bound,
+        check_and_execute_cpu_us_per_tx: checks.work_us_per_tx(),
+        check_and_execute_bound_tx_per_s: work_bound,
+        ratio_to_check_and_execute_bound: committed_rate / work_bound,
         nodes: usages,
         submit_errors: errors.load(Ordering::SeqCst),
         duration_s: elapsed.as_secs_f64(),
@@ -838,6 +911,24 @@ fn print_table(report: &Report) {
     );
     println!("{:<42} {:.0} tx/s", "bound: cores × batched verify ÷ validators", report.verify_bound_tx_per_s);
     println!("{:<42} {:.2}", "committed ÷ bound", report.ratio_to_bound);
+    println!(
+        "{:<42} {:.0} per CPU-second, batches of {:.1} on average",
+        "in-run tx checks (validators' own count)",
+        report.verify_in_run_per_core,
+        report.verify_in_run_batch_mean
+    );
+    println!(
+        "{:<42} {:.0} tx/s",
+        "in-run bound: cores × in-run rate ÷ validators", report.verify_in_run_bound_tx_per_s
+    );
+    println!("{:<42} {:.2}", "committed ÷ in-run bound", report.ratio_to_in_run_bound);
+    println!(
+        "{:<42} {:.1} µs of CPU per tx (all validators); bound {:.0} tx/s; committed ÷ it {:.2}",
+        "checks + execution, in-run",
+        report.check_and_execute_cpu_us_per_tx,
+        report.check_and_execute_bound_tx_per_s,
+        report.ratio_to_check_and_execute_bound
+    );
     for node in &report.nodes {
         println!("  {:<6} cpu {:>6.1}%   peak rss {:>7.1} MB", node.name, node.cpu_percent, node.peak_rss_mb);
     }
@@ -970,4 +1061,28 @@ fn error_name(code: i64) -> String {
     tetrad_rpc::ErrorCode::from_code(code)
         .map(|code| code.name().to_string())
         .unwrap_or_else(|| code.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InRunChecks;
+
+    #[test]
+    fn in_run_checks_add_up_over_nodes_from_prometheus_text() {
+        let mut checks = InRunChecks::default();
+        checks.add(
+            "# TYPE tetrad_tx_checks_total counter\ntetrad_tx_checks_total 3000\n\
+             tetrad_tx_check_batches_total 30\ntetrad_tx_check_cpu_microseconds_total 50000\n\
+             tetrad_tx_checks_totally_else 9\n",
+        );
+        checks.add(
+            "tetrad_tx_checks_total 1000\ntetrad_tx_check_batches_total 70\ntetrad_tx_check_cpu_microseconds_total 30000\n\
+             tetrad_execute_cpu_microseconds_total 20000\ntetrad_committed_txs_total 1000\n",
+        );
+        assert_eq!(checks.per_core(), 4000.0 / 0.08);
+        assert_eq!(checks.batch_mean(), 40.0);
+        // Only the second node executed anything: (30,000 + 20,000) µs over 1,000 txs.
+        assert_eq!(checks.work_us_per_tx(), 50.0);
+        assert!(InRunChecks::default().per_core().is_nan());
+    }
 }
