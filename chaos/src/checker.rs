@@ -51,11 +51,19 @@ pub struct ChainBlock {
     pub header: Header,
     /// The transaction hashes the node listed.
     pub txs: Vec<Digest>,
+    /// The batch's own time, as the node said (the header's is never below its parent's).
+    pub batch_timestamp_ms: Option<u64>,
 }
 
 impl ChainBlock {
     pub fn from_view(view: BlockView) -> ChainBlock {
-        ChainBlock { height: view.header.height.0, hash: view.hash, header: view.header, txs: view.txs }
+        ChainBlock {
+            height: view.header.height.0,
+            hash: view.hash,
+            header: view.header,
+            txs: view.txs,
+            batch_timestamp_ms: view.batch_timestamp_ms,
+        }
     }
 
     pub fn parent(&self) -> Digest {
@@ -289,18 +297,32 @@ fn check_record(record: &[TxRecord], verdict: &mut Verdict) {
 }
 
 /// The batch digest of `txs` as a block at `header` executed them: the header copies the
-/// batch's view and proposer, and its time is the batch's (never below the parent's: the
-/// primary proposes at least the committed time, backups refuse less). A new view's empty
-/// batch carries time 0 and no payload; an idle primary's empty batch has no payload either.
-fn batch_digest_matches(header: &Header, txs: &[Tx]) -> bool {
-    let mut candidates = vec![(header.timestamp_ms, tetrad_ledger::tx::encode_payload(txs))];
+/// batch's view and proposer, and its time is the batch's, but never below the parent's. A
+/// primary proposes at least the committed time, but a new view may re-propose an older
+/// view's batch above a newer one's, and then the header carries the parent's time: the
+/// node's word for the batch's own time (`batch_timestamp_ms`, at most the header's) is tried
+/// too. It cannot make other transactions pass: the digest binds the time and the payload
+/// together. A new view's empty batch carries time 0 and no payload; an idle primary's empty
+/// batch has no payload either.
+fn batch_digest_matches(header: &Header, txs: &[Tx], batch_timestamp_ms: Option<u64>) -> bool {
+    let mut times = vec![header.timestamp_ms];
+    times.extend(batch_timestamp_ms.filter(|time| *time < header.timestamp_ms));
+    let mut payloads = vec![tetrad_ledger::tx::encode_payload(txs)];
     if txs.is_empty() {
-        candidates.push((header.timestamp_ms, Vec::new()));
-        candidates.push((0, Vec::new()));
+        payloads.push(Vec::new());
+        times.push(0);
     }
-    candidates.into_iter().any(|(timestamp_ms, payload)| {
-        Batch { view: header.view, proposer: header.proposer, timestamp_ms, payload }.digest()
-            == header.batch_digest
+    times.iter().any(|timestamp_ms| {
+        payloads.iter().any(|payload| {
+            Batch {
+                view: header.view,
+                proposer: header.proposer,
+                timestamp_ms: *timestamp_ms,
+                payload: payload.clone(),
+            }
+            .digest()
+                == header.batch_digest
+        })
     })
 }
 
@@ -325,10 +347,12 @@ fn check_blocks(chain: &NodeChain, submitted: &HashMap<Digest, &TxRecord>, verdi
         let txs: Option<Vec<Tx>> =
             block.txs.iter().map(|hash| submitted.get(hash).map(|entry| entry.tx.clone())).collect();
         match txs {
-            Some(txs) if !batch_digest_matches(header, &txs) => wrong.push(format!(
-                "its transactions do not hash to the batch digest {} the certificate signs",
-                header.batch_digest
-            )),
+            Some(txs) if !batch_digest_matches(header, &txs, block.batch_timestamp_ms) => {
+                wrong.push(format!(
+                    "its transactions do not hash to the batch digest {} the certificate signs",
+                    header.batch_digest
+                ))
+            }
             Some(_) => {}
             // A transaction nobody recorded: a phantom (reported as such); the batch cannot be
             // rebuilt without its bytes.

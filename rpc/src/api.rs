@@ -93,6 +93,13 @@ pub struct BlockView {
     pub txs: Vec<Digest>,
     /// Absent only for the genesis header (height 0).
     pub certificate: Option<CommitCertificate>,
+    /// The time the proposer put on the batch that the certificate signs (absent for the
+    /// genesis header). The header's time is the batch's but never below its parent's, so a
+    /// batch proposed before its parent's batch (a new view re-proposing an older view's
+    /// batch above one of a newer view) has a header time that is not its own; with this a
+    /// client rebuilds the batch digest from the listed transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_timestamp_ms: Option<u64>,
 }
 
 /// The status of a transaction.

@@ -50,6 +50,9 @@ enum Made {
     Proposed,
     /// A new view's null batch: time 0, no payload.
     NullOfNewView,
+    /// An older view's batch that a new view re-proposed above a newer view's batch: its time
+    /// is below its parent's, so the header carries the parent's time.
+    Earlier,
 }
 
 /// Executes each block's transactions with the ledger, as a node does: the blocks and the
@@ -69,6 +72,12 @@ fn build_made(world: &TestChain, blocks: &[(&[&Tx], Made)]) -> (Vec<ChainBlock>,
                 payload: if txs.is_empty() { Vec::new() } else { tetrad_ledger::tx::encode_payload(&txs) },
             },
             Made::NullOfNewView => Batch::empty(View(1), ValidatorIndex(1)),
+            Made::Earlier => Batch {
+                view: View(0),
+                proposer: ValidatorIndex(0),
+                timestamp_ms: parent.timestamp_ms - 1,
+                payload: tetrad_ledger::tx::encode_payload(&txs),
+            },
         };
         let execution = match tetrad_ledger::execute(&state, &parent, &batch, &txs) {
             Ok(execution) => execution,
@@ -82,6 +91,7 @@ fn build_made(world: &TestChain, blocks: &[(&[&Tx], Made)]) -> (Vec<ChainBlock>,
             hash: header.hash(),
             header: header.clone(),
             txs: execution.tx_hashes,
+            batch_timestamp_ms: Some(batch.timestamp_ms),
         });
         parent = header;
     }
@@ -167,6 +177,40 @@ fn empty_blocks_of_a_new_view_and_of_an_idle_primary_pass() {
     let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
     assert!(verdict.passed(), "{:#?}", verdict.violations);
     assert_eq!((verdict.height, verdict.blocks_with_txs), (5, 3));
+}
+
+/// Seed 23 (a Byzantine v2, every fault kind): block 80 held a batch of view 0 that view 2
+/// re-proposed above view 1's batch at 79, so its header carried block 79's time. The checker
+/// rebuilt the batch digest with the header's time and called the block bad on every node;
+/// with the node's word for the batch's time it passes, and a wrong word is still caught.
+#[test]
+fn a_re_proposed_batch_older_than_its_parent_passes_with_its_own_time() {
+    let world = world();
+    let record = history(&world);
+    let (chain, states) = build_made(
+        &world,
+        &[
+            (&[&record[0].tx], Made::Proposed),
+            (&[&record[1].tx], Made::Earlier),
+            (&[&record[2].tx], Made::Proposed),
+        ],
+    );
+    assert_eq!(
+        chain[1].header.timestamp_ms, chain[0].header.timestamp_ms,
+        "the header took its parent's time"
+    );
+    let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
+    assert!(verdict.passed(), "{:#?}", verdict.violations);
+    // What the checker did before nodes reported the batch's time: a bad block on every node.
+    let mut unsaid = chain.clone();
+    unsaid[1].batch_timestamp_ms = None;
+    let verdict = check(&genesis(&world), &record, &nodes(&unsaid, &states), Rules::default());
+    assert_eq!(verdict.bad_blocks, 5, "{:#?}", verdict.violations);
+    // A node that names another time does not pass.
+    let mut lying = chain.clone();
+    lying[1].batch_timestamp_ms = lying[1].batch_timestamp_ms.map(|time| time - 1);
+    let verdict = check(&genesis(&world), &record, &nodes(&lying, &states), Rules::default());
+    assert_eq!(verdict.bad_blocks, 5, "{:#?}", verdict.violations);
 }
 
 #[test]

@@ -148,7 +148,13 @@ impl Api {
     fn block_view(&self, height: Height) -> Result<Option<BlockView>, InternalError> {
         if height == Height::GENESIS {
             let header = self.store.genesis_header().map_err(internal)?;
-            return Ok(Some(BlockView { hash: header.hash(), header, txs: Vec::new(), certificate: None }));
+            return Ok(Some(BlockView {
+                hash: header.hash(),
+                header,
+                txs: Vec::new(),
+                certificate: None,
+                batch_timestamp_ms: None,
+            }));
         }
         let Some(block) = self.store.block(height).map_err(internal)? else { return Ok(None) };
         let txs = block.txs().map(|txs| txs.iter().map(Tx::hash).collect()).unwrap_or_default();
@@ -157,6 +163,7 @@ impl Api {
             header: block.header,
             txs,
             certificate: Some(block.certificate),
+            batch_timestamp_ms: Some(block.batch.timestamp_ms),
         }))
     }
 }

@@ -59,9 +59,15 @@ impl Fixture {
             header: header.clone(),
             txs: execution.tx_hashes.clone(),
             certificate: Some(chain.certify(View(0), Height(1), batch.digest())),
+            batch_timestamp_ms: Some(batch.timestamp_ms),
         };
-        let genesis =
-            BlockView { hash: parent.hash(), header: parent.clone(), txs: Vec::new(), certificate: None };
+        let genesis = BlockView {
+            hash: parent.hash(),
+            header: parent.clone(),
+            txs: Vec::new(),
+            certificate: None,
+            batch_timestamp_ms: None,
+        };
         let tx_views = txs
             .iter()
             .zip(&execution.receipts)
