@@ -191,24 +191,26 @@ fn a_re_proposed_batch_older_than_its_parent_passes_with_its_own_time() {
         &world,
         &[
             (&[&record[0].tx], Made::Proposed),
-            (&[&record[1].tx], Made::Earlier),
-            (&[&record[2].tx], Made::Proposed),
+            (&[&record[1].tx], Made::Proposed),
+            // Its batch's time is two or more (the second block's is at least three), so the
+            // lie below stays under the header's time without wrapping.
+            (&[&record[2].tx], Made::Earlier),
         ],
     );
     assert_eq!(
-        chain[1].header.timestamp_ms, chain[0].header.timestamp_ms,
+        chain[2].header.timestamp_ms, chain[1].header.timestamp_ms,
         "the header took its parent's time"
     );
     let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
     assert!(verdict.passed(), "{:#?}", verdict.violations);
     // What the checker did before nodes reported the batch's time: a bad block on every node.
     let mut unsaid = chain.clone();
-    unsaid[1].batch_timestamp_ms = None;
+    unsaid[2].batch_timestamp_ms = None;
     let verdict = check(&genesis(&world), &record, &nodes(&unsaid, &states), Rules::default());
     assert_eq!(verdict.bad_blocks, 5, "{:#?}", verdict.violations);
     // A node that names another time does not pass.
     let mut lying = chain.clone();
-    lying[1].batch_timestamp_ms = lying[1].batch_timestamp_ms.map(|time| time - 1);
+    lying[2].batch_timestamp_ms = lying[2].batch_timestamp_ms.map(|time| time - 1);
     let verdict = check(&genesis(&world), &record, &nodes(&lying, &states), Rules::default());
     assert_eq!(verdict.bad_blocks, 5, "{:#?}", verdict.violations);
 }
