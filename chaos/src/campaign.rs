@@ -685,7 +685,8 @@ pub(crate) fn negative_controls(
     if let Some(index) = carrying {
         // Every node serves that block without its last transaction, the tx root, count and
         // hash recomputed (and every later link): only the batch digest under the certificate
-        // can tell.
+        // can tell, or, where the node names the batch's transactions (the block left a copy
+        // out), the replay: the dropped one had its sender's next nonce.
         let mut dropped = chains.to_vec();
         for chain in &mut dropped {
             if let Some(block) = chain.blocks.get_mut(index) {
@@ -697,7 +698,9 @@ pub(crate) fn negative_controls(
             "a transaction dropped from a block on every node, the header rebuilt",
             record.to_vec(),
             &dropped,
-            &|verdict| verdict.bad_blocks > 0 && names(verdict, "batch digest"),
+            &|verdict| {
+                (verdict.bad_blocks > 0 && names(verdict, "batch digest")) || names(verdict, "left out")
+            },
         );
         // Every node's header of that height carries another state root.
         let mut diverged = chains.to_vec();

@@ -53,6 +53,9 @@ pub struct ChainBlock {
     pub txs: Vec<Digest>,
     /// The batch's own time, as the node said (the header's is never below its parent's).
     pub batch_timestamp_ms: Option<u64>,
+    /// The batch's transaction hashes, when the node said the block lists fewer (those whose
+    /// nonce was wrong did not execute).
+    pub batch_txs: Option<Vec<Digest>>,
 }
 
 impl ChainBlock {
@@ -63,6 +66,7 @@ impl ChainBlock {
             header: view.header,
             txs: view.txs,
             batch_timestamp_ms: view.batch_timestamp_ms,
+            batch_txs: view.batch_txs,
         }
     }
 
@@ -344,8 +348,20 @@ fn check_blocks(chain: &NodeChain, submitted: &HashMap<Digest, &TxRecord>, verdi
         {
             wrong.push("the listed transactions are not the header's tx root".to_string());
         }
+        // The batch: the listed transactions, or all of the batch's when the node says the
+        // block left some out (then the listed ones must be among them, in order).
+        let batch = match &block.batch_txs {
+            Some(batch) => {
+                let mut rest = batch.iter();
+                if !block.txs.iter().all(|listed| rest.any(|hash| hash == listed)) {
+                    wrong.push("it lists transactions that are not its batch's, in its order".to_string());
+                }
+                batch
+            }
+            None => &block.txs,
+        };
         let txs: Option<Vec<Tx>> =
-            block.txs.iter().map(|hash| submitted.get(hash).map(|entry| entry.tx.clone())).collect();
+            batch.iter().map(|hash| submitted.get(hash).map(|entry| entry.tx.clone())).collect();
         match txs {
             Some(txs) if !batch_digest_matches(header, &txs, block.batch_timestamp_ms) => {
                 wrong.push(format!(
@@ -475,15 +491,21 @@ impl ReplayState {
         self.accounts.entry(*address).or_insert(Replayed { balance: 0, nonce: 0, slot: next })
     }
 
+    /// Whether `tx` carries its sender's next nonce (and may execute, successfully or not).
+    fn nonce_is_next(&self, tx: &Tx) -> bool {
+        let expected = self.accounts.get(&tx.body.from).map_or(0, |account| account.nonce);
+        tx.body.nonce == expected && expected != u64::MAX
+    }
+
     /// One transfer with the ledger's rules: only the sender's next nonce; one that cannot pay
     /// (or would overflow the recipient) fails and uses up the nonce, creating the sender's
     /// account if it had none. True if it executed.
     fn apply(&mut self, tx: &Tx) -> bool {
-        let from = tx.body.from;
-        let expected = self.accounts.get(&from).map_or(0, |account| account.nonce);
-        if tx.body.nonce != expected || expected == u64::MAX {
+        if !self.nonce_is_next(tx) {
             return false;
         }
+        let from = tx.body.from;
+        let expected = tx.body.nonce;
         let TxKind::Transfer { to, amount } = tx.body.kind else {
             // The clients send transfers only (check_record flags anything else).
             self.get_or_new(&from).nonce = expected + 1;
@@ -552,7 +574,23 @@ fn replay(
     }
     let mut phantom_seen = false;
     for block in chain {
-        for hash in &block.txs {
+        // The batch in order; what the block left out must have had a wrong nonce there.
+        let mut listed = block.txs.iter().peekable();
+        for hash in block.batch_txs.as_ref().unwrap_or(&block.txs) {
+            if listed.next_if(|listed| *listed == hash).is_none() {
+                if let Some(entry) = submitted.get(hash)
+                    && state.nonce_is_next(&entry.tx)
+                {
+                    violation(
+                        verdict,
+                        format!(
+                            "left out: block {} leaves out transaction {hash}, whose nonce was its sender's next",
+                            block.height
+                        ),
+                    );
+                }
+                continue;
+            }
             let Some(entry) = submitted.get(hash) else {
                 phantom_seen = true;
                 continue;

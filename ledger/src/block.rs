@@ -44,7 +44,9 @@ impl Header {
 }
 
 /// A committed block: its header, the batch it executed and the commit certificate over the
-/// batch digest. Transactions are decoded from the batch payload.
+/// batch digest. The block's transactions are those of the batch that executed (the receipts
+/// name them, in block order): one whose nonce was wrong changed nothing and is left out
+/// (`crate::execute::Execution::positions`).
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Block {
     pub header: Header,
@@ -53,8 +55,14 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn txs(&self) -> Result<Vec<Tx>, TxError> {
+    /// Every transaction of the batch, in batch order, including any the block left out.
+    pub fn batch_txs(&self) -> Result<Vec<Tx>, TxError> {
         decode_payload(&self.batch.payload)
+    }
+
+    /// The batch's transaction with this hash.
+    pub fn tx(&self, hash: &Digest) -> Result<Option<Tx>, TxError> {
+        Ok(self.batch_txs()?.into_iter().find(|tx| tx.hash() == *hash))
     }
 }
 
@@ -135,7 +143,8 @@ impl Account {
     }
 }
 
-/// Why a transaction failed at execution. A wrong nonce changed nothing; any other failure
+/// Why a transaction failed at execution. A wrong nonce changed nothing (the block leaves such
+/// a transaction out, so no receipt of an honest block says `bad_nonce`); any other failure
 /// changed nothing but its sender's nonce, which it used up.
 #[derive(
     Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize, thiserror::Error,

@@ -4,8 +4,8 @@
 //! hash-map iteration order reaches the result. Signatures and other static checks are *not*
 //! repeated here; they were checked at admission and before the pre-prepare was accepted (or the
 //! block came with a commit certificate). Dynamic checks (nonce, balance, overflow) are made
-//! here. A transaction whose nonce is wrong never executes: a failed receipt, and nothing
-//! changes. One whose nonce is right but that fails a dynamic check is executed all the same:
+//! here. A transaction whose nonce is wrong never executes: nothing changes, and the block does
+//! not list it (no receipt, not in the tx root; the stored batch still holds it). One whose nonce is right but that fails a dynamic check is executed all the same:
 //! a failed receipt, and nothing changes but its sender's nonce, which it uses up (the same
 //! signed bytes can never execute later, whatever the sender's balance becomes; DESIGN.md,
 //! Ledger). A key rotation's proof of possession is checked here too (it depends on the
@@ -36,8 +36,16 @@ pub struct Execution {
     pub header: Header,
     /// Every account the block changed, with its new state (sorted by address).
     pub changes: BTreeMap<Address, Account>,
+    /// One per transaction in the block, in block order.
     pub receipts: Vec<Receipt>,
     pub tx_hashes: Vec<Digest>,
+    /// Each block transaction's position in the batch. A transaction whose nonce was wrong
+    /// never executed and changed nothing, so the block leaves it out (no hash in the tx
+    /// root, no receipt): PBFT may order one transaction twice (an older view's batch that a
+    /// new view missed can come back above a newer view's copy), and a Byzantine primary may
+    /// propose a copy of one that executed; neither puts it in the chain twice. The batch, which
+    /// the certificate signs, is stored whole.
+    pub positions: Vec<u32>,
     pub tree_update: TreeUpdate,
     /// The accounts this block created: (address, slot), for the address tree.
     pub created: Vec<(Address, u64)>,
@@ -186,14 +194,18 @@ pub fn execute<S: StateReader>(
         Overlay { state, changes: BTreeMap::new(), next_slot: state.tree().count(), height, registry: None };
     let mut receipts = Vec::with_capacity(txs.len());
     let mut tx_hashes = Vec::with_capacity(txs.len());
-    for (index, tx) in txs.iter().enumerate() {
-        let tx_hash = tx.hash();
+    let mut positions = Vec::with_capacity(txs.len());
+    for (position, tx) in txs.iter().enumerate() {
         let outcome = match overlay.apply(tx)? {
             Ok(()) => Outcome::Success,
+            // Not executed, nothing changed: not in the block (see `Execution::positions`).
+            Err(ExecutionError::BadNonce { .. }) => continue,
             Err(error) => Outcome::Failed { error },
         };
+        let tx_hash = tx.hash();
+        receipts.push(Receipt { tx_hash, height, index: tx_hashes.len() as u32, outcome });
         tx_hashes.push(tx_hash);
-        receipts.push(Receipt { tx_hash, height, index: index as u32, outcome });
+        positions.push(position as u32);
     }
     let leaves: BTreeMap<u64, Digest> =
         overlay.changes.iter().map(|(address, account)| (account.slot, account.leaf(address))).collect();
@@ -212,7 +224,7 @@ pub fn execute<S: StateReader>(
         parent_hash: parent.hash(),
         batch_digest: batch.digest(),
         tx_root: tx_root(&tx_hashes),
-        tx_count: txs.len() as u32,
+        tx_count: tx_hashes.len() as u32,
         state_root: tree_update.root,
         receipts_root: receipts_root(&receipts),
         address_root,
@@ -230,6 +242,7 @@ pub fn execute<S: StateReader>(
         changes: overlay.changes,
         receipts,
         tx_hashes,
+        positions,
         tree_update,
         created,
         registry: overlay.registry,

@@ -65,6 +65,19 @@ fn batch(parent: &Header, txs: &[Tx]) -> Batch {
     }
 }
 
+/// Each batch transaction's receipt, or `None` where the block left it out (its nonce was
+/// wrong: it never executed).
+fn receipts_by_position<'a>(
+    txs: &[Tx],
+    execution: &'a tetrad_ledger::execute::Execution,
+) -> Vec<Option<&'a tetrad_ledger::Receipt>> {
+    let mut by_position = vec![None; txs.len()];
+    for (receipt, position) in execution.receipts.iter().zip(&execution.positions) {
+        by_position[*position as usize] = Some(receipt);
+    }
+    by_position
+}
+
 /// Executes all blocks on a memory state; returns the headers and the final state.
 fn run(chain: &TestChain, blocks: &[Vec<TxPlan>]) -> (Vec<Header>, MemoryState, Vec<Vec<Tx>>) {
     let mut state = MemoryState::from_genesis(&chain.genesis);
@@ -102,36 +115,39 @@ proptest! {
         let mut state = MemoryState::from_genesis(&chain.genesis);
         let mut parent = chain.genesis.header.clone();
         let mut executed: std::collections::HashSet<(Address, u64)> = Default::default();
+        // Every transaction hash any block lists: a chain holds each once.
+        let mut listed: std::collections::HashSet<tetrad_consensus::Digest> = Default::default();
         for plans in &blocks {
             let txs = realise(&chain, &state, plans);
             let mut nonces: std::collections::HashMap<Address, u64> = Default::default();
             let execution = execute(&state, &parent, &batch(&parent, &txs), &txs).unwrap_or_else(|never| match never {});
-            for (tx, receipt) in txs.iter().zip(&execution.receipts) {
+            prop_assert_eq!(execution.header.tx_count as usize, execution.receipts.len());
+            for (tx, receipt) in txs.iter().zip(receipts_by_position(&txs, &execution)) {
                 let from = tx.body.from;
                 let expected = *nonces.entry(from).or_insert_with(|| state.accounts.get(&from).map(|a| a.nonce).unwrap_or(0));
-                // Executed (successfully or not) unless its nonce was wrong; either way a used
-                // nonce is used up.
-                let wrong_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
-                if wrong_nonce {
-                    prop_assert_ne!(tx.body.nonce, expected, "the next nonce always executes");
-                } else {
-                    prop_assert_eq!(tx.body.nonce, expected, "only the next nonce executes");
-                    prop_assert!(executed.insert((from, tx.body.nonce)), "nonce executed twice");
-                    nonces.insert(from, expected + 1);
+                // Executed (successfully or not) and in the block unless its nonce was wrong;
+                // either way a used nonce is used up.
+                match receipt {
+                    None => prop_assert_ne!(tx.body.nonce, expected, "the next nonce always executes"),
+                    Some(receipt) => {
+                        prop_assert_eq!(tx.body.nonce, expected, "only the next nonce executes");
+                        prop_assert!(executed.insert((from, tx.body.nonce)), "nonce executed twice");
+                        prop_assert!(listed.insert(receipt.tx_hash), "a transaction listed twice");
+                        nonces.insert(from, expected + 1);
+                    }
                 }
             }
             state.apply(&execution);
             parent = execution.header.clone();
         }
         // Replaying every transaction that executed (successfully or not) executes none of
-        // them again.
+        // them again, and the block lists none of them.
         let (_, _, all_txs) = run(&chain, &blocks);
         let replay: Vec<Tx> = all_txs.into_iter().flatten().filter(|tx| executed.contains(&(tx.body.from, tx.body.nonce))).collect();
         let execution = execute(&state, &parent, &batch(&parent, &replay), &replay).unwrap_or_else(|never| match never {});
-        for receipt in &execution.receipts {
-            let is_bad_nonce = matches!(receipt.outcome, Outcome::Failed { error: ExecutionError::BadNonce { .. } });
-            prop_assert!(is_bad_nonce, "a replayed transaction executed");
-        }
+        prop_assert!(execution.receipts.is_empty(), "a replayed transaction executed");
+        prop_assert_eq!(execution.header.tx_count, 0);
+        prop_assert_eq!(execution.header.state_root, parent.state_root);
     }
 
     #[test]
@@ -159,12 +175,17 @@ proptest! {
             accounts.extend(execution.changes);
             accounts
         };
-        for (index, (tx, receipt)) in txs.iter().zip(&full.receipts).enumerate() {
-            let Outcome::Failed { error } = &receipt.outcome else { continue };
+        for (index, (tx, receipt)) in txs.iter().zip(receipts_by_position(&txs, &full)).enumerate() {
+            // Left out of the block (a wrong nonce): nothing changes at all.
+            let error = match receipt.map(|receipt| &receipt.outcome) {
+                Some(Outcome::Success) => continue,
+                Some(Outcome::Failed { error }) => Some(error),
+                None => None,
+            };
             let (before, later) = (after(index), after(index + 1));
             let from = tx.body.from;
             let mut expected = before.clone();
-            if !matches!(error, ExecutionError::BadNonce { .. }) {
+            if error.is_some() {
                 let account = before.get(&from).copied().unwrap_or(tetrad_ledger::Account { balance: 0, nonce: 0, slot: 0 });
                 let slot = later.get(&from).map(|account| account.slot).unwrap_or(account.slot);
                 expected.insert(from, tetrad_ledger::Account { nonce: account.nonce + 1, slot, ..account });
@@ -191,7 +212,7 @@ proptest! {
         prop_assert_eq!(after.total_balance(), u128::from(u64::MAX));
         for receipt in &execution.receipts {
             if let Outcome::Failed { error } = &receipt.outcome {
-                let expected = matches!(error, ExecutionError::InsufficientBalance { .. } | ExecutionError::BadNonce { .. } | ExecutionError::BalanceOverflow { .. });
+                let expected = matches!(error, ExecutionError::InsufficientBalance { .. } | ExecutionError::BalanceOverflow { .. });
                 prop_assert!(expected);
             }
         }
@@ -256,12 +277,7 @@ fn a_failed_transaction_uses_up_its_nonce_and_never_executes_later() {
         .commit(&store, &[chain.transfer(1, 0, 0, 1000), chain.transfer_to(2, 0, nobody, 500)])
         .expect("commit");
     let replay = chain.commit(&store, &[too_much.clone(), from_nobody.clone()]).expect("commit");
-    for receipt in &replay.receipts {
-        assert_eq!(
-            receipt.outcome,
-            Outcome::Failed { error: ExecutionError::BadNonce { expected: 1, found: 0 } }
-        );
-    }
+    assert!(replay.receipts.is_empty(), "neither executed again, and the block lists neither");
     assert_eq!(store.account(&chain.addresses[0]).expect("read").expect("account 0").balance, 2000);
     assert_eq!(store.account(&nobody).expect("read").expect("account").balance, 500);
     // The index still points at the block where each was executed (and failed).
@@ -349,36 +365,66 @@ fn account_proofs_verify_against_the_head_root() {
     assert!(store.prove_account(&account_key(999).public_key()).expect("read").is_none());
 }
 
+/// PBFT may order one transaction twice: an older view's batch that a new view missed comes
+/// back in a later view above the newer view's copy (seed 23: 5 transactions twice), and a
+/// Byzantine primary may propose a copy of one that executed. The copy never executes; the
+/// block leaves it out, so the chain holds the transaction once, where it executed. (Before,
+/// the block listed it with a failed receipt: `tx_count` 1 here.)
 #[test]
-fn a_transaction_included_again_keeps_its_first_index_entry() {
+fn a_copy_of_a_transaction_that_executed_is_left_out_of_its_block() {
     let chain = TestChain::new(4, ACCOUNTS, 1000);
     let dir = ScratchDir::new("reinclusion").expect("scratch dir");
     let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
     let tx = chain.transfer(0, 0, 1, 5);
+    let other = chain.transfer(1, 0, 2, 7);
     chain.commit(&store, std::slice::from_ref(&tx)).expect("commit");
-    // A primary that proposed it again: the copy fails its nonce check.
-    let execution = chain.commit(&store, std::slice::from_ref(&tx)).expect("commit");
-    assert!(matches!(
-        execution.receipts[0].outcome,
-        Outcome::Failed { error: ExecutionError::BadNonce { .. } }
-    ));
+    let execution = chain.commit(&store, &[tx.clone(), other.clone()]).expect("commit");
+    assert_eq!(execution.header.tx_count, 1, "the copy is not in the block");
+    assert_eq!(execution.tx_hashes, vec![other.hash()]);
+    assert_eq!(execution.positions, vec![1]);
+    assert_eq!(execution.header.tx_root, tetrad_ledger::block::tx_root(&[other.hash()]));
     let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
     assert_eq!((receipt.height.0, receipt.outcome), (1, Outcome::Success));
+    // The other transaction is at index 0 of block 2, and proves there.
+    let proven = store.prove_tx(&other.hash()).expect("read").expect("indexed");
+    assert_eq!((proven.receipt.height.0, proven.receipt.index), (2, 0));
+    assert!(tetrad_ledger::block::verify_tx_proof(&proven.header.tx_root, &other.hash(), &proven.tx_proof));
+    assert_eq!(proven.tx, other);
+    // The stored batch still holds both (what the certificate signs).
+    let block = store.block(tetrad_consensus::Height(2)).expect("read").expect("block 2");
+    assert_eq!(block.batch_txs().expect("decodes"), vec![tx, other]);
 }
 
 #[test]
-fn a_transaction_twice_in_one_block_is_indexed_where_it_executed() {
+fn a_transaction_twice_in_one_block_is_listed_once_where_it_executed() {
     let chain = TestChain::new(4, ACCOUNTS, 1000);
     let dir = ScratchDir::new("duplicate-in-block").expect("scratch dir");
     let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
     let tx = chain.transfer(0, 0, 1, 5);
     // A Byzantine primary put the same transaction twice into one batch.
     let execution = chain.commit(&store, &[tx.clone(), tx.clone()]).expect("commit");
+    assert_eq!(execution.receipts.len(), 1);
     assert_eq!(execution.receipts[0].outcome, Outcome::Success);
-    assert!(matches!(
-        execution.receipts[1].outcome,
-        Outcome::Failed { error: ExecutionError::BadNonce { .. } }
-    ));
+    assert_eq!(execution.positions, vec![0]);
     let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
     assert_eq!((receipt.height.0, receipt.index, receipt.outcome), (1, 0, Outcome::Success));
+}
+
+/// A transaction ahead of its sender's sequence (its nonce not yet reached: possible when a new
+/// view brings an older view's batch back above a newer one) never executed either: left out
+/// too, so it can still execute later and be in the chain once.
+#[test]
+fn a_transaction_ahead_of_its_nonce_is_left_out_and_executes_later() {
+    let chain = TestChain::new(4, ACCOUNTS, 1000);
+    let dir = ScratchDir::new("ahead").expect("scratch dir");
+    let store = Store::open_or_init(&dir.join("db"), &chain.genesis).expect("open");
+    let first = chain.transfer(0, 0, 1, 5);
+    let second = chain.transfer(0, 1, 1, 6);
+    let execution = chain.commit(&store, std::slice::from_ref(&second)).expect("commit");
+    assert!(execution.receipts.is_empty());
+    chain.commit(&store, &[first.clone(), second.clone()]).expect("commit");
+    for tx in [&first, &second] {
+        let (_, receipt) = store.tx(&tx.hash()).expect("read").expect("indexed");
+        assert_eq!((receipt.height.0, receipt.outcome), (2, Outcome::Success));
+    }
 }

@@ -64,6 +64,11 @@ impl Ledger {
     fn outcome(&mut self, tx: Tx) -> Outcome {
         self.block(&[tx]).receipts[0].outcome.clone()
     }
+
+    /// Whether a block left `tx` out: its nonce was wrong, it never executed.
+    fn left_out(&mut self, tx: Tx) -> bool {
+        self.block(&[tx]).receipts.is_empty()
+    }
 }
 
 fn failed(error: ExecutionError) -> Outcome {
@@ -99,10 +104,7 @@ fn a_rotation_takes_effect_after_the_next_checkpoint() {
     );
     // Replaying the first rotation: the nonce was used (and the refused second one used its
     // nonce too).
-    assert_eq!(
-        ledger.outcome(rotation(&ledger.chain, &old, 0, 1, &new, &new)),
-        failed(ExecutionError::BadNonce { expected: 2, found: 0 })
-    );
+    assert!(ledger.left_out(rotation(&ledger.chain, &old, 0, 1, &new, &new)));
     // After activation the old key is no longer the validator's current key…
     while ledger.parent.height < Height(5) {
         ledger.block(&[]);
@@ -126,7 +128,7 @@ fn each_refusal_has_its_receipt_reason_and_changes_nothing_but_the_senders_nonce
     assert_eq!(ledger.outcome(bad_proof.clone()), failed(ExecutionError::InvalidProofOfPossession));
     // Each refusal used up its nonce: the same signed bytes never execute again.
     assert_eq!(ledger.state.accounts.get(&v1.public_key()).map(|account| account.nonce), Some(1));
-    assert_eq!(ledger.outcome(bad_proof), failed(ExecutionError::BadNonce { expected: 1, found: 0 }));
+    assert!(ledger.left_out(bad_proof));
     // A key some validator already has (validator 2's), and the validator's own current key.
     let outcome = ledger.outcome(rotation(&ledger.chain, &v1, 1, 1, &v2, &v2));
     assert_eq!(outcome, failed(ExecutionError::KeyAlreadyUsed { key: v2.public_key() }));

@@ -100,6 +100,12 @@ pub struct BlockView {
     /// client rebuilds the batch digest from the listed transactions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_timestamp_ms: Option<u64>,
+    /// The hashes of the batch's transactions in batch order, only when the block lists fewer
+    /// (`txs`): a transaction whose nonce was wrong never executed and is not in the block (a
+    /// copy of one that executed earlier, which PBFT may order twice when a view change brings
+    /// an older view's batch back). With them a client rebuilds the batch digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_txs: Option<Vec<Digest>>,
 }
 
 /// The status of a transaction.
@@ -111,7 +117,8 @@ pub enum TxStatus {
     /// In a block and executed successfully.
     Committed,
     /// In a block, but execution refused it (the receipt says why); it changed nothing but
-    /// its sender's nonce, which it used up (unless the nonce itself was wrong).
+    /// its sender's nonce, which it used up. (A transaction whose nonce was wrong never
+    /// executes and is in no block.)
     Failed,
 }
 

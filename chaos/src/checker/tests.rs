@@ -86,16 +86,27 @@ fn build_made(world: &TestChain, blocks: &[(&[&Tx], Made)]) -> (Vec<ChainBlock>,
         state.apply(&execution);
         states.push(state.clone());
         let header = execution.header.clone();
+        let batch_txs: Vec<Digest> = txs.iter().map(Tx::hash).collect();
         chain.push(ChainBlock {
             height: header.height.0,
             hash: header.hash(),
             header: header.clone(),
+            batch_txs: (batch_txs != execution.tx_hashes).then_some(batch_txs),
             txs: execution.tx_hashes,
             batch_timestamp_ms: Some(batch.timestamp_ms),
         });
         parent = header;
     }
     (chain, states)
+}
+
+/// Block `index` as a node served it before blocks left out what did not execute: every
+/// transaction of its batch listed, a copy that failed its nonce check among them (the header's
+/// tx root and count, and the hashes above, follow).
+fn listing_the_copies(chain: &mut [ChainBlock], index: usize) {
+    let batch = chain[index].batch_txs.take().expect("the block left a transaction out");
+    chain[index].txs = batch;
+    rehash(chain, index);
 }
 
 fn build(world: &TestChain, blocks: &[&[&Tx]]) -> (Vec<ChainBlock>, Vec<MemoryState>) {
@@ -253,12 +264,49 @@ fn a_transaction_twice_in_the_chain_is_duplicated() {
     let world = world();
     let record = history(&world);
     // A view change re-proposed the second transfer and the new primary cut it again: the
-    // second copy fails its nonce check, but the hash is in the chain twice.
-    let (chain, states) =
+    // second copy fails its nonce check; a node that lists it has the hash in the chain twice.
+    let (mut chain, states) =
         build(&world, &[&[&record[0].tx], &[&record[1].tx], &[&record[2].tx, &record[1].tx]]);
+    listing_the_copies(&mut chain, 2);
     let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
     assert_eq!(verdict.duplicated, 1, "{:#?}", verdict.violations);
     assert!(!verdict.passed());
+}
+
+/// Seed 23 (a Byzantine v2, every fault kind): an older view's batch, prepared by too few to be
+/// in the next new-view, came back in a later view above the newer view's copy of its
+/// transactions; each executed once, but blocks listed the copies, 5 transactions twice. A
+/// block now lists what executed and says its batch's transactions beside: the chain holds each
+/// once and the batch digest still checks.
+#[test]
+fn a_copy_the_block_left_out_is_in_the_chain_once_and_its_batch_still_checks() {
+    let world = world();
+    let record = history(&world);
+    let (chain, states) =
+        build(&world, &[&[&record[0].tx], &[&record[1].tx], &[&record[2].tx, &record[1].tx]]);
+    assert_eq!(chain[2].txs, vec![record[2].hash], "the copy is left out");
+    assert_eq!(chain[2].batch_txs, Some(vec![record[2].hash, record[1].hash]));
+    let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
+    assert!(verdict.passed(), "{:#?}", verdict.violations);
+    assert_eq!((verdict.duplicated, verdict.bad_blocks), (0, 0));
+    // Without the batch's transactions the digest cannot be rebuilt: a bad block everywhere.
+    let mut unsaid = chain.clone();
+    unsaid[2].batch_txs = None;
+    let verdict = check(&genesis(&world), &record, &nodes(&unsaid, &states), Rules::default());
+    assert_eq!(verdict.bad_blocks, 5, "{:#?}", verdict.violations);
+    // A node that leaves out a transaction that executed (its nonce was right) is caught, and
+    // so is one that lists a transaction its batch does not hold.
+    let mut hiding = chain.clone();
+    hiding[1].batch_txs = Some(hiding[1].txs.clone());
+    hiding[1].txs.clear();
+    rehash(&mut hiding, 1);
+    let verdict = check(&genesis(&world), &record, &nodes(&hiding, &states), Rules::default());
+    assert!(has(&verdict, "left out"), "{:#?}", verdict.violations);
+    let mut inventing = chain.clone();
+    inventing[2].txs = vec![record[3].hash];
+    rehash(&mut inventing, 2);
+    let verdict = check(&genesis(&world), &record, &nodes(&inventing, &states), Rules::default());
+    assert!(has(&verdict, "bad block"), "{:#?}", verdict.violations);
 }
 
 #[test]
@@ -346,8 +394,9 @@ fn fetch_problems_fail_the_check() {
 fn a_replayed_copy_is_counted_and_let_through_only_when_allowed() {
     let world = world();
     let record = history(&world);
-    let (chain, states) =
+    let (mut chain, states) =
         build(&world, &[&[&record[0].tx], &[&record[1].tx], &[&record[2].tx, &record[1].tx]]);
+    listing_the_copies(&mut chain, 2);
     let allowed =
         check(&genesis(&world), &record, &nodes(&chain, &states), Rules { allow_replayed_copies: true });
     assert!(allowed.passed(), "{:#?}", allowed.violations);
@@ -362,6 +411,7 @@ fn a_copy_that_executes_twice_is_never_let_through() {
     let world = world();
     let record = vec![transfer(&world, 0, 1, 100, 0, Answer::Committed, Some(1))];
     let (mut chain, states) = build(&world, &[&[&record[0].tx], &[&record[0].tx]]);
+    listing_the_copies(&mut chain, 1);
     let twice = |(address, (balance, nonce)): (Address, (u64, u64))| {
         if address == world.addresses[0] {
             (address, (balance - 100, nonce + 1))
@@ -526,8 +576,9 @@ fn the_wrong_height_control_is_caught_when_the_first_acknowledged_transaction_ha
     // checker could see: the control must pick a transaction that is in the chain once.
     let world = world();
     let mut record = history(&world);
-    let (chain, states) =
+    let (mut chain, states) =
         build(&world, &[&[&record[0].tx], &[&record[1].tx], &[&record[2].tx, &record[1].tx]]);
+    listing_the_copies(&mut chain, 2);
     record.swap(0, 1);
     let rules = Rules { allow_replayed_copies: true };
     let chains = nodes(&chain, &states);

@@ -12,7 +12,7 @@ use tetrad_consensus::{Batch, CheckpointCertificate, CommitCertificate, Digest, 
 
 use super::{AccountAt, AccountProof, GenesisState, StorageError, TxInBlock, TxLocation};
 use crate::address_tree::AddressTree;
-use crate::block::{Account, Block, ExecutionError, Header, Outcome, Receipt};
+use crate::block::{Account, Block, Header, Receipt};
 use crate::execute::{Execution, StateReader};
 use crate::state_tree::StateTree;
 use crate::tx::{Address, Tx};
@@ -411,20 +411,12 @@ impl Store {
         batch.put_cf(self.cf(CF_BLOCKS), key, block_bytes);
         batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&block.certificate));
         batch.put_cf(self.cf(CF_BLOCK_HASHES), block.header.hash().0, key);
-        // A transaction proposed again after it committed fails its nonce check; the index
-        // keeps pointing at the block (and the position in it) where it executed, also when the
-        // copy is in the same block.
-        let mut indexed = std::collections::HashSet::with_capacity(execution.tx_hashes.len());
-        for (receipt, tx_hash) in execution.receipts.iter().zip(&execution.tx_hashes) {
-            let stale = matches!(
-                receipt.outcome,
-                Outcome::Failed { error: ExecutionError::BadNonce { expected, found } } if found < expected
-            );
-            if !indexed.insert(*tx_hash) || (stale && self.get_raw(CF_TX_INDEX, &tx_hash.0)?.is_some()) {
-                continue;
-            }
+        // A block lists only transactions that executed (a copy of one that executed earlier,
+        // here or in this block, has a used nonce and is left out), so each hash is indexed
+        // once, where it executed.
+        for receipt in &execution.receipts {
             let location = TxLocation { height, index: receipt.index };
-            batch.put_cf(self.cf(CF_TX_INDEX), tx_hash.0, encode(&location));
+            batch.put_cf(self.cf(CF_TX_INDEX), receipt.tx_hash.0, encode(&location));
         }
         // One record per block: a put per receipt would double the writes per transaction.
         batch.put_cf(self.cf(CF_RECEIPTS), key, encode(&execution.receipts));
@@ -529,17 +521,23 @@ impl Store {
         let block = self
             .block(location.height)?
             .ok_or_else(|| corrupt(CF_TX_INDEX, format!("block {} missing", location.height)))?;
-        let txs = block.txs().map_err(|error| corrupt(CF_BLOCKS, error.to_string()))?;
-        let hashes: Vec<Digest> = txs.iter().map(Tx::hash).collect();
         let receipts = self
             .receipts(location.height)?
             .ok_or_else(|| corrupt(CF_RECEIPTS, format!("no receipts for block {}", location.height)))?;
+        let hashes: Vec<Digest> = receipts.iter().map(|receipt| receipt.tx_hash).collect();
         let index = u64::from(location.index);
-        let (Some(tx), Some(receipt)) =
-            (txs.get(location.index as usize).cloned(), receipts.get(location.index as usize).cloned())
-        else {
+        let Some(receipt) = receipts.get(location.index as usize).cloned() else {
             return Err(corrupt(CF_TX_INDEX, format!("index {} out of block", location.index)));
         };
+        let tx = block
+            .tx(&receipt.tx_hash)
+            .map_err(|error| corrupt(CF_BLOCKS, error.to_string()))?
+            .ok_or_else(|| {
+                corrupt(
+                    CF_BLOCKS,
+                    format!("transaction {} not in block {}", receipt.tx_hash, location.height),
+                )
+            })?;
         let tx_proof = crate::block::prove_tx(&hashes, index)
             .ok_or_else(|| corrupt(CF_TX_INDEX, format!("index {} out of block", location.index)))?;
         let receipt_proof = crate::block::prove_receipt(&receipts, index)
@@ -628,13 +626,11 @@ impl Store {
             cf: CF_TX_INDEX,
             detail: format!("block {} missing", location.height),
         })?;
-        let txs = block
-            .txs()
-            .map_err(|error| StorageError::Corrupt { cf: CF_BLOCKS, detail: error.to_string() })?;
-        let tx = txs.into_iter().nth(location.index as usize).ok_or_else(|| StorageError::Corrupt {
-            cf: CF_TX_INDEX,
-            detail: format!("index {} out of block", location.index),
-        })?;
+        let corrupt = |detail: String| StorageError::Corrupt { cf: CF_BLOCKS, detail };
+        let tx =
+            block.tx(&receipt.tx_hash).map_err(|error| corrupt(error.to_string()))?.ok_or_else(|| {
+                corrupt(format!("transaction {} not in block {}", receipt.tx_hash, location.height))
+            })?;
         Ok(Some((tx, receipt)))
     }
 

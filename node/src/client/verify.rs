@@ -298,9 +298,10 @@ fn plural(count: usize, noun: &str) -> String {
 }
 
 /// Whether a receipt is that of a replayed copy: the same signed transaction again, after its
-/// nonce was used (by this transaction executed earlier, or by another with the same nonce). A
-/// Byzantine proposer can put such copies in a block; their receipts are real but say nothing
-/// of the transaction's own execution.
+/// nonce was used (by this transaction executed earlier, or by another with the same nonce).
+/// Blocks leave such copies out since 2026-12-02 (`Execution::positions`); a chain built
+/// before listed them, with receipts that are real but say nothing of the transaction's own
+/// execution, so the client still reads them as such.
 pub fn replayed(outcome: &Outcome) -> bool {
     matches!(
         outcome,

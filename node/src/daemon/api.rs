@@ -154,13 +154,18 @@ impl Api {
                 txs: Vec::new(),
                 certificate: None,
                 batch_timestamp_ms: None,
+                batch_txs: None,
             }));
         }
         let Some(block) = self.store.block(height).map_err(internal)? else { return Ok(None) };
-        let txs = block.txs().map(|txs| txs.iter().map(Tx::hash).collect()).unwrap_or_default();
+        let receipts = self.store.receipts(height).map_err(internal)?.unwrap_or_default();
+        let txs: Vec<Digest> = receipts.iter().map(|receipt| receipt.tx_hash).collect();
+        let batch: Vec<Digest> =
+            block.batch_txs().map(|txs| txs.iter().map(Tx::hash).collect()).unwrap_or_default();
         Ok(Some(BlockView {
             hash: block.header.hash(),
             header: block.header,
+            batch_txs: (batch != txs).then_some(batch),
             txs,
             certificate: Some(block.certificate),
             batch_timestamp_ms: Some(block.batch.timestamp_ms),

@@ -1295,7 +1295,7 @@ impl Checks {
 /// transaction valid (those in the mempool were verified at admission); no transaction twice,
 /// nor two for one sender's nonce; and none whose nonce the sender's account has already
 /// passed in the blocks executed here (issue 15). Such a copy could only fail its nonce check
-/// at execution, yet it would be in the chain a second time: an honest primary never cuts one
+/// at execution (the block leaves it out) and takes a place in the batch: an honest primary never cuts one
 /// (it marks what is in flight before it cuts), so the batch is the primary's fault and is
 /// dropped. The executed state here is never ahead of the height before the batch's, so the
 /// nonce rule refuses nothing an honest primary could propose; it catches what executed, not

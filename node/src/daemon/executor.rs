@@ -136,10 +136,13 @@ impl Executor {
             metrics::thread_cpu_micros().saturating_sub(cpu_before),
         );
         metrics::gauge("tetrad_height", height.0 as f64);
-        metrics::count("tetrad_committed_txs_total", txs.len() as u64);
+        // What the block holds: a copy whose nonce was wrong is not in it (it never executed).
+        let listed = execution.tx_hashes.len() as u64;
+        metrics::count("tetrad_committed_txs_total", listed);
+        metrics::count("tetrad_left_out_txs_total", (txs.len() as u64).saturating_sub(listed));
         metrics::observe("tetrad_batch_txs", txs.len() as f64);
         let executed_us = timing::unix_us();
-        self.backpressure.on_executed(txs.len() as u64, Instant::now());
+        self.backpressure.on_executed(listed, Instant::now());
 
         let tx_timings = {
             let mut pool = self.mempool.lock().unwrap_or_else(|p| p.into_inner());

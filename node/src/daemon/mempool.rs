@@ -447,7 +447,8 @@ impl Mempool {
     /// Marks the transactions of a batch that is in flight elsewhere (proposed by another
     /// primary, re-proposed by a new view, or committed and not yet executed) as proposed at
     /// `now`, so this node does not cut them into a batch of its own: the copy would fail its
-    /// nonce check at execution and take a slot. Released like this node's own proposals after
+    /// nonce check at execution (the block leaves it out) after taking a place in the batch, and
+    /// backups refuse a batch holding what another height holds in flight. Released like this node's own proposals after
     /// `repropose_after` if they have not executed by then. Costs O(transactions).
     pub fn mark_proposed(&mut self, txs: &[Tx], now: Instant) {
         let mut runs: BTreeMap<Address, (u64, u64)> = BTreeMap::new();
@@ -527,8 +528,12 @@ impl Mempool {
         out
     }
 
-    /// Drops what has waited its lifetime. O(what expires).
+    /// Drops what has waited its lifetime, and lets proposals and marks older than
+    /// `repropose_after` lapse (so what they held is ready again, also when nothing else is and
+    /// no cut comes: a transaction a block left out, ahead of its nonce, waits for this).
+    /// O(what expires or lapses).
     pub fn expire(&mut self, now: Instant) {
+        self.release_stale_proposals(now);
         let lifetime = self.config.lifetime;
         while let Some((_, hash)) = self.by_age.first_key_value() {
             let hash = *hash;
@@ -551,13 +556,16 @@ impl Mempool {
                 break;
             }
             self.proposed.pop_front();
-            // Not committed yet: eligible again (with whatever this node proposed after it).
-            if let Some(sender) = self.senders.get_mut(&address)
-                && sender.propose_from > first
-                && sender.nonce <= first
-            {
-                sender.propose_from = first;
-                self.refresh(&address);
+            // What of it has not executed yet is eligible again (with whatever this node
+            // proposed after it). Part of it may have executed: a block leaves out a
+            // transaction ahead of its nonce, and the lower nonces of the same proposal can
+            // execute in another block.
+            if let Some(sender) = self.senders.get_mut(&address) {
+                let from = first.max(sender.nonce);
+                if sender.propose_from > from {
+                    sender.propose_from = from;
+                    self.refresh(&address);
+                }
             }
         }
     }
@@ -927,6 +935,34 @@ mod tests {
         let after = Account { balance: 996, nonce: 4, slot: 0 };
         pool.on_committed(&hashes, [(&chain.addresses[0], &after)]);
         assert_eq!((pool.len(), pool.proposable()), (1, 0));
+    }
+
+    /// A transaction ahead of its sender's nonce when its batch executed (a view change brought
+    /// an older view's batch, holding the lower nonce, back above it) is left out of the block
+    /// and stays here, marked as proposed. The primary's propose path only cuts when work is
+    /// ready, so the mark must lapse without a cut: before, only `cut` released stale marks, and
+    /// on a quiet chain the transaction waited for a view change or its lifetime.
+    #[test]
+    fn a_transaction_left_out_ahead_of_its_nonce_becomes_ready_again_without_a_cut() {
+        let chain = TestChain::new(4, 3, 1000);
+        let start = ledger(&chain, 1000, 0);
+        let now = Instant::now();
+        let mut pool = pool(100);
+        let (first, second) = (chain.transfer(0, 0, 1, 1), chain.transfer(0, 1, 1, 1));
+        for tx in [&first, &second] {
+            admit(&mut pool, tx, &start, now).expect("admit");
+        }
+        assert_eq!(pool.cut(100, 1 << 20, now).txs.len(), 2);
+        assert!(!pool.has_ready());
+        // The block that held the second first left it out; then nonce 0 executed.
+        let after = Account { balance: 999, nonce: 1, slot: 0 };
+        pool.on_committed(&[first.hash()], [(&chain.addresses[0], &after)]);
+        assert!(pool.contains(&second.hash()), "a transaction left out stays");
+        assert!(!pool.has_ready(), "still marked: its batch may be in flight at a lagging backup");
+        pool.expire(now + config(100).repropose_after);
+        assert!(pool.has_ready(), "the mark lapsed");
+        let cut = pool.cut(100, 1 << 20, now + config(100).repropose_after);
+        assert_eq!(senders_and_nonces(&cut), vec![(chain.addresses[0], 1)]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | `tetrad_view` | gauge | current view |
 //! | `tetrad_view_changes_total` | counter | view changes this node started |
 //! | `tetrad_committed_txs_total` | counter | transactions in executed blocks |
+//! | `tetrad_left_out_txs_total` | counter | transactions of committed batches that the block left out: their nonce was wrong (a copy of one that executed, or one ahead of its sender's sequence), so they never executed |
 //! | `tetrad_batch_txs` | histogram | transactions per block |
 //! | `tetrad_mempool_txs` | gauge | transactions in the mempool |
 //! | `tetrad_mempool_proposable_txs` | gauge | of those, the ones a batch could take now (consecutive nonces from the account's next one, payable, not in a live proposal) |

@@ -60,6 +60,7 @@ impl Fixture {
             txs: execution.tx_hashes.clone(),
             certificate: Some(chain.certify(View(0), Height(1), batch.digest())),
             batch_timestamp_ms: Some(batch.timestamp_ms),
+            batch_txs: None,
         };
         let genesis = BlockView {
             hash: parent.hash(),
@@ -67,6 +68,7 @@ impl Fixture {
             txs: Vec::new(),
             certificate: None,
             batch_timestamp_ms: None,
+            batch_txs: None,
         };
         let tx_views = txs
             .iter()
