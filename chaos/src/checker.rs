@@ -111,6 +111,9 @@ pub struct Verdict {
     /// once (the known re-proposal issue: after a view change the new primary proposes again
     /// what the new view re-proposed).
     pub replayed_copies: u64,
+    /// Transactions of the agreed chain's batches that their blocks left out (a wrong nonce:
+    /// a copy PBFT ordered twice, or one ahead of its sender's sequence; never executed).
+    pub left_out: u64,
     pub height: u64,
     pub chain_txs: u64,
     /// Blocks that carry at least one transaction.
@@ -578,6 +581,7 @@ fn replay(
         let mut listed = block.txs.iter().peekable();
         for hash in block.batch_txs.as_ref().unwrap_or(&block.txs) {
             if listed.next_if(|listed| *listed == hash).is_none() {
+                verdict.left_out += 1;
                 if let Some(entry) = submitted.get(hash)
                     && state.nonce_is_next(&entry.tx)
                 {

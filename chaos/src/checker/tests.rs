@@ -288,7 +288,7 @@ fn a_copy_the_block_left_out_is_in_the_chain_once_and_its_batch_still_checks() {
     assert_eq!(chain[2].batch_txs, Some(vec![record[2].hash, record[1].hash]));
     let verdict = check(&genesis(&world), &record, &nodes(&chain, &states), Rules::default());
     assert!(verdict.passed(), "{:#?}", verdict.violations);
-    assert_eq!((verdict.duplicated, verdict.bad_blocks), (0, 0));
+    assert_eq!((verdict.duplicated, verdict.bad_blocks, verdict.left_out), (0, 0, 1));
     // Without the batch's transactions the digest cannot be rebuilt: a bad block everywhere.
     let mut unsaid = chain.clone();
     unsaid[2].batch_txs = None;
